@@ -1,0 +1,15 @@
+"""fastnet: a small, fast trainer for the classic 784-128-10 MNIST network.
+
+Numba kernels (fastnet.kernels.numba_backend) beside a plain numpy reference
+(fastnet.kernels.numpy_backend) that they are tested against.
+"""
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+# In a source checkout the kernels live in the top-level kernels/ folder; an
+# installed fastnet has them as fastnet/kernels (pyproject.toml maps one onto the
+# other). Let fastnet.kernels resolve in both.
+if not (Path(__file__).parent / "kernels").is_dir():
+    __path__.append(str(Path(__file__).parent.parent))

@@ -1,0 +1,3 @@
+from fastnet.cli import main
+
+raise SystemExit(main())

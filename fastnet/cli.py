@@ -1,0 +1,179 @@
+"""The command line: `python -m fastnet train | evaluate`. Parses flags and calls library functions."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .datasets import MNIST_CLASSES, load_mnist
+from .errors import FastnetError
+from .kernels import BACKENDS
+from .model import ACTIVATIONS
+from .training import SCHEDULES, TrainConfig
+
+DRY_RUN_IMAGES = (2048, 1000)  # train and test images used by --dry-run
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line ('fastnet train: error: ...'), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind, minimum, *, inclusive=True, maximum=None, what=""):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        low_ok = value >= minimum if inclusive else value > minimum
+        if not low_ok or (maximum is not None and value >= maximum) or value != value:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {what}")
+        return value
+    return parse
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    cores = os.cpu_count() or 1
+    parser.add_argument("--backend", choices=BACKENDS, default="numba", help="compute backend (default: numba)")
+    parser.add_argument("--threads", type=_number(int, 1, maximum=cores + 1, what=f"must be 1 to {cores}, the cores"),
+                        help=f"threads for the numba backend (default: all {cores} cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="fastnet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastnet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    defaults = TrainConfig()
+
+    train = commands.add_parser("train", help="train on MNIST, save parameters and the error plot")
+    train.add_argument("--epochs", type=_number(int, 1, what="must be at least 1"), default=defaults.epochs)
+    train.add_argument("--batch-size", type=_number(int, 1, what="must be at least 1"), default=defaults.batch_size,
+                       help=f"images per SGD step; 1 is the original's per-image training (default {defaults.batch_size})")
+    train.add_argument("--lr", type=_number(float, 0.0, inclusive=False, what="must be above 0"),
+                       default=defaults.learning_rate, help=f"base learning rate (default {defaults.learning_rate})")
+    train.add_argument("--momentum", type=_number(float, 0.0, maximum=1.0, what="must be in [0, 1)"),
+                       default=defaults.momentum, help="SGD momentum (default 0: plain SGD)")
+    train.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
+                       help="learning rate over the epochs: cosine decay towards 0, or constant")
+    train.add_argument("--hidden", type=_number(int, 1, what="must be at least 1"), default=defaults.hidden,
+                       help=f"hidden units (default {defaults.hidden})")
+    train.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation)
+    train.add_argument("--seed", type=int, default=defaults.seed, help="seed for the initial weights and shuffling")
+    _add_backend_flags(train)
+    train.add_argument("--out", type=Path, help="where to save the parameters (default parameters.npz)")
+    train.add_argument("--plot", type=Path, help="where to save the error plot PNG (default error.png)")
+    train.add_argument("--no-training", action="store_true",
+                       help="do not train: report the accuracy of the stored --parameters, as the original did")
+    train.add_argument("--parameters", type=Path, default=Path("parameters.npz"),
+                       help="parameters for --no-training (default parameters.npz)")
+    train.add_argument("--dry-run", action="store_true",
+                       help=f"a quick check: 1 epoch on {DRY_RUN_IMAGES[0]} images; saves only where --out/--plot say")
+
+    evaluate = commands.add_parser("evaluate", help="accuracy of stored parameters on the MNIST test set")
+    evaluate.add_argument("--parameters", type=Path, default=Path("parameters.npz"))
+    _add_backend_flags(evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _set_threads(args.threads, args.backend)
+        if args.command == "evaluate" or args.no_training:
+            return evaluate(args.parameters, args.backend)
+        return train(args)
+    except FastnetError as error:
+        print(f"fastnet: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fastnet: interrupted", file=sys.stderr)
+        return 130
+
+
+def _set_threads(threads: int | None, backend: str) -> None:
+    if threads is not None and backend == "numba":
+        import numba
+
+        numba.set_num_threads(threads)
+
+
+def _writable(path: Path, flag: str) -> Path:
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise FastnetError(f"{flag} {path}: cannot write there (is the folder missing or read-only?)")
+    return path
+
+
+def evaluate(parameters_path: Path, backend_name: str) -> int:
+    from .parameters import load
+    from .kernels import get_backend
+    from .training import accuracy
+
+    stored = load(parameters_path)
+    images, labels = load_mnist("test")
+    network = stored.network
+    if network.layer_sizes[0] != images.shape[1]:
+        raise FastnetError(f"{parameters_path}: made for {network.layer_sizes[0]} inputs, MNIST has {images.shape[1]}")
+    correct = accuracy(get_backend(backend_name), network, images, labels)
+    print(f"{parameters_path}: {network.layer_sizes[0]}-{network.layer_sizes[1]}-{network.layer_sizes[2]} "
+          f"{network.activation} network; MNIST test accuracy {100 * correct:.2f}% "
+          f"({round(correct * len(labels))}/{len(labels)})")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from .kernels import get_backend
+    from .parameters import Parameters, save
+    from .plot import plot_history
+    from .training import train as run_training, warm_up
+
+    config = TrainConfig(epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.lr, momentum=args.momentum, schedule=args.schedule, hidden=args.hidden,
+                         activation=args.activation, seed=args.seed, backend=args.backend)
+    out = args.out or (None if args.dry_run else Path("parameters.npz"))
+    plot = args.plot or (None if args.dry_run else Path("error.png"))
+    for path, flag in ((out, "--out"), (plot, "--plot")):
+        if path is not None:
+            _writable(path, flag)
+
+    started = time.perf_counter()
+    train_set, test_set = load_mnist("train"), load_mnist("test")
+    if args.dry_run:
+        train_set = tuple(a[:DRY_RUN_IMAGES[0]] for a in train_set)
+        test_set = tuple(a[:DRY_RUN_IMAGES[1]] for a in test_set)
+    print(f"MNIST: {len(train_set[0]):,} training and {len(test_set[0]):,} test images "
+          f"(loaded in {time.perf_counter() - started:.2f} s)")
+    backend = get_backend(config.backend)
+    threads = f", {_thread_count()} threads" if config.backend == "numba" else ""
+    compile_seconds = warm_up(backend, config, *train_set, n_classes=len(MNIST_CLASSES))
+    print(f"backend {config.backend}{threads}: kernels compiled or loaded from cache in {compile_seconds:.2f} s")
+    print(f"training 784-{config.hidden}-10 {config.activation}: {config.epochs} epochs, batch {config.batch_size}, "
+          f"lr {config.learning_rate:g} ({config.schedule}), momentum {config.momentum:g}, seed {config.seed}")
+
+    def report(s):
+        print(f"epoch {s.epoch:3d}/{config.epochs}  lr {s.learning_rate:.4f}  loss {s.loss:.4f}  "
+              f"train {100 * s.train_accuracy:6.2f}%  test {100 * s.test_accuracy:6.2f}%  "
+              f"{s.seconds:6.2f} s  {s.images_per_second:11,.0f} img/s", flush=True)
+
+    network, history = run_training(config, train_set, test_set, len(MNIST_CLASSES), report)
+    final = history[-1].test_accuracy
+    if out is not None:
+        save(out, Parameters(network, list(MNIST_CLASSES), config.as_dict(), final))
+    if plot is not None:
+        plot_history(history, plot, f"fastnet 784-{config.hidden}-10 {config.activation}, batch {config.batch_size}")
+    saved = ", ".join(f"{what} {path}" for what, path in (("saved", out), ("plot", plot)) if path is not None)
+    print(f"test accuracy {100 * final:.2f}% after {config.epochs} epochs; "
+          f"{time.perf_counter() - started:.1f} s in all" + (f"; {saved}" if saved else ""))
+    return 0
+
+
+def _thread_count() -> int:
+    import numba
+
+    return numba.get_num_threads()

@@ -1,0 +1,125 @@
+"""parameters.npz: the trained weights plus what is needed to use and trust them.
+
+Plain numpy can read it, no pickle: np.load("parameters.npz", allow_pickle=False).
+    W1 (D, H), b1 (H,), W2 (H, K), b2 (K,)   float32 weights
+    format_version                          int, FORMAT_VERSION
+    layer_sizes                             int [D, H, K]
+    activation                              str, 'sigmoid' or 'relu'
+    input_scale                             float, x = pixel * input_scale (1/255)
+    class_names                             str (K,), output k means class_names[k]
+    training                                str, JSON of the settings that trained it
+    test_accuracy                           float, fraction of the MNIST test set right
+    fastnet_version                         str
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import FastnetError
+from .model import ACTIVATIONS, Network
+
+FORMAT_VERSION = 1
+INPUT_SCALE = 1.0 / 255.0
+WEIGHTS = ("W1", "b1", "W2", "b2")
+REQUIRED = WEIGHTS + ("format_version", "layer_sizes", "activation", "class_names")
+
+
+@dataclass
+class Parameters:
+    network: Network
+    class_names: list[str]
+    training: dict = field(default_factory=dict)
+    test_accuracy: float = float("nan")
+
+
+def write_atomically(path: Path, write) -> None:
+    """Call write(file) on a temporary file beside path, fsync it, then rename it over path.
+
+    Whatever happens, path holds the old complete file or the new complete one.
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save(path: str | Path, parameters: Parameters) -> None:
+    """Write parameters to path (.npz) atomically."""
+    network = parameters.network
+    if not network.all_finite():
+        raise FastnetError(f"refusing to write {path}: the weights contain NaN or infinity")
+    arrays = {name: getattr(network, name).astype(np.float32) for name in WEIGHTS}
+    arrays.update(
+        format_version=np.int64(FORMAT_VERSION),
+        layer_sizes=np.array(network.layer_sizes, np.int64),
+        activation=np.str_(network.activation),
+        input_scale=np.float64(INPUT_SCALE),
+        class_names=np.array(parameters.class_names, dtype=np.str_),
+        training=np.str_(json.dumps(parameters.training, sort_keys=True)),
+        test_accuracy=np.float64(parameters.test_accuracy),
+        fastnet_version=np.str_(__version__),
+    )
+    write_atomically(Path(path), lambda file: np.savez(file, **arrays))
+
+
+def load(path: str | Path) -> Parameters:
+    """Read and check a parameters file; any problem is one FastnetError saying what and where."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in REQUIRED if key not in archive.files]
+            if missing:
+                raise FastnetError(f"{path}: not a fastnet parameters file (missing {', '.join(missing)})")
+            stored = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise FastnetError(f"{path}: no such parameters file; train one with 'python -m fastnet train'") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise FastnetError(f"{path}: cannot read parameters ({error}); is it a .npz file written by fastnet?") from None
+    return _checked(path, stored)
+
+
+def _checked(path: Path, stored: dict) -> Parameters:
+    version = int(stored["format_version"])
+    if version > FORMAT_VERSION:
+        raise FastnetError(f"{path}: format version {version} is newer than this fastnet reads ({FORMAT_VERSION}); "
+                           "upgrade fastnet")
+    sizes = tuple(int(n) for n in np.ravel(stored["layer_sizes"]))
+    activation = str(stored["activation"])
+    class_names = [str(name) for name in np.ravel(stored["class_names"])]
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise FastnetError(f"{path}: layer_sizes must be three positive numbers, found {sizes}")
+    n_inputs, n_hidden, n_classes = sizes
+    expected = {"W1": (n_inputs, n_hidden), "b1": (n_hidden,), "W2": (n_hidden, n_classes), "b2": (n_classes,)}
+    for name, shape in expected.items():
+        array = stored[name]
+        if array.shape != shape or array.dtype.kind != "f":
+            raise FastnetError(f"{path}: {name} should be a float array of shape {shape}, "
+                               f"found {array.dtype} {array.shape}")
+        if not np.isfinite(array).all():
+            raise FastnetError(f"{path}: {name} contains NaN or infinity; retrain or use another file")
+    if activation not in ACTIVATIONS:
+        raise FastnetError(f"{path}: unknown activation {activation!r} (expected one of {', '.join(ACTIVATIONS)})")
+    if len(class_names) != n_classes:
+        raise FastnetError(f"{path}: {len(class_names)} class names for {n_classes} outputs")
+    network = Network(*(np.ascontiguousarray(stored[name], np.float32) for name in WEIGHTS), activation=activation)
+    try:
+        training = json.loads(str(stored.get("training", "{}")))
+    except json.JSONDecodeError:
+        training = {}
+    return Parameters(network, class_names, training, float(stored.get("test_accuracy", float("nan"))))

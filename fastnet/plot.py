@@ -1,0 +1,34 @@
+"""The error-against-epochs plot of the original project, as a PNG (matplotlib, Agg: no display needed)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from .parameters import write_atomically  # noqa: E402
+from .training import EpochStats  # noqa: E402
+
+
+def plot_history(history: list[EpochStats], path: str | Path, title: str = "") -> None:
+    """Train and test error (%) and loss per epoch, written atomically to path."""
+    epochs = [s.epoch for s in history]
+    figure, (errors, losses) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    errors.plot(epochs, [100 * (1 - s.train_accuracy) for s in history], "o-", label="train")
+    errors.plot(epochs, [100 * (1 - s.test_accuracy) for s in history], "o-", label="test")
+    errors.set(xlabel="epoch", ylabel="error (%)", title="error against epochs")
+    errors.legend()
+    errors.grid(alpha=0.3)
+    losses.plot(epochs, [s.loss for s in history], "o-", color="tab:red")
+    losses.set(xlabel="epoch", ylabel="cross-entropy", title="training loss", yscale="log")
+    losses.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    write_atomically(Path(path), lambda file: file.write(buffer.getvalue()))

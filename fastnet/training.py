@@ -1,0 +1,138 @@
+"""The training loop: shuffle, one compiled epoch, evaluate, report; repeat."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from .errors import FastnetError
+from .kernels import get_backend
+from .model import Network
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1.0
+    momentum: float = 0.0
+    schedule: str = "cosine"
+    hidden: int = 128
+    activation: str = "sigmoid"
+    seed: int = 0
+    backend: str = "numba"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    learning_rate: float
+    loss: float  # mean cross-entropy over the epoch, each batch before its update
+    train_accuracy: float  # on the whole training set after the epoch
+    test_accuracy: float
+    seconds: float  # training only, evaluation excluded
+    images_per_second: float
+
+
+def learning_rate_at(config: TrainConfig, epoch: int) -> float:
+    """The learning rate for epoch (0-based): constant, or cosine from the base rate down towards 0."""
+    if config.schedule == "constant":
+        return config.learning_rate
+    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+
+
+def accuracy(backend, network: Network, images: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of images whose most probable class is the label."""
+    probs = np.empty((len(images), network.W2.shape[1]), np.float32)
+    backend.predict(probs, images, network.params, network.activation_code)
+    return float((probs.argmax(axis=1) == labels).mean())
+
+
+def warm_up(backend, config: TrainConfig, images: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+    """Compile (or load from cache) every kernel training will call; returns the seconds it took.
+
+    Runs them on copies of a few real images with the real argument types, so
+    that the timed epochs contain no compilation.
+    """
+    start = time.perf_counter()
+    count = min(len(images), 2 * config.batch_size)
+    few_images, few_labels = images[:count].copy(), labels[:count].copy()
+    network = Network.initialise(images.shape[1], config.hidden, n_classes, config.activation,
+                                 np.random.default_rng(0))
+    velocity = [np.zeros_like(p) for p in network.params]
+    backend.train_epoch(network.params, velocity, backend.prepare(few_images), few_labels,
+                        np.arange(count, dtype=np.int64), config.batch_size, 0.0, config.momentum,
+                        network.activation_code)
+    accuracy(backend, network, few_images, few_labels)
+    return time.perf_counter() - start
+
+
+class ProgressBar:
+    """A progress line on stderr that appears only once an epoch has run for a second."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label = total, label
+        self.start = self.last = time.perf_counter()
+        self.shown = False
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.start < 1.0 or now - self.last < 0.2:
+            return
+        self.last, self.shown = now, True
+        filled = 30 * done // self.total
+        print(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} "
+              f"{done / (now - self.start):,.0f} img/s", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr, flush=True)
+
+
+def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray], test_set: tuple[np.ndarray, np.ndarray],
+          n_classes: int, on_epoch: Callable[[EpochStats], None] = lambda stats: None
+          ) -> tuple[Network, list[EpochStats]]:
+    """Train a new network on train_set (images, labels); returns it and one EpochStats per epoch.
+
+    The same config and data give bit-identical weights, whatever the number of threads.
+    """
+    backend = get_backend(config.backend)
+    images, labels = train_set
+    rng = np.random.default_rng(config.seed)
+    network = Network.initialise(images.shape[1], config.hidden, n_classes, config.activation, rng)
+    velocity = [np.zeros_like(p) for p in network.params]
+    data = backend.prepare(images)
+    history = []
+    for epoch in range(config.epochs):
+        order = rng.permutation(len(images))
+        learning_rate = learning_rate_at(config, epoch)
+        progress = ProgressBar(len(images), f"epoch {epoch + 1}")
+        start = time.perf_counter()
+        loss_sum, _ = backend.train_epoch(network.params, velocity, data, labels, order, config.batch_size,
+                                          learning_rate, config.momentum, network.activation_code, progress)
+        seconds = time.perf_counter() - start
+        progress.close()
+        loss = loss_sum / len(images)
+        if not (math.isfinite(loss) and network.all_finite()):
+            raise Diverged(epoch + 1, learning_rate)
+        stats = EpochStats(epoch + 1, learning_rate, loss, accuracy(backend, network, images, labels),
+                           accuracy(backend, network, *test_set), seconds, len(images) / seconds)
+        history.append(stats)
+        on_epoch(stats)
+    return network, history
+
+
+class Diverged(FastnetError):
+    def __init__(self, epoch: int, learning_rate: float):
+        super().__init__(f"training diverged in epoch {epoch} (loss or weights became NaN or infinite at learning "
+                         f"rate {learning_rate:g}); nothing was saved; try a smaller --lr")
