@@ -473,7 +473,7 @@ def _predict(probs, images, params, n_hidden, activation):
         rows = np.arange(hi - lo)
         hidden = np.empty((n_blocks, hi - lo, BLOCK), np.float32)
         for blk in range(n_blocks):
-            _hidden_forward(hidden, (images[lo:hi], start, pixels), rows, params.W1, params.b1, activation, blk,
+            _hidden_forward(hidden, InkIndex(images[lo:hi], start, pixels), rows, params.W1, params.b1, activation, blk,
                             min(BLOCK, n_hidden - blk * BLOCK))
         _output_forward(probs[lo:hi], hidden, params.W2, params.b2)
 
