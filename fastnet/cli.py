@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                        default=defaults.learning_rate, help=f"base learning rate (default {defaults.learning_rate})")
     train.add_argument("--momentum", type=_number(float, 0.0, maximum=1.0, what="must be in [0, 1)"),
                        default=defaults.momentum, help="SGD momentum (default 0: plain SGD)")
+    train.add_argument("--weight-decay", type=_number(float, 0.0, what="must be 0 or more"),
+                       default=defaults.weight_decay, help="L2 weight decay on W1 and W2 (default 0)")
     train.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
                        help="learning rate over the epochs: cosine decay towards 0, or constant")
     train.add_argument("--hidden", type=_number(int, 1, what="must be at least 1"), default=defaults.hidden,
@@ -134,7 +136,8 @@ def train(args: argparse.Namespace) -> int:
     from .training import train as run_training, warm_up
 
     config = TrainConfig(epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.lr, momentum=args.momentum, schedule=args.schedule, hidden=args.hidden,
+                         learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                         schedule=args.schedule, hidden=args.hidden,
                          activation=args.activation, seed=args.seed, backend=args.backend)
     out = args.out or (None if args.dry_run else Path("parameters.npz"))
     plot = args.plot or (None if args.dry_run else Path("error.png"))
@@ -154,7 +157,8 @@ def train(args: argparse.Namespace) -> int:
     compile_seconds = warm_up(backend, config, *train_set, n_classes=len(MNIST_CLASSES))
     print(f"backend {config.backend}{threads}: kernels compiled or loaded from cache in {compile_seconds:.2f} s")
     print(f"training 784-{config.hidden}-10 {config.activation}: {config.epochs} epochs, batch {config.batch_size}, "
-          f"lr {config.learning_rate:g} ({config.schedule}), momentum {config.momentum:g}, seed {config.seed}")
+          f"lr {config.learning_rate:g} ({config.schedule}), momentum {config.momentum:g}, "
+          f"weight decay {config.weight_decay:g}, seed {config.seed}")
 
     def report(s):
         print(f"epoch {s.epoch:3d}/{config.epochs}  lr {s.learning_rate:.4f}  loss {s.loss:.4f}  "

@@ -23,6 +23,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1.0
     momentum: float = 0.0
+    weight_decay: float = 0.0
     schedule: str = "cosine"
     hidden: int = 128
     activation: str = "sigmoid"
@@ -72,7 +73,7 @@ def warm_up(backend, config: TrainConfig, images: np.ndarray, labels: np.ndarray
     velocity = [np.zeros_like(p) for p in network.params]
     backend.train_epoch(network.params, velocity, backend.prepare(few_images), few_labels,
                         np.arange(count, dtype=np.int64), config.batch_size, 0.0, config.momentum,
-                        network.activation_code)
+                        network.activation_code, weight_decay=config.weight_decay)
     accuracy(backend, network, few_images, few_labels)
     return time.perf_counter() - start
 
@@ -119,7 +120,8 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray], test_se
         progress = ProgressBar(len(images), f"epoch {epoch + 1}")
         start = time.perf_counter()
         loss_sum, _ = backend.train_epoch(network.params, velocity, data, labels, order, config.batch_size,
-                                          learning_rate, config.momentum, network.activation_code, progress)
+                                          learning_rate, config.momentum, network.activation_code,
+                                          weight_decay=config.weight_decay, progress=progress)
         seconds = time.perf_counter() - start
         progress.close()
         loss = loss_sum / len(images)

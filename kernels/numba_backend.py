@@ -18,29 +18,26 @@ Why it is fast (each point measured, see the README):
   row and ran 9x slower), and every weight is updated by one thread with the
   same operations in the same order whatever the thread count: training is
   race-free and bit-identical for 1 or 2 threads.
-- One parallel region per batch: it finishes batch b-1 (backward + update of
-  the owned blocks) and starts batch b (hidden layer of the owned blocks). The
-  output layer (K=10 logits and softmax) runs serially between regions.
+- Threads are plain Python threads running one nogil compiled worker each
+  (threads.py), meeting once per batch: each finishes batch b-1 (backward +
+  update of its blocks) and begins batch b (hidden layer of its blocks); then
+  worker 0 runs the output layer (K=10 logits and softmax) alone.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from .threads import new_progress, publish, run_workers, thread_count, wait_for
 
 SIGMOID, RELU = 0, 1
 INPUT_SCALE = np.float32(1.0 / 255.0)
 BLOCK = 64
 
 jit = njit(cache=True, fastmath=True, nogil=True)
-# Only explicit prange loops run in parallel: letting Numba turn array expressions
-# (np.zeros, slicing arithmetic) into parallel regions too costs seconds of compile.
-PRANGE_ONLY = {"prange": True, "comprehension": False, "setitem": False, "reduction": False, "numpy": False,
-               "stencil": False, "fusion": False, "inplace_binop": False}
-parallel_jit = njit(cache=True, fastmath=True, nogil=True, parallel=PRANGE_ONLY)
 
 
 class InkIndex(NamedTuple):
@@ -176,24 +173,22 @@ def _hidden_backward(dhidden, dlogits, hidden, W2, activation, blk):
 
 
 @jit
-def _momentum_step(weight, velocity, learning_rate, momentum, phase):
-    """Dense half of momentum SGD: phase 0 decays velocity, phase 1 moves weight by it."""
-    w, v = weight.ravel(), velocity.ravel()
-    for i in range(w.size):
-        if phase == 0:
-            v[i] *= momentum
-        else:
-            w[i] -= learning_rate * v[i]
+def _scale_add(target, scale, source, source_scale):
+    """target = scale * target + source_scale * source, elementwise over whole arrays."""
+    t, s = target.ravel(), source.ravel()
+    for i in range(t.size):
+        t[i] = scale * t[i] + source_scale * s[i]
 
 
 @jit
-def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum,
+def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay,
                      activation, blk):
     """Backward through the hidden layer and SGD update of hidden-unit block blk.
 
     Plain SGD adds -learning_rate * gradient straight into the weights; with
     momentum the gradient goes into the (decayed) velocity, which then moves
-    the weights. Only W1 rows of ink pixels receive gradient.
+    the weights. Only W1 rows of ink pixels receive gradient. Weight decay
+    (W1 and W2 only) is the one dense step, and runs only when asked for.
     """
     images, start, pixels = ink
     _hidden_backward(dhidden, dlogits, hidden, params.W2, activation, blk)
@@ -202,10 +197,13 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
     target = velocity if use_velocity else params
     T1, Tb, T2 = target.W1[blk], target.b1[blk], target.W2[blk]
     dh, h = dhidden[blk], hidden[blk]
-    if use_velocity:
-        for array in (velocity.W1[blk], velocity.W2[blk]):
-            _momentum_step(array, array, learning_rate, momentum, 0)
-        _momentum_step(Tb, Tb, learning_rate, momentum, 0)
+    if use_velocity:  # v = momentum * v + weight_decay * w (+ the gradient, below)
+        for v, w in ((velocity.W1[blk], params.W1[blk]), (velocity.W2[blk], params.W2[blk])):
+            _scale_add(v, momentum, w, weight_decay)
+        _scale_add(Tb, momentum, Tb, np.float32(0.0))
+    elif weight_decay != np.float32(0.0):  # w = (1 - learning_rate * weight_decay) * w (- the gradient, below)
+        for w in (params.W1[blk], params.W2[blk]):
+            _scale_add(w, np.float32(1.0) - learning_rate * weight_decay, w, np.float32(0.0))
     for n in range(rows.size):
         for k in range(dlogits.shape[1]):  # W2 (transposed): dW2[k, j] = sum_n dlogits[n, k] * hidden[n, j]
             g = scale * dlogits[n, k]
@@ -237,10 +235,10 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
             for j in range(BLOCK):
                 T1[p, j] += x * dh[n, j]
             t += 1
-    if use_velocity:
-        _momentum_step(params.W1[blk], velocity.W1[blk], learning_rate, momentum, 1)
-        _momentum_step(params.W2[blk], velocity.W2[blk], learning_rate, momentum, 1)
-        _momentum_step(params.b1[blk], velocity.b1[blk], learning_rate, momentum, 1)
+    if use_velocity:  # w -= learning_rate * v
+        for w, v in ((params.W1[blk], velocity.W1[blk]), (params.W2[blk], velocity.W2[blk])):
+            _scale_add(w, np.float32(1.0), v, -learning_rate)
+        _scale_add(params.b1[blk], np.float32(1.0), velocity.b1[blk], -learning_rate)
 
 
 # ---------------------------------------------------------------- output layer (serial, K=10)
@@ -304,23 +302,6 @@ def _update_output_bias(b2, vb2, dlogits, learning_rate, momentum):
 
 
 @jit
-def _block_step(blk, n_hidden, finish, begin, ink, prev_rows, rows, hidden, dhidden, dlogits, params, velocity,
-                learning_rate, momentum, activation):
-    """One thread's share of a batch boundary: finish the previous batch, begin this one.
-
-    hidden and dhidden are passed whole (a slice over their middle axis would be
-    non-contiguous, which stops vectorisation); the row counts come from the rows.
-    """
-    n_prev = prev_rows.size
-    if finish:
-        _backward_update(ink, prev_rows, hidden, dhidden, dlogits[:n_prev], params, velocity, learning_rate,
-                         momentum, activation, blk)
-    if begin:
-        _hidden_forward(hidden, ink, rows, params.W1, params.b1, activation, blk,
-                        min(BLOCK, n_hidden - blk * BLOCK))
-
-
-@jit
 def _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, velocity, learning_rate, momentum):
     """The serial part of a batch: logits, softmax, loss, dlogits and the update of b2."""
     m = rows.size
@@ -340,68 +321,66 @@ def _epoch_buffers(n_blocks, batch_size, n_classes):
             np.empty(batch_size, np.int64))
 
 
-# The two epochs below differ in one line: how the blocks of a batch are shared out.
-# Batch b's region finishes batch b-1 and begins batch b; b runs to n_batches inclusive.
-
-
-@parallel_jit
-def _train_epoch_parallel(ink, labels, order, params, velocity, n_hidden, batch_size, learning_rate, momentum,
-                          activation):
-    n_blocks = params.W1.shape[0]
-    hidden, dhidden, probs, dlogits, batch_labels = _epoch_buffers(n_blocks, batch_size, params.b2.size)
-    n_batches = -(-order.size // batch_size)
-    loss_sum, correct = 0.0, 0
-    for b in range(n_batches + 1):
-        prev_rows = order[max(b - 1, 0) * batch_size:b * batch_size]
-        rows = order[b * batch_size:(b + 1) * batch_size]
-        for blk in prange(n_blocks):  # one parallel region per batch; each thread takes whole blocks
-            _block_step(np.int64(blk), n_hidden, b > 0, b < n_batches, ink, prev_rows, rows, hidden, dhidden,
-                        dlogits, params, velocity, learning_rate, momentum, activation)
-        if b < n_batches:
-            loss, hits = _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, velocity,
-                                      learning_rate, momentum)
-            loss_sum += loss
-            correct += hits
-    return loss_sum, correct
-
-
 @jit
-def _train_epoch_serial(ink, labels, order, params, velocity, n_hidden, batch_size, learning_rate, momentum,
-                        activation):
+def _epoch_worker(worker, n_workers, progress, ink, labels, order, params, velocity, buffers, n_hidden, batch_size,
+                  learning_rate, momentum, weight_decay, activation):
+    """One worker's share of an epoch; returns the summed loss and correct count (worker 0's are the real ones).
+
+    Worker w owns hidden-unit blocks w, w + n_workers, ... For each batch b it
+    finishes batch b-1 (backward + update) and begins batch b (hidden layer) on
+    its blocks, publishes step 2b+1, and waits. Worker 0, once every worker has
+    published 2b+1, runs the output layer of batch b (serial, K=10) and
+    publishes 2b+2, which lets the others go on to batch b+1.
+    """
+    hidden, dhidden, probs, dlogits, batch_labels = buffers
     n_blocks = params.W1.shape[0]
-    hidden, dhidden, probs, dlogits, batch_labels = _epoch_buffers(n_blocks, batch_size, params.b2.size)
     n_batches = -(-order.size // batch_size)
     loss_sum, correct = 0.0, 0
     for b in range(n_batches + 1):
         prev_rows = order[max(b - 1, 0) * batch_size:b * batch_size]
         rows = order[b * batch_size:(b + 1) * batch_size]
-        for blk in range(n_blocks):  # no parallel region: batch 1 would pay for one per image
-            _block_step(blk, n_hidden, b > 0, b < n_batches, ink, prev_rows, rows, hidden, dhidden,
-                        dlogits, params, velocity, learning_rate, momentum, activation)
-        if b < n_batches:
+        for blk in range(worker, n_blocks, n_workers):
+            if b > 0:
+                _backward_update(ink, prev_rows, hidden, dhidden, dlogits[:prev_rows.size], params, velocity,
+                                 learning_rate, momentum, weight_decay, activation, blk)
+            if b < n_batches:
+                _hidden_forward(hidden, ink, rows, params.W1, params.b1, activation, blk,
+                                min(BLOCK, n_hidden - blk * BLOCK))
+        if b == n_batches:
+            break
+        publish(progress, worker, 2 * b + 1)
+        if worker == 0:
+            for other in range(1, n_workers):
+                wait_for(progress, other, 2 * b + 1)
             loss, hits = _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, velocity,
                                       learning_rate, momentum)
             loss_sum += loss
             correct += hits
+            publish(progress, 0, 2 * b + 2)
+        else:
+            wait_for(progress, 0, 2 * b + 2)
     return loss_sum, correct
 
 
-def _use_threads(batch_size: int, n_hidden: int) -> bool:
-    """Split over threads only when there are blocks to share and batches worth a region."""
-    return numba.get_num_threads() > 1 and n_hidden > BLOCK and batch_size >= 4
+def _workers_for(batch_size: int, n_blocks: int) -> int:
+    """Threads worth using: at most one per block, and one for tiny batches (too little work to share)."""
+    return 1 if batch_size < 4 else max(1, min(thread_count(), n_blocks))
 
 
 def train_epoch(params, velocity, data: InkIndex, labels, order, batch_size, learning_rate, momentum, activation,
-                progress=None):
+                weight_decay=0.0, progress=None):
     """One pass over data in the given order, updating params in place; returns (summed loss, correct).
 
     The epoch is one compiled call, so progress (if given) hears only of its end.
     """
     blocked, blocked_velocity = to_blocks(params), to_blocks(velocity)
-    n_hidden = params[0].shape[1]
-    epoch = _train_epoch_parallel if _use_threads(batch_size, n_hidden) else _train_epoch_serial
-    loss_sum, correct = epoch(data, labels, order.astype(np.int64, copy=False), blocked, blocked_velocity, n_hidden,
-                              batch_size, np.float32(learning_rate), np.float32(momentum), activation)
+    n_blocks, n_hidden = blocked.W1.shape[0], params[0].shape[1]
+    n_workers = _workers_for(batch_size, n_blocks)
+    buffers = _epoch_buffers(n_blocks, batch_size, len(blocked.b2))
+    loss_sum, correct = run_workers(n_workers, _epoch_worker, n_workers, new_progress(n_workers), data, labels,
+                                    order.astype(np.int64, copy=False), blocked, blocked_velocity, buffers, n_hidden,
+                                    batch_size, np.float32(learning_rate), np.float32(momentum),
+                                    np.float32(weight_decay), activation)
     from_blocks(blocked, params)
     from_blocks(blocked_velocity, velocity)
     if progress is not None:
@@ -440,44 +419,49 @@ def backward(grads, hidden, probs, images, labels, params, activation):
     ink, rows = prepare(images), np.arange(len(images), dtype=np.int64)
     for blk in range(blocked.W1.shape[0]):
         _backward_update(ink, rows, hidden_blocks, np.empty_like(hidden_blocks), dlogits, blocked, gradient,
-                         np.float32(0.0), np.float32(1.0), activation, blk)
+                         np.float32(0.0), np.float32(1.0), np.float32(0.0), activation, blk)
     gradient = gradient._replace(b2=dlogits.sum(axis=0))
     from_blocks(gradient, grads)
 
 
-@jit
-def _sgd_update(weight, grad, velocity, learning_rate, momentum):
-    w, g, v = weight.ravel(), grad.ravel(), velocity.ravel()
-    for i in range(w.size):
-        if momentum != np.float32(0.0):
-            v[i] = momentum * v[i] + g[i]
-            w[i] -= learning_rate * v[i]
-        else:
-            w[i] -= learning_rate * g[i]
-
-
-def sgd_update(params, grads, velocity, learning_rate, momentum):
-    """SGD with (PyTorch-style) momentum: v = momentum * v + g; w -= learning_rate * v."""
+def sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay=0.0):
+    """SGD with (PyTorch-style) momentum and L2 weight decay on W1 and W2 (not the biases):
+    g' = g + weight_decay * w;  v = momentum * v + g';  w -= learning_rate * v  (v = g' without momentum)."""
+    rate, momentum = np.float32(learning_rate), np.float32(momentum)
     for weight, grad, v in zip(params, grads, velocity):
-        _sgd_update(weight, grad, v, np.float32(learning_rate), np.float32(momentum))
+        decay = np.float32(weight_decay if weight.ndim == 2 else 0.0)
+        if momentum != 0:
+            _scale_add(v, momentum, weight, decay)
+            _scale_add(v, np.float32(1.0), grad, np.float32(1.0))
+            _scale_add(weight, np.float32(1.0), v, -rate)
+        else:
+            _scale_add(weight, np.float32(1.0) - rate * decay, grad, -rate)
 
 
-@parallel_jit
-def _predict(probs, images, params, n_hidden, activation):
-    n_images = images.shape[0]
+@jit
+def _predict_rows(probs, images, params, n_hidden, activation, lo, hi):
+    """probs[lo:hi] for images[lo:hi], 64 images at a time."""
     n_blocks = params.W1.shape[0]
     group = 64
-    for g in prange(-(-n_images // group)):  # each thread owns whole groups of images: no shared writes
-        lo, hi = g * group, min((g + 1) * group, n_images)
-        start, pixels = _ink_index(images[lo:hi])
-        rows = np.arange(hi - lo)
-        hidden = np.empty((n_blocks, hi - lo, BLOCK), np.float32)
+    hidden = np.empty((n_blocks, group, BLOCK), np.float32)
+    for first in range(lo, hi, group):
+        last = min(first + group, hi)
+        start, pixels = _ink_index(images[first:last])
+        rows = np.arange(last - first)
+        ink = InkIndex(images[first:last], start, pixels)
         for blk in range(n_blocks):
-            _hidden_forward(hidden, InkIndex(images[lo:hi], start, pixels), rows, params.W1, params.b1, activation, blk,
+            _hidden_forward(hidden, ink, rows, params.W1, params.b1, activation, blk,
                             min(BLOCK, n_hidden - blk * BLOCK))
-        _output_forward(probs[lo:hi], hidden, params.W2, params.b2)
+        _output_forward(probs[first:last], hidden, params.W2, params.b2)
 
 
 def predict(probs, images, params, activation):
-    """probs (N, K) for images (N, D) uint8, in parallel over images."""
-    _predict(probs, images, to_blocks(params), params[0].shape[1], activation)
+    """probs (N, K) for images (N, D) uint8; threads take contiguous ranges of images."""
+    n_workers = max(1, min(thread_count(), len(images) // 256))
+    bounds = np.linspace(0, len(images), n_workers + 1).astype(np.int64)
+    blocked, n_hidden = to_blocks(params), params[0].shape[1]
+
+    def work(worker):
+        _predict_rows(probs, images, blocked, n_hidden, activation, bounds[worker], bounds[worker + 1])
+
+    run_workers(n_workers, work)

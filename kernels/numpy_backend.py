@@ -101,9 +101,12 @@ def backward(grads, hidden, probs, images, labels, params, activation):
     linear_backward(dW1, db1, None, dhidden, _inputs(images, W1.dtype), W1)
 
 
-def sgd_update(params, grads, velocity, learning_rate, momentum):
-    """SGD with (PyTorch-style) momentum: v = momentum * v + g; w -= learning_rate * v."""
+def sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay=0.0):
+    """SGD with (PyTorch-style) momentum and L2 weight decay on W1 and W2 (not the biases):
+    g' = g + weight_decay * w;  v = momentum * v + g';  w -= learning_rate * v  (v = g' without momentum)."""
     for weight, grad, v in zip(params, grads, velocity):
+        if weight_decay and weight.ndim == 2:
+            grad = grad + weight_decay * weight
         if momentum:
             v *= momentum
             v += grad
@@ -119,7 +122,7 @@ def cross_entropy_sum(probs, labels):
 
 
 def train_epoch(params, velocity, data, labels, order, batch_size, learning_rate, momentum, activation,
-                progress=None):
+                weight_decay=0.0, progress=None):
     """One pass over data in the given order; returns (summed loss, correct predictions).
 
     Each batch is forward, backward and update; the loss and accuracy are those
@@ -138,7 +141,7 @@ def train_epoch(params, velocity, data, labels, order, batch_size, learning_rate
         loss_sum += cross_entropy_sum(probs, batch_labels)
         correct += int((probs.argmax(axis=1) == batch_labels).sum())
         backward(grads, hidden, probs, images, batch_labels, params, activation)
-        sgd_update(params, grads, velocity, learning_rate, momentum)
+        sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay)
         if progress is not None and (start // batch_size) % 64 == 0:
             progress(start + len(rows))
     return loss_sum, correct

@@ -1,0 +1,137 @@
+"""The Numba kernels against the numpy reference, on the same inputs.
+
+Tolerances: both run in float32 (epsilon 1.2e-7) but sum in different orders
+(Numba: ink pixels four at a time and hidden units in blocks; numpy: BLAS).
+A sum of ~150-784 terms of size <= 1 then differs by at most a few 1e-6, so
+activations and probabilities (in [0, 1]) must agree to 2e-6 and gradients to
+2e-6 of their largest magnitude. A real bug (a wrong index, a missed pixel, a
+race) shows up as errors of 1e-3 or more.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastnet.kernels import numba_backend, numpy_backend
+
+from .conftest import assert_close, new_network, random_images
+
+ATOL = 2e-6
+SHAPES = [(128, "sigmoid"), (128, "relu"), (100, "sigmoid"), (200, "relu"), (16, "sigmoid")]
+
+
+def batch(kind: str, mnist_train, n: int):
+    if kind == "real":
+        images, labels = mnist_train
+        rows = np.random.default_rng(7).choice(len(images), n, replace=False)
+        return images[rows].copy(), labels[rows].copy()
+    rng = np.random.default_rng(11)
+    return random_images(rng, n), rng.integers(0, 10, n).astype(np.uint8)
+
+
+def run_forward(backend, network, images):
+    hidden = np.empty((len(images), network.W1.shape[1]), np.float32)
+    probs = np.empty((len(images), 10), np.float32)
+    backend.forward(hidden, probs, images, network.params, network.activation_code)
+    return hidden, probs
+
+
+@pytest.mark.parametrize("kind", ["real", "random"])
+@pytest.mark.parametrize("n_hidden,activation", SHAPES)
+def test_forward_matches_reference(kind, n_hidden, activation, mnist_train):
+    images, _ = batch(kind, mnist_train, 33)
+    network = new_network(n_hidden, activation)
+    fast_hidden, fast_probs = run_forward(numba_backend, network, images)
+    ref_hidden, ref_probs = run_forward(numpy_backend, network, images)
+    assert_close("hidden", fast_hidden, ref_hidden, ATOL)
+    assert_close("probs", fast_probs, ref_probs, ATOL)
+
+
+@pytest.mark.parametrize("kind", ["real", "random"])
+@pytest.mark.parametrize("n_hidden,activation", SHAPES)
+def test_backward_matches_reference(kind, n_hidden, activation, mnist_train):
+    images, labels = batch(kind, mnist_train, 33)
+    network = new_network(n_hidden, activation)
+    hidden, probs = run_forward(numpy_backend, network, images)
+    grads = {}
+    for backend in (numba_backend, numpy_backend):
+        grads[backend] = [np.empty_like(p) for p in network.params]
+        backend.backward(grads[backend], hidden, probs, images, labels, network.params, network.activation_code)
+    for name, fast, ref in zip(("dW1", "db1", "dW2", "db2"), grads[numba_backend], grads[numpy_backend]):
+        assert np.abs(ref).max() > 0, f"{name} is all zero: the test would prove nothing"
+        assert_close(name, fast, ref, ATOL * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.01), (0.5, 0.01)])
+@pytest.mark.parametrize("n_hidden,activation", SHAPES)
+def test_training_steps_match_reference(n_hidden, activation, momentum, weight_decay, mnist_train):
+    """Three batches of forward + backward + update, each starting from the previous one's weights."""
+    images, labels = mnist_train
+    order = np.random.default_rng(3).permutation(len(images))[:96]
+    results = {}
+    for backend in (numba_backend, numpy_backend):
+        network = new_network(n_hidden, activation)
+        velocity = [np.zeros_like(p) for p in network.params]
+        loss, correct = backend.train_epoch(network.params, velocity, backend.prepare(images), labels, order, 32,
+                                            0.5, momentum, network.activation_code, weight_decay=weight_decay)
+        results[backend] = network, velocity, loss, correct
+    fast, ref = results[numba_backend], results[numpy_backend]
+    start = new_network(n_hidden, activation)
+    for name, fast_w, ref_w, start_w in zip(("W1", "b1", "W2", "b2"), fast[0].params, ref[0].params, start.params):
+        assert np.abs(ref_w - start_w).max() > 1e-4, f"{name} did not move: the test would prove nothing"
+        assert_close(name, fast_w, ref_w, 1e-5)
+    for name, fast_v, ref_v in zip(("v1", "vb1", "v2", "vb2"), fast[1], ref[1]):
+        assert_close(name, fast_v, ref_v, 1e-5)
+    assert fast[2] == pytest.approx(ref[2], rel=1e-5)
+    assert fast[3] == ref[3]
+
+
+def test_batch_size_one_and_ragged_last_batch_match_reference(mnist_train):
+    images, labels = mnist_train
+    order = np.arange(37)
+    for batch_size in (1, 5):
+        results = []
+        for backend in (numba_backend, numpy_backend):
+            network = new_network(100, "sigmoid")
+            velocity = [np.zeros_like(p) for p in network.params]
+            backend.train_epoch(network.params, velocity, backend.prepare(images), labels, order, batch_size, 0.3,
+                                0.0, 0)
+            results.append(network)
+        for name, fast, ref in zip(("W1", "b1", "W2", "b2"), results[0].params, results[1].params):
+            assert_close(f"{name} (batch {batch_size})", fast, ref, 1e-5)
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.1), (0.9, 0.1)])
+def test_sgd_update_matches_reference(momentum, weight_decay):
+    rng = np.random.default_rng(5)
+    shapes = [(784, 128), (128,), (128, 10), (10,)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    out = {}
+    for backend in (numba_backend, numpy_backend):
+        p, v = [x.copy() for x in params], [np.full(s, 0.5, np.float32) for s in shapes]
+        backend.sgd_update(p, grads, v, 0.1, momentum, weight_decay)
+        out[backend] = p, v
+    for i in range(4):
+        assert_close(f"param {i}", out[numba_backend][0][i], out[numpy_backend][0][i], 1e-6)
+        assert_close(f"velocity {i}", out[numba_backend][1][i], out[numpy_backend][1][i], 1e-6)
+
+
+def test_predict_matches_reference(mnist_test):
+    images = mnist_test[0][:1000]
+    network = new_network(128, "sigmoid")
+    probs = {}
+    for backend in (numba_backend, numpy_backend):
+        probs[backend] = np.empty((len(images), 10), np.float32)
+        backend.predict(probs[backend], images, network.params, 0)
+    assert_close("probs", probs[numba_backend], probs[numpy_backend], ATOL)
+
+
+def test_ink_index_lists_exactly_the_nonzero_pixels(mnist_train):
+    images = mnist_train[0][:500]
+    index = numba_backend.prepare(images)
+    for n in (0, 1, 250, 499):
+        listed = index.pixels[index.start[n]:index.start[n + 1]]
+        np.testing.assert_array_equal(listed, np.flatnonzero(images[n]))
+    assert index.start[-1] == np.count_nonzero(images)

@@ -1,0 +1,70 @@
+"""Training end to end on real MNIST, and determinism across thread counts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastnet.training import TrainConfig, learning_rate_at, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_one_epoch_reaches_90_percent(mnist_train, mnist_test):
+    network, history = train(TrainConfig(epochs=1), mnist_train, mnist_test, 10)
+    assert history[0].test_accuracy >= 0.90
+    assert history[0].train_accuracy >= 0.90
+    assert 0 < history[0].loss < 1.0
+
+
+def test_numpy_backend_learns_too(mnist_train, mnist_test):
+    small = tuple(a[:6000] for a in mnist_train)
+    _, history = train(TrainConfig(epochs=1, backend="numpy", batch_size=16, learning_rate=0.5), small, mnist_test, 10)
+    assert history[0].test_accuracy >= 0.85
+
+
+def test_cosine_schedule_decays_from_the_base_rate():
+    config = TrainConfig(epochs=4, learning_rate=2.0)
+    rates = [learning_rate_at(config, e) for e in range(4)]
+    assert rates[0] == 2.0 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    assert learning_rate_at(TrainConfig(schedule="constant", learning_rate=0.3), 7) == 0.3
+
+
+TRAIN_AND_HASH = """
+import hashlib, sys
+from fastnet.datasets import load_mnist
+from fastnet.training import TrainConfig, train
+import numba
+images, labels = load_mnist("train")
+network, _ = train(TrainConfig(epochs=1, batch_size=int(sys.argv[1]), momentum=float(sys.argv[2])),
+                   (images[:8000], labels[:8000]), load_mnist("test"), 10)
+digest = hashlib.sha256(b"".join(p.tobytes() for p in network.params)).hexdigest()
+print(numba.get_num_threads(), digest)
+"""
+
+
+@pytest.mark.parametrize("batch_size,momentum", [(32, 0.0), (64, 0.9)])
+def test_weights_are_bit_identical_for_one_and_two_threads(batch_size, momentum):
+    digests = set()
+    for threads in ("1", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads, PYTHONPATH=str(ROOT))
+        result = subprocess.run([sys.executable, "-c", TRAIN_AND_HASH, str(batch_size), str(momentum)], env=env,
+                                capture_output=True, text=True, timeout=600, check=True)
+        count, digest = result.stdout.split()
+        assert count == threads
+        digests.add(digest)
+    assert len(digests) == 1, "1 and 2 threads gave different weights"
+
+
+def test_same_seed_same_weights_other_seed_other_weights(mnist_train, mnist_test):
+    small = tuple(a[:3000] for a in mnist_train)
+    first, _ = train(TrainConfig(epochs=1, seed=3), small, mnist_test, 10)
+    again, _ = train(TrainConfig(epochs=1, seed=3), small, mnist_test, 10)
+    other, _ = train(TrainConfig(epochs=1, seed=4), small, mnist_test, 10)
+    assert all(np.array_equal(a, b) for a, b in zip(first.params, again.params))
+    assert not np.array_equal(first.W1, other.W1)
