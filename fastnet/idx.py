@@ -7,6 +7,7 @@ dimensions, each dimension as a big-endian uint32, then the data, row-major.
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from pathlib import Path
 
@@ -15,36 +16,54 @@ import numpy as np
 from .errors import FastnetError
 
 UNSIGNED_BYTE = 0x08
+CHUNK = 1 << 20
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """The array stored in an IDX file (.gz or raw), writable and C-contiguous, uint8."""
+    """The array stored in an IDX file (.gz or raw): uint8, writable, C-contiguous.
+
+    Decompresses straight into the final array, so a 47 MB file never exists twice.
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as file:
+            return _read(file, str(path))
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such file") from None
     except (OSError, EOFError, zlib.error) as error:
         raise FastnetError(f"{path}: cannot read or decompress ({error}); replace it with a good copy") from None
-    return parse_idx(bytearray(raw), str(path))
 
 
-def parse_idx(raw: bytearray, name: str = "IDX data") -> np.ndarray:
-    """Parse IDX bytes, checking the magic number, dimensions and size."""
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise FastnetError(f"{name}: not an IDX file (bad magic number {bytes(raw[:4]).hex() or 'empty'})")
-    if raw[2] != UNSIGNED_BYTE:
-        raise FastnetError(f"{name}: IDX element type 0x{raw[2]:02x} is not supported (only 0x08, unsigned bytes)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise FastnetError(f"{name}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64))
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "too long"
-        raise FastnetError(f"{name}: {kind} IDX file: header says shape {shape} ({expected} bytes), "
-                           f"file has {len(raw)} bytes; replace it with a good copy")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
+    """The array stored in IDX bytes, checking the magic number, dimensions and size."""
+    return _read(io.BytesIO(raw), name)
+
+
+def _read(file, name: str) -> np.ndarray:
+    magic = file.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+        raise FastnetError(f"{name}: not an IDX file (bad magic number {magic.hex() or 'empty'})")
+    if magic[2] != UNSIGNED_BYTE:
+        raise FastnetError(f"{name}: IDX element type 0x{magic[2]:02x} is not supported (only 0x08, unsigned bytes)")
+    ndim = magic[3]
+    dims = file.read(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
+        raise FastnetError(f"{name}: truncated IDX header ({4 + len(dims)} bytes for {ndim} dimensions)")
+    shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(ndim))
+    size = int(np.prod(shape, dtype=np.int64))
+    array = np.empty(size, np.uint8)
+    view, got = memoryview(array), 0
+    while got < size:  # in chunks: GzipFile.readinto of everything at once makes a full temporary copy
+        count = file.readinto(view[got:got + CHUNK])
+        if not count:
+            break
+        got += count
+    extra = len(file.read(1))
+    if got != size or extra:
+        found = f"{got} bytes of data" if got != size else "more data than that"
+        kind = "truncated" if got != size else "too long"
+        raise FastnetError(f"{name}: {kind} IDX file: header says shape {shape} ({size} bytes of data), "
+                           f"found {found}; replace it with a good copy")
+    return array.reshape(shape)

@@ -75,7 +75,16 @@ def save(path: str | Path, parameters: Parameters) -> None:
         test_accuracy=np.float64(parameters.test_accuracy),
         fastnet_version=np.str_(__version__),
     )
-    write_atomically(Path(path), lambda file: np.savez(file, **arrays))
+    write_atomically(Path(path), lambda file: _write_npz(file, arrays))
+
+
+def _write_npz(file, arrays: dict) -> None:
+    """What np.savez writes, but with fixed timestamps: the same parameters give the same bytes."""
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(entry, "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def load(path: str | Path) -> Parameters:

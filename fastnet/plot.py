@@ -18,7 +18,7 @@ def plot_history(history: list[EpochStats], path: str | Path, title: str = "") -
     """Train and test error (%) and loss per epoch, written atomically to path."""
     epochs = [s.epoch for s in history]
     figure, (errors, losses) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    errors.plot(epochs, [100 * (1 - s.train_accuracy) for s in history], "o-", label="train")
+    errors.plot(epochs, [100 * (1 - s.train_accuracy) for s in history], "o-", label="train (during the epoch)")
     errors.plot(epochs, [100 * (1 - s.test_accuracy) for s in history], "o-", label="test")
     errors.set(xlabel="epoch", ylabel="error (%)", title="error against epochs")
     errors.legend()

@@ -52,15 +52,20 @@ class InkIndex(NamedTuple):
 def _ink_index(images):
     n_images, n_inputs = images.shape
     start = np.empty(n_images + 1, np.int64)
-    pixels = np.empty(images.size, np.uint16)
-    count = 0
-    for n in range(n_images):
-        start[n] = count
+    start[0] = 0
+    for n in range(n_images):  # count first, so pixels is allocated at its exact size
+        count = 0
         for p in range(n_inputs):
-            pixels[count] = p  # branchless compaction: write always, advance on ink
             count += images[n, p] != 0
-    start[n_images] = count
-    return start, pixels[:count].copy()
+        start[n + 1] = start[n] + count
+    pixels = np.empty(start[n_images], np.uint16)
+    for n in range(n_images):
+        i = start[n]
+        for p in range(n_inputs):
+            if images[n, p] != 0:
+                pixels[i] = p
+                i += 1
+    return start, pixels
 
 
 def prepare(images: np.ndarray) -> InkIndex:
