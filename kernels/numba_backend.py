@@ -38,6 +38,11 @@ INPUT_SCALE = np.float32(1.0 / 255.0)
 BLOCK = 64
 
 jit = njit(cache=True, fastmath=True, nogil=True)
+# Helpers are inlined (in Numba's IR) into the functions called from Python, so each of those
+# carries one fixed copy of them. As separate functions, every caller linked its own optimised
+# copy and the JIT bound calls to whichever loaded first: with fastmath reassociating sums
+# differently in each copy, a freshly compiled run and a cached run differed in the last bits.
+inline_jit = njit(cache=True, fastmath=True, nogil=True, inline="always")
 
 
 class InkIndex(NamedTuple):
@@ -122,7 +127,7 @@ def from_blocks(blocks: Blocked, params) -> None:
 # stops vectorisation; checked in the assembly).
 
 
-@jit
+@inline_jit
 def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
     """hidden[blk, n] = activation(x[rows[n]] @ W1[blk] + b1[blk]); units >= width (padding) = 0.
 
@@ -159,7 +164,7 @@ def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
             h[n, j] = np.float32(0.0)
 
 
-@jit
+@inline_jit
 def _hidden_backward(dhidden, dlogits, hidden, W2, activation, blk):
     """dhidden[blk, n] = (dlogits[n] @ W2[blk]) * activation'(hidden[blk, n])."""
     dh, h, W = dhidden[blk], hidden[blk], W2[blk]
@@ -177,7 +182,7 @@ def _hidden_backward(dhidden, dlogits, hidden, W2, activation, blk):
                 dh[n, j] = np.float32(0.0)
 
 
-@jit
+@inline_jit
 def _scale_add(target, scale, source, source_scale):
     """target = scale * target + source_scale * source, elementwise over whole arrays."""
     t, s = target.ravel(), source.ravel()
@@ -185,7 +190,7 @@ def _scale_add(target, scale, source, source_scale):
         t[i] = scale * t[i] + source_scale * s[i]
 
 
-@jit
+@inline_jit
 def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay,
                      activation, blk):
     """Backward through the hidden layer and SGD update of hidden-unit block blk.
@@ -249,7 +254,7 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
 # ---------------------------------------------------------------- output layer (serial, K=10)
 
 
-@jit
+@inline_jit
 def _output_forward(probs, hidden, W2, b2):
     """probs[n] = softmax(hidden[:, n] @ W2 + b2), summing block by block in a fixed order."""
     n_rows, n_classes = probs.shape
@@ -270,7 +275,7 @@ def _output_forward(probs, hidden, W2, b2):
             p[k] /= total
 
 
-@jit
+@inline_jit
 def _output_backward(dlogits, probs, labels):
     """dlogits of the batch-mean cross-entropy; returns (summed loss, correct predictions)."""
     n_rows, n_classes = probs.shape
@@ -289,7 +294,7 @@ def _output_backward(dlogits, probs, labels):
     return loss, correct
 
 
-@jit
+@inline_jit
 def _update_output_bias(b2, vb2, dlogits, learning_rate, momentum):
     use_velocity = momentum != np.float32(0.0)
     target = vb2 if use_velocity else b2
@@ -306,7 +311,7 @@ def _update_output_bias(b2, vb2, dlogits, learning_rate, momentum):
 # ---------------------------------------------------------------- the epoch
 
 
-@jit
+@inline_jit
 def _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, velocity, learning_rate, momentum):
     """The serial part of a batch: logits, softmax, loss, dlogits and the update of b2."""
     m = rows.size

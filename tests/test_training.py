@@ -61,6 +61,15 @@ def test_weights_are_bit_identical_for_one_and_two_threads(batch_size, momentum)
     assert len(digests) == 1, "1 and 2 threads gave different weights"
 
 
+def test_freshly_compiled_and_cached_kernels_give_bit_identical_weights(tmp_path):
+    """A first run compiles the kernels into an empty cache, the second loads them: same weights."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), PYTHONPATH=str(ROOT))
+    digests = [subprocess.run([sys.executable, "-c", TRAIN_AND_HASH, "32", "0.0"], env=env, capture_output=True,
+                              text=True, timeout=600, check=True).stdout.split()[1] for _ in ("cold", "warm")]
+    assert any((tmp_path / "numba-cache").rglob("*.nbc")), "the first run should have filled the cache"
+    assert digests[0] == digests[1], "compiled and cached kernels gave different weights"
+
+
 def test_same_seed_same_weights_other_seed_other_weights(mnist_train, mnist_test):
     small = tuple(a[:3000] for a in mnist_train)
     first, _ = train(TrainConfig(epochs=1, seed=3), small, mnist_test, 10)
