@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -70,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_flags(train)
     train.add_argument("--out", type=Path, help="where to save the parameters (default parameters.npz)")
     train.add_argument("--plot", type=Path, help="where to save the error plot PNG (default error.png)")
+    train.add_argument("--checkpoint", type=Path,
+                       help="where to keep the checkpoint, written after every epoch and on Ctrl-C, removed at the "
+                            "end (default: beside --out, e.g. parameters.checkpoint.npz)")
+    train.add_argument("--resume", type=Path, metavar="CHECKPOINT",
+                       help="continue the training saved in CHECKPOINT, to the same weights as an unbroken run "
+                            "(its settings are used; the training flags are ignored)")
     train.add_argument("--no-training", action="store_true",
                        help="do not train: report the accuracy of the stored --parameters, as the original did")
     train.add_argument("--parameters", type=Path, default=Path("parameters.npz"),
@@ -130,18 +138,24 @@ def evaluate(parameters_path: Path, backend_name: str) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
     from .kernels import get_backend
     from .parameters import Parameters, save
     from .plot import plot_history
-    from .training import train as run_training, warm_up
+    from .training import Interrupted, train as run_training, warm_up
 
-    config = TrainConfig(epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                         schedule=args.schedule, hidden=args.hidden,
-                         activation=args.activation, seed=args.seed, backend=args.backend)
+    resume = load_checkpoint(args.resume) if args.resume else None
+    if resume is not None:
+        config = TrainConfig(**resume.config)
+    else:
+        config = TrainConfig(epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size,
+                             learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                             schedule=args.schedule, hidden=args.hidden, activation=args.activation, seed=args.seed,
+                             backend=args.backend)
     out = args.out or (None if args.dry_run else Path("parameters.npz"))
     plot = args.plot or (None if args.dry_run else Path("error.png"))
-    for path, flag in ((out, "--out"), (plot, "--plot")):
+    checkpoint = args.resume or args.checkpoint or (out.with_name(f"{out.stem}.checkpoint.npz") if out else None)
+    for path, flag in ((out, "--out"), (plot, "--plot"), (checkpoint, "--checkpoint")):
         if path is not None:
             _writable(path, flag)
 
@@ -156,25 +170,60 @@ def train(args: argparse.Namespace) -> int:
     threads = f", {_thread_count()} threads" if config.backend == "numba" else ""
     compile_seconds = warm_up(backend, config, *train_set, n_classes=len(MNIST_CLASSES))
     print(f"backend {config.backend}{threads}: kernels compiled or loaded from cache in {compile_seconds:.2f} s")
+    resuming = f"; resuming epoch {resume.epoch + 1} at batch {resume.next_batch + 1}" if resume else ""
     print(f"training 784-{config.hidden}-10 {config.activation}: {config.epochs} epochs, batch {config.batch_size}, "
           f"lr {config.learning_rate:g} ({config.schedule}), momentum {config.momentum:g}, "
-          f"weight decay {config.weight_decay:g}, seed {config.seed}")
+          f"weight decay {config.weight_decay:g}, seed {config.seed}{resuming}")
 
     def report(s):
         print(f"epoch {s.epoch:3d}/{config.epochs}  lr {s.learning_rate:.4f}  loss {s.loss:.4f}  "
               f"train {100 * s.train_accuracy:6.2f}%  test {100 * s.test_accuracy:6.2f}%  "
               f"{s.seconds:6.2f} s  {s.images_per_second:11,.0f} img/s", flush=True)
 
-    network, history = run_training(config, train_set, test_set, len(MNIST_CLASSES), report)
+    try:
+        with _stop_on_ctrl_c() as stop:
+            network, history = run_training(config, train_set, test_set, len(MNIST_CLASSES), report, resume=resume,
+                                            checkpoint_path=checkpoint, stop=stop)
+    except Interrupted as interrupted:
+        if interrupted.checkpoint_path is None:
+            print(f"fastnet: interrupted ({interrupted}); nothing saved", file=sys.stderr)
+        else:
+            print(f"fastnet: interrupted ({interrupted}); checkpoint saved to {interrupted.checkpoint_path}\n"
+                  f"resume with: python -m fastnet train --resume {interrupted.checkpoint_path}"
+                  + (f" --out {out}" if out else "") + (f" --plot {plot}" if plot else ""), file=sys.stderr)
+        return 130
     final = history[-1].test_accuracy
     if out is not None:
         save(out, Parameters(network, list(MNIST_CLASSES), config.as_dict(), final))
     if plot is not None:
         plot_history(history, plot, f"fastnet 784-{config.hidden}-10 {config.activation}, batch {config.batch_size}")
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the run is complete: parameters.npz holds its result
     saved = ", ".join(f"{what} {path}" for what, path in (("saved", out), ("plot", plot)) if path is not None)
     print(f"test accuracy {100 * final:.2f}% after {config.epochs} epochs; "
           f"{time.perf_counter() - started:.1f} s in all" + (f"; {saved}" if saved else ""))
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c():
+    """A stop flag raised by the first Ctrl-C (training ends at the batch boundary); a second one quits at once."""
+    from .kernels.threads import new_stop_flag
+
+    stop = new_stop_flag()
+
+    def on_interrupt(signum, frame):
+        if stop[0]:
+            print("\nfastnet: interrupted again: quitting now (files on disk are complete)", file=sys.stderr)
+            os._exit(130)
+        stop[0] = 1
+        print("\nfastnet: stopping at the end of this batch (Ctrl-C again to quit at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _thread_count() -> int:

@@ -17,6 +17,7 @@ from .errors import FastnetError
 
 UNSIGNED_BYTE = 0x08
 CHUNK = 1 << 20
+DEFLATE_MAX_RATIO = 1032  # deflate never compresses better than this
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -28,8 +29,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with open(path, "rb") as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
+        capacity = path.stat().st_size * (DEFLATE_MAX_RATIO if gzipped else 1)
         with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as file:
-            return _read(file, str(path))
+            return _read(file, str(path), capacity)
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such file") from None
     except (OSError, EOFError, zlib.error) as error:
@@ -38,10 +40,11 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
     """The array stored in IDX bytes, checking the magic number, dimensions and size."""
-    return _read(io.BytesIO(raw), name)
+    return _read(io.BytesIO(raw), name, len(raw))
 
 
-def _read(file, name: str) -> np.ndarray:
+def _read(file, name: str, capacity: int) -> np.ndarray:
+    """Read an IDX stream; capacity bounds the bytes it can hold, so a lying header allocates nothing."""
     magic = file.read(4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
         raise FastnetError(f"{name}: not an IDX file (bad magic number {magic.hex() or 'empty'})")
@@ -52,7 +55,10 @@ def _read(file, name: str) -> np.ndarray:
     if ndim == 0 or len(dims) < 4 * ndim:
         raise FastnetError(f"{name}: truncated IDX header ({4 + len(dims)} bytes for {ndim} dimensions)")
     shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(ndim))
-    size = int(np.prod(shape, dtype=np.int64))
+    size = int(np.prod(shape, dtype=object))
+    if size > capacity:
+        raise FastnetError(f"{name}: truncated IDX file: header says shape {shape} ({size} bytes of data), "
+                           f"more than the file can hold; replace it with a good copy")
     array = np.empty(size, np.uint8)
     view, got = memoryview(array), 0
     while got < size:  # in chunks: GzipFile.readinto of everything at once makes a full temporary copy

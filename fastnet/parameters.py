@@ -52,11 +52,18 @@ def write_atomically(path: Path, write) -> None:
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
+            os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save(path: str | Path, parameters: Parameters) -> None:
@@ -75,10 +82,10 @@ def save(path: str | Path, parameters: Parameters) -> None:
         test_accuracy=np.float64(parameters.test_accuracy),
         fastnet_version=np.str_(__version__),
     )
-    write_atomically(Path(path), lambda file: _write_npz(file, arrays))
+    write_atomically(Path(path), lambda file: write_npz(file, arrays))
 
 
-def _write_npz(file, arrays: dict) -> None:
+def write_npz(file, arrays: dict) -> None:
     """What np.savez writes, but with fixed timestamps: the same parameters give the same bytes."""
     with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
         for name, array in arrays.items():
@@ -98,9 +105,15 @@ def load(path: str | Path) -> Parameters:
             stored = {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such parameters file; train one with 'python -m fastnet train'") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
-        raise FastnetError(f"{path}: cannot read parameters ({error}); is it a .npz file written by fastnet?") from None
-    return _checked(path, stored)
+    except FastnetError:
+        raise
+    except Exception as error:  # untrusted bytes: zip, npy header (even tokenize) and decompression errors alike
+        raise FastnetError(f"{path}: cannot read parameters ({type(error).__name__}: {error}); "
+                           "is it a .npz file written by fastnet?") from None
+    try:
+        return _checked(path, stored)
+    except (TypeError, ValueError, OverflowError, IndexError) as error:  # entries of the wrong kind
+        raise FastnetError(f"{path}: malformed parameters file ({type(error).__name__}: {error})") from None
 
 
 def _checked(path: Path, stored: dict) -> Parameters:

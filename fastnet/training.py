@@ -6,10 +6,12 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .checkpoint import Checkpoint, save_checkpoint
 from .errors import FastnetError
 from .kernels import get_backend
 from .model import Network
@@ -101,40 +103,82 @@ class ProgressBar:
 
 
 def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray], test_set: tuple[np.ndarray, np.ndarray],
-          n_classes: int, on_epoch: Callable[[EpochStats], None] = lambda stats: None
-          ) -> tuple[Network, list[EpochStats]]:
-    """Train a new network on train_set (images, labels); returns it and one EpochStats per epoch.
+          n_classes: int, on_epoch: Callable[[EpochStats], None] = lambda stats: None, *,
+          resume: Checkpoint | None = None, checkpoint_path: Path | None = None,
+          stop: np.ndarray | None = None) -> tuple[Network, list[EpochStats]]:
+    """Train a network on train_set (images, labels); returns it and one EpochStats per epoch.
 
-    The same config and data give bit-identical weights, whatever the number of threads.
+    The same config and data give bit-identical weights, whatever the number of
+    threads, and so does a run stopped (stop[0] = 1, from new_stop_flag()) and
+    continued from its checkpoint (resume). With checkpoint_path, a checkpoint is
+    written after every epoch and when stopped; a stop raises Interrupted.
     """
     backend = get_backend(config.backend)
     images, labels = train_set
     rng = np.random.default_rng(config.seed)
-    network = Network.initialise(images.shape[1], config.hidden, n_classes, config.activation, rng)
-    velocity = [np.zeros_like(p) for p in network.params]
+    if resume is not None:
+        network, velocity, history = resume.network, resume.velocity, [EpochStats(**h) for h in resume.history]
+        rng.bit_generator.state = resume.rng_state
+    else:
+        network = Network.initialise(images.shape[1], config.hidden, n_classes, config.activation, rng)
+        velocity, history = [np.zeros_like(p) for p in network.params], []
     data = backend.prepare(images)
-    history = []
-    for epoch in range(config.epochs):
+    n_batches = -(-len(images) // config.batch_size)
+
+    def save(epoch, next_batch, rng_state, loss_sum=0.0, correct=0):
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, Checkpoint(config.as_dict(), network, velocity, epoch, next_batch,
+                                                        rng_state, loss_sum, correct, [asdict(h) for h in history]))
+
+    for epoch in range(len(history), config.epochs):
+        rng_state = rng.bit_generator.state  # before the shuffle: a resumed run draws the same order
         order = rng.permutation(len(images))
+        continuing = resume is not None and epoch == resume.epoch
+        first_batch, loss_sum, correct = (resume.next_batch, resume.loss_sum, resume.correct) if continuing else (0, 0.0, 0)
         learning_rate = learning_rate_at(config, epoch)
         progress = ProgressBar(len(images), f"epoch {epoch + 1}")
         start = time.perf_counter()
-        loss_sum, correct = backend.train_epoch(network.params, velocity, data, labels, order, config.batch_size,
-                                          learning_rate, config.momentum, network.activation_code,
-                                          weight_decay=config.weight_decay, progress=progress)
+        loss, hits, next_batch = backend.train_epoch(network.params, velocity, data, labels, order, config.batch_size,
+                                                     learning_rate, config.momentum, network.activation_code,
+                                                     weight_decay=config.weight_decay, progress=progress, stop=stop,
+                                                     first_batch=first_batch)
         seconds = time.perf_counter() - start
         progress.close()
-        loss = loss_sum / len(images)
-        if not (math.isfinite(loss) and network.all_finite()):
-            raise Diverged(epoch + 1, learning_rate)
-        stats = EpochStats(epoch + 1, learning_rate, loss, correct / len(images), accuracy(backend, network, *test_set),
-                           seconds, len(images) / seconds)
+        loss_sum, correct = loss_sum + loss, correct + hits
+        done = min((next_batch - first_batch) * config.batch_size, len(images))
+        if not (math.isfinite(loss_sum) and network.all_finite()) or loss / max(done, 1) > diverged_loss(n_classes):
+            raise Diverged(epoch + 1, learning_rate, checkpoint_path)
+        if next_batch < n_batches:
+            save(epoch, next_batch, rng_state, loss_sum, correct)
+            raise Interrupted(epoch + 1, next_batch, checkpoint_path)
+        stats = EpochStats(epoch + 1, learning_rate, loss_sum / len(images), correct / len(images),
+                           accuracy(backend, network, *test_set), seconds, done / seconds)
         history.append(stats)
+        save(epoch + 1, 0, rng.bit_generator.state)
         on_epoch(stats)
     return network, history
 
 
+def diverged_loss(n_classes: int) -> float:
+    """A mean loss above this is divergence: three times that of guessing uniformly (ln K each image).
+
+    Saturated sigmoids keep the weights finite at absurd learning rates, so NaN alone misses it.
+    """
+    return 3.0 * math.log(n_classes)
+
+
 class Diverged(FastnetError):
-    def __init__(self, epoch: int, learning_rate: float):
-        super().__init__(f"training diverged in epoch {epoch} (loss or weights became NaN or infinite at learning "
-                         f"rate {learning_rate:g}); nothing was saved; try a smaller --lr")
+    def __init__(self, epoch: int, learning_rate: float, checkpoint_path: Path | None):
+        kept = (f"; the last good epoch is kept in {checkpoint_path}"
+                if checkpoint_path is not None and checkpoint_path.exists() else "")
+        super().__init__(f"training diverged in epoch {epoch} at learning rate {learning_rate:g} (the loss or "
+                         f"weights became NaN or infinite, or the loss far worse than guessing); nothing was "
+                         f"saved{kept}; try a smaller --lr")
+
+
+class Interrupted(Exception):
+    """Training was stopped at a batch boundary; the checkpoint (if any) continues it exactly."""
+
+    def __init__(self, epoch: int, next_batch: int, checkpoint_path: Path | None):
+        super().__init__(f"stopped in epoch {epoch} before batch {next_batch + 1}")
+        self.checkpoint_path = checkpoint_path

@@ -31,7 +31,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .threads import new_progress, publish, run_workers, thread_count, wait_for
+from .threads import (STOP_AT, load_acquire, new_control, new_stop_flag, publish, run_workers, thread_count,
+                      wait_for)
 
 SIGMOID, RELU = 0, 1
 INPUT_SCALE = np.float32(1.0 / 255.0)
@@ -332,44 +333,51 @@ def _epoch_buffers(n_blocks, batch_size, n_classes):
 
 
 @jit
-def _epoch_worker(worker, n_workers, progress, ink, labels, order, params, velocity, buffers, n_hidden, batch_size,
-                  learning_rate, momentum, weight_decay, activation):
-    """One worker's share of an epoch; returns the summed loss and correct count (worker 0's are the real ones).
+def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, velocity, buffers, n_hidden, batch_size,
+                  learning_rate, momentum, weight_decay, activation, first_batch):
+    """One worker's share of an epoch, from batch first_batch; returns (summed loss, correct, next batch).
 
     Worker w owns hidden-unit blocks w, w + n_workers, ... For each batch b it
     finishes batch b-1 (backward + update) and begins batch b (hidden layer) on
     its blocks, publishes step 2b+1, and waits. Worker 0, once every worker has
     published 2b+1, runs the output layer of batch b (serial, K=10) and
     publishes 2b+2, which lets the others go on to batch b+1.
+    stop[0] != 0 asks for a stop: worker 0 then sets control[STOP_AT] to the
+    batch after the one it has just done, before publishing 2b+2, so that every
+    worker finishes that batch and stops there. (loss and correct are worker 0's.)
     """
     hidden, dhidden, probs, dlogits, batch_labels = buffers
     n_blocks = params.W1.shape[0]
-    n_batches = -(-order.size // batch_size)
+    end = -(-order.size // batch_size)
     loss_sum, correct = 0.0, 0
-    for b in range(n_batches + 1):
+    for b in range(first_batch, end + 1):
         prev_rows = order[max(b - 1, 0) * batch_size:b * batch_size]
         rows = order[b * batch_size:(b + 1) * batch_size]
         for blk in range(worker, n_blocks, n_workers):
-            if b > 0:
+            if b > first_batch:
                 _backward_update(ink, prev_rows, hidden, dhidden, dlogits[:prev_rows.size], params, velocity,
                                  learning_rate, momentum, weight_decay, activation, blk)
-            if b < n_batches:
+            if b < end:
                 _hidden_forward(hidden, ink, rows, params.W1, params.b1, activation, blk,
                                 min(BLOCK, n_hidden - blk * BLOCK))
-        if b == n_batches:
+        if b == end:
             break
-        publish(progress, worker, 2 * b + 1)
+        publish(control, worker + 1, 2 * b + 1)
         if worker == 0:
             for other in range(1, n_workers):
-                wait_for(progress, other, 2 * b + 1)
+                wait_for(control, other + 1, 2 * b + 1)
             loss, hits = _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, velocity,
                                       learning_rate, momentum)
             loss_sum += loss
             correct += hits
-            publish(progress, 0, 2 * b + 2)
+            if load_acquire(stop, 0) != 0:
+                control[STOP_AT] = b + 1
+            publish(control, 1, 2 * b + 2)
         else:
-            wait_for(progress, 0, 2 * b + 2)
-    return loss_sum, correct
+            wait_for(control, 1, 2 * b + 2)
+        if control[STOP_AT] >= 0:
+            end = control[STOP_AT]
+    return loss_sum, correct, end
 
 
 def _workers_for(batch_size: int, n_blocks: int) -> int:
@@ -378,24 +386,28 @@ def _workers_for(batch_size: int, n_blocks: int) -> int:
 
 
 def train_epoch(params, velocity, data: InkIndex, labels, order, batch_size, learning_rate, momentum, activation,
-                weight_decay=0.0, progress=None):
-    """One pass over data in the given order, updating params in place; returns (summed loss, correct).
+                weight_decay=0.0, progress=None, stop=None, first_batch=0):
+    """One pass over data in the given order from batch first_batch, updating params in place.
 
-    The epoch is one compiled call, so progress (if given) hears only of its end.
+    Returns (summed loss, correct predictions, next batch): next batch is the
+    number of batches when the epoch is complete, less if stop (an array from
+    new_stop_flag()) was raised: the batches before it are fully done. The epoch
+    is one compiled call, so progress (if given) hears only of its end.
     """
     blocked, blocked_velocity = to_blocks(params), to_blocks(velocity)
     n_blocks, n_hidden = blocked.W1.shape[0], params[0].shape[1]
     n_workers = _workers_for(batch_size, n_blocks)
     buffers = _epoch_buffers(n_blocks, batch_size, len(blocked.b2))
-    loss_sum, correct = run_workers(n_workers, _epoch_worker, n_workers, new_progress(n_workers), data, labels,
-                                    order.astype(np.int64, copy=False), blocked, blocked_velocity, buffers, n_hidden,
-                                    batch_size, np.float32(learning_rate), np.float32(momentum),
-                                    np.float32(weight_decay), activation)
+    loss_sum, correct, next_batch = run_workers(
+        n_workers, _epoch_worker, n_workers, new_control(n_workers), new_stop_flag() if stop is None else stop, data,
+        labels, order.astype(np.int64, copy=False), blocked,
+        blocked_velocity, buffers, n_hidden, batch_size, np.float32(learning_rate), np.float32(momentum),
+        np.float32(weight_decay), activation, first_batch, wait_in_threads=stop is not None)
     from_blocks(blocked, params)
     from_blocks(blocked_velocity, velocity)
     if progress is not None:
-        progress(len(order))
-    return float(loss_sum), int(correct)
+        progress(min(len(order), next_batch * batch_size))
+    return float(loss_sum), int(correct), int(next_batch)
 
 
 # ---------------------------------------------------------------- forward / backward / update alone

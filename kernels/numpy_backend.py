@@ -45,7 +45,8 @@ def linear_backward(dweight, dbias, dinp, dout, inp, weight):
 
 def activation_forward(out, inp, activation):
     if activation == SIGMOID:
-        out[...] = 1.0 / (1.0 + np.exp(-inp))
+        with np.errstate(over="ignore"):  # exp(-z) = inf for z < -88 (float32) gives 1 / inf = 0, as it should
+            out[...] = 1.0 / (1.0 + np.exp(-inp))
     else:
         np.maximum(inp, 0, out=out)
 
@@ -122,17 +123,20 @@ def cross_entropy_sum(probs, labels):
 
 
 def train_epoch(params, velocity, data, labels, order, batch_size, learning_rate, momentum, activation,
-                weight_decay=0.0, progress=None):
-    """One pass over data in the given order; returns (summed loss, correct predictions).
+                weight_decay=0.0, progress=None, stop=None, first_batch=0):
+    """One pass over data in the given order from batch first_batch, updating params in place.
 
-    Each batch is forward, backward and update; the loss and accuracy are those
-    of each batch before its update (running figures, as in most trainers).
-    progress(images done) is called now and then: an epoch here can take a while.
+    Returns (summed loss, correct predictions, next batch): next batch is the
+    number of batches when the epoch is complete, less if stop[0] was set: the
+    batch in progress is finished, and every batch before next batch is done. Each batch is forward, backward and
+    update; the loss and accuracy are those of each batch before its update
+    (running figures, as in most trainers). progress(images done) is called
+    now and then: an epoch here can take a while.
     """
     W1, _, W2, _ = params
     grads = [np.empty_like(p) for p in params]
     loss_sum, correct = 0.0, 0
-    for start in range(0, len(order), batch_size):
+    for start in range(first_batch * batch_size, len(order), batch_size):
         rows = order[start:start + batch_size]
         images, batch_labels = data[rows], labels[rows]
         hidden = np.empty((len(rows), W1.shape[1]), W1.dtype)
@@ -144,7 +148,9 @@ def train_epoch(params, velocity, data, labels, order, batch_size, learning_rate
         sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay)
         if progress is not None and (start // batch_size) % 64 == 0:
             progress(start + len(rows))
-    return loss_sum, correct
+        if stop is not None and stop[0]:  # as in the Numba backend: the batch in progress is finished first
+            return loss_sum, correct, start // batch_size + 1
+    return loss_sum, correct, -(-len(order) // batch_size)
 
 
 def predict(probs, images, params, activation):

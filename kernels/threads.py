@@ -22,7 +22,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-SLOT = 8  # int64s between two workers' counters: 64 bytes, one cache line each
+SLOT = 8  # int64s between two counters: 64 bytes, one cache line each
+STOP_AT = 0  # control[STOP_AT]: the batch the workers stop at, -1 while none; worker w's progress is slot w + 1
 _PAUSE = "llvm.x86.sse2.pause" if platform.machine().lower() in ("x86_64", "amd64") else None
 
 
@@ -61,15 +62,15 @@ def spin_pause(typingctx):
 
 
 @njit(cache=True, nogil=True)
-def publish(progress, worker, step):
-    """Tell the other workers that `worker` has finished `step`."""
-    store_release(progress, worker * SLOT, np.int64(step))
+def publish(control, slot, step):
+    """Tell the other workers that the owner of `slot` has finished `step`."""
+    store_release(control, slot * SLOT, np.int64(step))
 
 
 @njit(cache=True, nogil=True)
-def wait_for(progress, worker, step):
-    """Spin until `worker` has published `step` (or later)."""
-    while load_acquire(progress, worker * SLOT) < step:
+def wait_for(control, slot, step):
+    """Spin until the owner of `slot` has published `step` (or later)."""
+    while load_acquire(control, slot * SLOT) < step:
         spin_pause()
 
 
@@ -78,18 +79,33 @@ def thread_count() -> int:
     return numba.get_num_threads()
 
 
-def new_progress(n_workers: int) -> np.ndarray:
-    return np.zeros(n_workers * SLOT, np.int64)
+def new_stop_flag() -> np.ndarray:
+    """A flag to stop training at the next batch boundary: set stop[0] = 1 (from a signal handler, say)."""
+    return np.zeros(SLOT, np.int64)
 
 
-def run_workers(n_workers: int, work, *args):
-    """work(worker, *args) on n_workers threads (worker 0 on this one); returns worker 0's result."""
+def new_control(n_workers: int) -> np.ndarray:
+    """Counters for one run of the workers, each on its own cache line (see STOP_AT)."""
+    control = np.zeros((n_workers + 1) * SLOT, np.int64)
+    control[STOP_AT] = -1
+    return control
+
+
+def run_workers(n_workers: int, work, *args, wait_in_threads: bool = False):
+    """work(worker, *args) on n_workers threads; returns worker 0's result.
+
+    Worker 0 runs on this thread, unless wait_in_threads: then every worker gets a
+    thread of its own and this one waits in short joins, so that Python signal
+    handlers (Ctrl-C) still run here while the compiled workers are busy.
+    """
     results = [None] * n_workers
-    helpers = [threading.Thread(target=lambda w=w: results.__setitem__(w, work(w, *args)), daemon=True)
-               for w in range(1, n_workers)]
-    for thread in helpers:
+    threads = [threading.Thread(target=lambda w=w: results.__setitem__(w, work(w, *args)), daemon=True)
+               for w in range(0 if wait_in_threads else 1, n_workers)]
+    for thread in threads:
         thread.start()
-    results[0] = work(0, *args)
-    for thread in helpers:
-        thread.join()
+    if not wait_in_threads:
+        results[0] = work(0, *args)
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.05)
     return results[0]

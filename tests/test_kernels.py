@@ -73,7 +73,7 @@ def test_training_steps_match_reference(n_hidden, activation, momentum, weight_d
     for backend in (numba_backend, numpy_backend):
         network = new_network(n_hidden, activation)
         velocity = [np.zeros_like(p) for p in network.params]
-        loss, correct = backend.train_epoch(network.params, velocity, backend.prepare(images), labels, order, 32,
+        loss, correct, _ = backend.train_epoch(network.params, velocity, backend.prepare(images), labels, order, 32,
                                             0.5, momentum, network.activation_code, weight_decay=weight_decay)
         results[backend] = network, velocity, loss, correct
     fast, ref = results[numba_backend], results[numpy_backend]

@@ -1,0 +1,194 @@
+"""Nothing lost on Ctrl-C, crash or divergence; resume gives the very same weights; memory and cache hold up."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastnet.checkpoint import load_checkpoint
+from fastnet.kernels import get_backend
+from fastnet.kernels.threads import new_stop_flag
+from fastnet.parameters import load
+from fastnet.training import Interrupted, TrainConfig, train
+
+from fastnet.model import Network
+
+from .conftest import new_network
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+@pytest.mark.parametrize("backend_name", ["numba", "numpy"])
+def test_a_stopped_epoch_continues_to_the_same_weights(backend_name, mnist_train):
+    backend = get_backend(backend_name)
+    images, labels = mnist_train
+    data, order = backend.prepare(images), np.random.default_rng(0).permutation(len(images))[:640]
+    whole, parts = new_network(128), new_network(128)
+    velocities = [[np.zeros_like(p) for p in whole.params] for _ in range(2)]
+    assert backend.train_epoch(whole.params, velocities[0], data, labels, order, 32, 0.5, 0.9, 0)[2] == 20
+    stop = new_stop_flag()
+    stop[0] = 1
+    loss, correct, next_batch = backend.train_epoch(parts.params, velocities[1], data, labels, order, 32, 0.5, 0.9, 0,
+                                                    stop=stop)
+    assert next_batch == 1, "a raised stop flag should end the epoch after one batch"
+    stop[0] = 0
+    assert backend.train_epoch(parts.params, velocities[1], data, labels, order, 32, 0.5, 0.9, 0, stop=stop,
+                               first_batch=next_batch)[2] == 20
+    for a, b in zip(whole.params + velocities[0], parts.params + velocities[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend_name", ["numba", "numpy"])
+def test_interrupted_training_resumes_to_bit_identical_weights(backend_name, mnist_train, mnist_test, tmp_path):
+    small = tuple(a[:4000] for a in mnist_train)
+    config = TrainConfig(epochs=3, momentum=0.5, learning_rate=0.3, backend=backend_name)
+    unbroken, _ = train(config, small, mnist_test, 10)
+    stop = new_stop_flag()
+    checkpoint = tmp_path / "run.checkpoint.npz"
+
+    def stop_after_first_epoch(stats):
+        stop[0] = 1
+
+    with pytest.raises(Interrupted) as interrupted:
+        train(config, small, mnist_test, 10, stop_after_first_epoch, checkpoint_path=checkpoint, stop=stop)
+    assert interrupted.value.checkpoint_path == checkpoint
+    state = load_checkpoint(checkpoint)
+    assert (state.epoch, state.next_batch) == (1, 1)  # stopped in epoch 2 after its first batch
+    resumed, history = train(config, small, mnist_test, 10, resume=state, checkpoint_path=checkpoint)
+    assert len(history) == 3
+    for a, b in zip(unbroken.params, resumed.params):
+        np.testing.assert_array_equal(a, b)
+
+
+def start_training(*flags, cwd):
+    return subprocess.Popen([sys.executable, "-m", "fastnet", "train", *map(str, flags)], cwd=cwd, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(process, text, timeout=300):
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        if text in line:
+            return
+        assert time.monotonic() < deadline, f"no line with {text!r} in time"
+    raise AssertionError(f"the process ended before printing {text!r}")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_reproduces_the_shipped_parameters(tmp_path):
+    """The shipped parameters.npz is the default run; stopping it with Ctrl-C and resuming must give it again."""
+    out = tmp_path / "parameters.npz"
+    process = start_training("--out", out, "--plot", tmp_path / "error.png", cwd=tmp_path)
+    wait_for_line(process, "epoch   2/40")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "resume with: python -m fastnet train --resume" in stderr and "Traceback" not in stderr
+    checkpoint = tmp_path / "parameters.checkpoint.npz"
+    assert load_checkpoint(checkpoint).epoch >= 2 and not out.exists()
+    resumed = subprocess.run([sys.executable, "-m", "fastnet", "train", "--resume", checkpoint, "--out", out,
+                              "--plot", tmp_path / "error.png"], cwd=tmp_path, env=ENV, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == (ROOT / "parameters.npz").read_bytes()
+    assert not checkpoint.exists(), "a finished run should remove its checkpoint"
+
+
+def test_second_ctrl_c_quits_at_once_leaving_only_complete_files(tmp_path):
+    out = tmp_path / "parameters.npz"
+    out.write_bytes((ROOT / "parameters.npz").read_bytes())
+    process = start_training("--out", out, "--plot", tmp_path / "error.png", cwd=tmp_path)
+    wait_for_line(process, "epoch   1/40")
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert out.read_bytes() == (ROOT / "parameters.npz").read_bytes(), "the old parameters must survive"
+    checkpoint = tmp_path / "parameters.checkpoint.npz"
+    if checkpoint.exists():
+        load_checkpoint(checkpoint)  # complete, whichever version it is
+
+
+SAVE_FOREVER = """
+import sys
+import numpy as np
+from fastnet.model import Network
+from fastnet.parameters import Parameters, save
+versions = [Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(seed)) for seed in (1, 2)]
+print("ready", flush=True)
+i = 0
+while True:
+    save(sys.argv[1], Parameters(versions[i % 2], [str(d) for d in range(10)]))
+    i += 1
+"""
+
+
+def test_sigkill_while_saving_never_leaves_a_broken_file(tmp_path):
+    """20 kills at random moments of a loop saving two versions in turn: the file is always one of them, whole."""
+    path = tmp_path / "parameters.npz"
+    expected = [Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(seed)).W1 for seed in (1, 2)]
+    rng = random.Random(0)
+    for _ in range(20):
+        process = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path)], env=ENV, stdout=subprocess.PIPE,
+                                   text=True)
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.15))
+        process.kill()
+        process.wait()
+        if path.exists():
+            W1 = load(path).network.W1
+            assert any(np.array_equal(W1, e) for e in expected)
+    assert path.exists()
+
+
+def test_divergence_stops_with_advice_and_keeps_the_old_parameters(tmp_path):
+    out = tmp_path / "parameters.npz"
+    out.write_bytes((ROOT / "parameters.npz").read_bytes())
+    result = subprocess.run([sys.executable, "-m", "fastnet", "train", "--lr", "1000", "--epochs", "2", "--out", out,
+                             "--plot", tmp_path / "error.png"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "diverged" in result.stderr and "smaller --lr" in result.stderr
+    assert out.read_bytes() == (ROOT / "parameters.npz").read_bytes()
+    assert not (tmp_path / "error.png").exists()
+
+
+def test_read_only_package_folder_uses_a_user_cache(tmp_path):
+    """As a user who cannot write beside the installed kernels: Numba must cache elsewhere and still run.
+
+    Tests run as root here, and root may write anywhere, so the kernels' __pycache__
+    is made a plain file: no process can create cache files inside it.
+    """
+    package = tmp_path / "site" / "fastnet"
+    shutil.copytree(ROOT / "fastnet", package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "kernels", package / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "data" / "mnist", package / "mnist")
+    for folder in (package, package / "kernels"):
+        (folder / "__pycache__").write_text("not a folder")
+    home = tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    env.update(PYTHONPATH=str(tmp_path / "site"), HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    result = subprocess.run([sys.executable, "-m", "fastnet", "train", "--dry-run"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert any(home.rglob("*.nbi")), "the kernels should have been cached under the user's home"
+
+
+def test_peak_memory_while_training_stays_under_300_mb():
+    """One full epoch on MNIST from a warm kernel cache (the figure the README reports)."""
+    code = ("import resource; from fastnet.cli import main; "
+            "main(['train', '--epochs', '1', '--out', '/dev/null', '--plot', '/dev/null']) ; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    for _ in range(2):  # the first run may compile (LLVM's memory is not training's)
+        result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    peak_mb = int(result.stdout.split()[-1]) / 1024
+    assert peak_mb <= 300, f"peak RSS {peak_mb:.0f} MB"
