@@ -85,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true",
                        help=f"a quick check: 1 epoch on {DRY_RUN_IMAGES[0]} images; saves only where --out/--plot say")
 
+    bench = commands.add_parser("bench", help="time training and prediction: numba vs numpy (and peers)")
+    cores = os.cpu_count() or 1
+    bench.add_argument("--batch-sizes", type=_number(int, 1, what="must be at least 1"), nargs="+",
+                       default=[1, 32, 128], metavar="N", help="batch sizes to time (default 1 32 128)")
+    bench.add_argument("--threads", type=_number(int, 1, maximum=cores + 1, what=f"must be 1 to {cores}"),
+                       nargs="+", default=sorted({1, cores}), metavar="N",
+                       help=f"numba thread counts to time (default 1 {cores}); numpy and peers use the largest")
+    bench.add_argument("--epochs", type=_number(int, 1, what="must be at least 1"), default=1,
+                       help="epochs per measurement (the fastest is reported; default 1)")
+    bench.add_argument("--peers", action="store_true",
+                       help="also time PyTorch, scikit-learn and JAX where installed (optional extras)")
+    bench.add_argument("--json", type=Path, help="write the records as a JSON list")
+    bench.add_argument("--plot", type=Path, help="draw seconds per epoch as a PNG")
+
     evaluate = commands.add_parser("evaluate", help="accuracy of stored parameters on the MNIST test set")
     evaluate.add_argument("--parameters", type=Path, default=Path("parameters.npz"))
     _add_backend_flags(evaluate)
@@ -94,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "bench":
+            return bench(args)
         _set_threads(args.threads, args.backend)
         if args.command == "evaluate" or args.no_training:
             return evaluate(args.parameters, args.backend)
@@ -202,6 +218,36 @@ def train(args: argparse.Namespace) -> int:
     saved = ", ".join(f"{what} {path}" for what, path in (("saved", out), ("plot", plot)) if path is not None)
     print(f"test accuracy {100 * final:.2f}% after {config.epochs} epochs; "
           f"{time.perf_counter() - started:.1f} s in all" + (f"; {saved}" if saved else ""))
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from . import bench as benchmarks
+
+    for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
+        if path is not None:
+            _writable(path, flag)
+    print(f"fastnet bench: {args.epochs} epoch(s) per measurement, plain SGD at lr min(1, 0.05 x batch), "
+          f"each in a fresh process; {os.cpu_count()} cores")
+    start = benchmarks.startup_seconds()
+    print(f"numba kernels: compile into an empty cache {start['compile_empty_cache']:.2f} s; from a warm cache "
+          f"load {start['load_warm_cache']:.2f} s, start-up in all {start['startup_warm_cache']:.2f} s")
+    for threads in args.threads:
+        rate = benchmarks.predict_images_per_second(threads)
+        print(f"numba prediction over the 10,000 test images, {threads} thread(s): {rate:,.0f} images/s")
+    print()
+    records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers)
+    print(benchmarks.format_table(records))
+    if args.json is not None:
+        from .parameters import write_atomically
+
+        text = json.dumps([asdict(r) for r in records], indent=1).encode()
+        write_atomically(args.json, lambda file: file.write(text))
+    if args.plot is not None:
+        benchmarks.plot(records, args.plot)
     return 0
 
 

@@ -1,0 +1,207 @@
+"""`fastnet bench`: how fast each backend trains and predicts, beside the peers people would pick instead.
+
+Every measurement runs in a fresh subprocess (its own threads setting, its own
+peak memory), from the same initial weights and the same shuffles, with plain
+SGD at a constant learning rate that suits the batch size. Seconds per epoch is
+the fastest epoch measured; test accuracy is after the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+SYSTEMS = ("numba", "numpy", "torch", "sklearn", "jax")
+PEERS = ("torch", "sklearn", "jax")
+# Dense-equivalent work per image: 2 flops per weight forward, 4 backward (the zeros fastnet skips still count).
+FLOPS_PER_IMAGE = 6 * (784 * 128 + 128 * 10)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM where Linux has it: ru_maxrss survives exec, so a child
+    forked from a big process (pytest, say) would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def learning_rate_for(batch_size: int) -> float:
+    """Plain SGD rate used at each batch size: 0.05 per image, at most 1.0 (mean loss over the batch)."""
+    return min(1.0, 0.05 * batch_size)
+
+
+@dataclass
+class Record:
+    backend: str
+    batch_size: int
+    threads: int
+    epochs: int
+    seconds_per_epoch: float
+    images_per_second: float
+    gflops: float  # dense-equivalent GFLOP/s
+    test_accuracy: float
+    peak_rss_mb: float
+    speedup_over_numpy: float | None = None
+    note: str = ""
+
+
+def measure(system: str, batch_size: int, threads: int, epochs: int, timeout: float = 3600) -> Record | None:
+    """One measurement in a subprocess; None if that peer is not installed."""
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+                         f"intra_op_parallelism_threads={threads}")
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-m", "fastnet.bench", system, str(batch_size), str(threads),
+                             str(epochs)], env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode == 3:
+        return None
+    if result.returncode != 0:
+        raise RuntimeError(f"bench of {system} failed: {result.stderr.strip().splitlines()[-1:]}")
+    return Record(**json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: bool = False,
+        report=lambda record: None) -> list[Record]:
+    """Measure numba (each thread count) and numpy (and the installed peers) at each batch size."""
+    records = []
+    for batch_size in batch_sizes:
+        systems = [("numba", t) for t in thread_counts] + [("numpy", max(thread_counts))]
+        if peers:
+            systems += [(peer, max(thread_counts)) for peer in PEERS]
+        numpy_seconds = None
+        for system, threads in systems:
+            record = measure(system, batch_size, threads, epochs)
+            if record is None:
+                continue
+            if system == "numpy":
+                numpy_seconds = record.seconds_per_epoch
+            records.append(record)
+        for record in records:
+            if record.batch_size == batch_size and numpy_seconds:
+                record.speedup_over_numpy = numpy_seconds / record.seconds_per_epoch
+        for record in records:
+            if record.batch_size == batch_size:
+                report(record)
+    return records
+
+
+def startup_seconds() -> dict:
+    """Numba kernels: compile into an empty cache, then start up from it (import + load), in fresh processes."""
+    import tempfile
+
+    code = ("import time; t = time.perf_counter(); "
+            "from fastnet.datasets import load_mnist; from fastnet.kernels import get_backend; "
+            "from fastnet.training import TrainConfig, warm_up; images, labels = load_mnist('test'); "
+            "t0 = time.perf_counter(); warm_up(get_backend('numba'), TrainConfig(), images, labels, 10); "
+            "print(time.perf_counter() - t0, time.perf_counter() - t)")
+    root = str(Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=root)
+        cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        warm = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    compile_seconds = float(cold.stdout.split()[0])
+    warm_kernels, warm_total = (float(x) for x in warm.stdout.split())
+    return {"compile_empty_cache": compile_seconds, "load_warm_cache": warm_kernels,
+            "startup_warm_cache": warm_total}
+
+
+def predict_images_per_second(threads: int) -> float:
+    """Numba prediction over the 10,000 test images (best of 20), with the shipped parameters' shape."""
+    import numba
+
+    from .datasets import load_mnist
+    from .kernels import numba_backend
+    from .model import Network
+
+    numba.set_num_threads(threads)
+    images = load_mnist("test")[0]
+    network = Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(0))
+    probs = np.empty((len(images), 10), np.float32)
+    numba_backend.predict(probs, images, network.params, 0)
+    best = min(_timed(numba_backend.predict, probs, images, network.params, 0) for _ in range(20))
+    return len(images) / best
+
+
+def _timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
+
+
+def format_table(records: list[Record]) -> str:
+    header = ("backend", "batch", "threads", "s/epoch", "images/s", "GFLOP/s", "vs numpy", "test acc", "peak MB")
+    rows = [header] + [(r.backend, str(r.batch_size), str(r.threads), f"{r.seconds_per_epoch:.3f}",
+                        f"{r.images_per_second:,.0f}", f"{r.gflops:.1f}",
+                        f"{r.speedup_over_numpy:.1f}x" if r.speedup_over_numpy else "-",
+                        f"{100 * r.test_accuracy:.2f}%", f"{r.peak_rss_mb:.0f}") for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
+
+
+def plot(records: list[Record], path: Path) -> None:
+    from .parameters import write_atomically
+    from .plot import plt
+
+    import io
+
+    figure, axis = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+    labels = sorted({(r.backend, r.threads) for r in records}, key=lambda bt: (SYSTEMS.index(bt[0]), bt[1]))
+    batch_sizes = sorted({r.batch_size for r in records})
+    width = 0.8 / len(labels)
+    for i, (backend, threads) in enumerate(labels):
+        heights = [next((r.seconds_per_epoch for r in records if (r.backend, r.threads, r.batch_size) ==
+                         (backend, threads, b)), np.nan) for b in batch_sizes]
+        axis.bar(np.arange(len(batch_sizes)) + i * width, heights, width, label=f"{backend}, {threads} thr")
+    axis.set(yscale="log", ylabel="seconds per 60,000-image epoch (log)", xlabel="batch size",
+             xticks=np.arange(len(batch_sizes)) + 0.4 - width / 2, xticklabels=[str(b) for b in batch_sizes],
+             title="training speed (lower is better)")
+    axis.legend(fontsize=8, ncols=2)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    write_atomically(path, lambda file: file.write(buffer.getvalue()))
+
+
+# ---------------------------------------------------------------- the child process
+
+
+def _measure_here(system: str, batch_size: int, threads: int, epochs: int) -> Record:
+    from . import peers
+    from .datasets import load_mnist
+    from .model import Network
+
+    (images, labels), (test_images, test_labels) = load_mnist("train"), load_mnist("test")
+    network = Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    orders = [rng.permutation(len(images)) for _ in range(epochs)]
+    learning_rate = learning_rate_for(batch_size)
+    train = peers.TRAINERS[system]
+    seconds, accuracy, note = train(network, images, labels, test_images, test_labels, orders, batch_size,
+                                    learning_rate, threads)
+    best = min(seconds)
+    return Record(system, batch_size, threads, epochs, best, len(images) / best,
+                  len(images) * FLOPS_PER_IMAGE / best / 1e9, accuracy, peak_rss_mb(), note=note)
+
+
+if __name__ == "__main__":
+    system, batch_size, threads, epochs = sys.argv[1], *map(int, sys.argv[2:5])
+    try:
+        record = _measure_here(system, batch_size, threads, epochs)
+    except ImportError:
+        raise SystemExit(3)  # that peer is not installed
+    print(json.dumps(asdict(record)))
