@@ -13,3 +13,10 @@ __version__ = "0.1.0"
 # other). Let fastnet.kernels resolve in both.
 if not (Path(__file__).parent / "kernels").is_dir():
     __path__.append(str(Path(__file__).parent.parent))
+
+
+def load(path="parameters.npz", backend="numba"):
+    """A trained model from a parameters file: model.predict(images), model.predict_proba(images)."""
+    from .api import load as load_model
+
+    return load_model(path, backend)

@@ -1,4 +1,6 @@
-"""The command line: `python -m fastnet train | evaluate`. Parses flags and calls library functions."""
+"""The command line: `python -m fastnet train | predict | evaluate | export | bench`.
+
+Parses flags and calls library functions that notebooks can call too."""
 
 from __future__ import annotations
 
@@ -8,16 +10,21 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from . import __version__
 from .datasets import MNIST_CLASSES, load_mnist
 from .errors import FastnetError
 from .kernels import BACKENDS
 from .model import ACTIVATIONS
+from .images import IMAGE_SUFFIXES
 from .training import SCHEDULES, TrainConfig
 
 DRY_RUN_IMAGES = (2048, 1000)  # train and test images used by --dry-run
+STARTED = time.perf_counter()  # start-up (imports, loading kernels) is reported apart from the work
 
 
 class Parser(argparse.ArgumentParser):
@@ -70,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation)
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed for the initial weights and shuffling")
     _add_backend_flags(train)
+    train.add_argument("--data", default="mnist",
+                       help="'mnist' (the shipped files, default), a folder with the four MNIST IDX files "
+                            "(see fetch), or an image folder: DIR/train/<class>/ and DIR/test/<class>/, or "
+                            "DIR/<class>/ with --val-split")
+    train.add_argument("--val-split", type=_number(float, 0.0, inclusive=False, maximum=1.0, what="must be in (0, 1)"),
+                       help="share of a DIR/<class>/ dataset held out as its test set")
+    train.add_argument("--strict", action="store_true", help="an unreadable image in --data is an error, not a skip")
     train.add_argument("--out", type=Path, help="where to save the parameters (default parameters.npz)")
     train.add_argument("--plot", type=Path, help="where to save the error plot PNG (default error.png)")
     train.add_argument("--checkpoint", type=Path,
@@ -99,20 +113,63 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="write the records as a JSON list")
     bench.add_argument("--plot", type=Path, help="draw seconds per epoch as a PNG")
 
+    fetch = commands.add_parser("fetch", help="download the MNIST IDX files from public mirrors, verified")
+    fetch.add_argument("folder", type=Path, nargs="?", default=Path("mnist"), metavar="DIR",
+                       help="where to put them (default ./mnist); then: train --data DIR")
+    fetch.add_argument("--mirror", action="append", metavar="URL", help="a mirror to try first (repeatable)")
+    fetch.add_argument("--no-default-mirrors", action="store_true", help="try only the --mirror URLs given")
+    fetch.add_argument("--timeout", type=_number(float, 0.0, inclusive=False, what="must be above 0"), default=30.0,
+                       help="seconds per request (default 30)")
+
+    export = commands.add_parser("export", help="write the shipped MNIST as PNG folders DIR/{train,test}/<label>/")
+    export.add_argument("folder", type=Path, metavar="DIR", help="a new folder to create")
+    export.add_argument("--split", choices=("train", "test", "both"), default="both")
+
     evaluate = commands.add_parser("evaluate", help="accuracy of stored parameters on the MNIST test set")
     evaluate.add_argument("--parameters", type=Path, default=Path("parameters.npz"))
+    evaluate.add_argument("--confusion", type=Path, metavar="PNG", help="also draw the confusion matrix")
     _add_backend_flags(evaluate)
+
+    predict = commands.add_parser("predict", help="classify image files and folders (labelled folders are scored)")
+    predict.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files and folders (recursive)")
+    predict.add_argument("--parameters", type=Path, default=Path("parameters.npz"))
+    predict.add_argument("--format", choices=("table", "csv", "json"), default="table", help="rows as (default table)")
+    predict.add_argument("--top", type=_number(int, 1, what="must be at least 1"), default=1,
+                         help="show the K most probable classes (default 1)")
+    predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                         help="dark ink on light paper is inverted to MNIST's light on dark: auto-detect (default)")
+    predict.add_argument("--confusion", type=Path, metavar="PNG", help="draw the confusion matrix of labelled images")
+    _add_backend_flags(predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda message, *details, **more: f"fastnet: warning: {message}\n"
     try:
         if args.command == "bench":
             return bench(args)
+        if args.command == "fetch":
+            from .fetch import MIRRORS, fetch
+
+            mirrors = list(args.mirror or []) + ([] if args.no_default_mirrors else list(MIRRORS))
+            if not mirrors:
+                raise FastnetError("no mirrors to try: give --mirror URL, or drop --no-default-mirrors")
+            fetch(args.folder, mirrors, args.timeout)
+            return 0
+        if args.command == "export":
+            from .export import export
+
+            splits = ("train", "test") if args.split == "both" else (args.split,)
+            started = time.perf_counter()
+            count = export(args.folder, splits)
+            print(f"wrote {count:,} PNG images to {args.folder} in {time.perf_counter() - started:.1f} s")
+            return 0
         _set_threads(args.threads, args.backend)
+        if args.command == "predict":
+            return predict(args)
         if args.command == "evaluate" or args.no_training:
-            return evaluate(args.parameters, args.backend)
+            return evaluate(args.parameters, args.backend, getattr(args, "confusion", None))
         return train(args)
     except FastnetError as error:
         print(f"fastnet: error: {error}", file=sys.stderr)
@@ -136,20 +193,66 @@ def _writable(path: Path, flag: str) -> Path:
     return path
 
 
-def evaluate(parameters_path: Path, backend_name: str) -> int:
-    from .parameters import load
-    from .kernels import get_backend
-    from .training import accuracy
+def evaluate(parameters_path: Path, backend_name: str, confusion: Path | None = None) -> int:
+    from .api import load
+    from .predict import confusion_matrix, plot_confusion, score_report
 
-    stored = load(parameters_path)
+    if confusion is not None:
+        _writable(confusion, "--confusion")
+    model = load(parameters_path, backend_name)
     images, labels = load_mnist("test")
-    network = stored.network
-    if network.layer_sizes[0] != images.shape[1]:
-        raise FastnetError(f"{parameters_path}: made for {network.layer_sizes[0]} inputs, MNIST has {images.shape[1]}")
-    correct = accuracy(get_backend(backend_name), network, images, labels)
-    print(f"{parameters_path}: {network.layer_sizes[0]}-{network.layer_sizes[1]}-{network.layer_sizes[2]} "
-          f"{network.activation} network; MNIST test accuracy {100 * correct:.2f}% "
-          f"({round(correct * len(labels))}/{len(labels)})")
+    if model.network.layer_sizes[0] != images.shape[1]:
+        raise FastnetError(f"{parameters_path}: made for {model.network.layer_sizes[0]} inputs, MNIST has "
+                           f"{images.shape[1]}")
+    predicted = model.predict_proba(images).argmax(axis=1)
+    correct = int((predicted == labels).sum())
+    sizes = model.network.layer_sizes
+    print(f"{parameters_path}: {sizes[0]}-{sizes[1]}-{sizes[2]} {model.network.activation} network; "
+          f"MNIST test accuracy {100 * correct / len(labels):.2f}% ({correct}/{len(labels)})")
+    matrix = confusion_matrix(labels, predicted, len(model.class_names))
+    print(score_report(matrix, model.class_names).split("\n", 1)[1])
+    if confusion is not None:
+        plot_confusion(matrix, model.class_names, confusion)
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from .api import load
+    from .images import decode_all
+    from .predict import (Prediction, confusion_matrix, find_images, plot_confusion, score_report, true_labels,
+                          write_rows)
+
+    if args.confusion is not None:
+        _writable(args.confusion, "--confusion")
+    model = load(args.parameters, args.backend)
+    model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels now: start-up is not prediction
+    startup = time.perf_counter() - STARTED
+    started = time.perf_counter()
+    paths = find_images(args.paths)
+    if not paths:
+        raise FastnetError(f"no images found in {', '.join(map(str, args.paths))} "
+                           f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))} files, hidden ones skipped)")
+    digits, failures = decode_all(paths, args.invert, preprocessing=model.preprocessing)
+    failed = {path for path, _ in failures}
+    keep = [i for i, path in enumerate(paths) if path not in failed]
+    probabilities = model.predict_proba(digits[keep])
+    labels = true_labels([paths[i] for i in keep], model.class_names)
+    predictions = [Prediction(paths[i], p, label) for i, p, label in zip(keep, probabilities, labels)]
+    write_rows(predictions, model.class_names, args.format, min(args.top, len(model.class_names)))
+    sys.stdout.flush()
+    seconds = time.perf_counter() - started
+    summary = sys.stdout if args.format == "table" else sys.stderr  # keep csv and json machine-readable
+    for path, reason in failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"{len(predictions)} images in {seconds:.2f} s ({len(predictions) / max(seconds, 1e-9):,.0f} images/s, "
+          f"first file opened to last row written; start-up {startup:.2f} s before that)"
+          + (f"; {len(failures)} unreadable, skipped" if failures else ""), file=summary)
+    labelled = [(model.class_names.index(p.label), int(p.probabilities.argmax())) for p in predictions if p.label]
+    if labelled:
+        matrix = confusion_matrix(*zip(*labelled), len(model.class_names))
+        print(score_report(matrix, model.class_names), file=summary)
+        if args.confusion is not None:
+            plot_confusion(matrix, model.class_names, args.confusion)
     return 0
 
 
@@ -176,18 +279,19 @@ def train(args: argparse.Namespace) -> int:
             _writable(path, flag)
 
     started = time.perf_counter()
-    train_set, test_set = load_mnist("train"), load_mnist("test")
+    train_set, test_set, classes, preprocessing = _load_data(args.data, args.val_split, args.strict, config.seed)
     if args.dry_run:
         train_set = tuple(a[:DRY_RUN_IMAGES[0]] for a in train_set)
         test_set = tuple(a[:DRY_RUN_IMAGES[1]] for a in test_set)
-    print(f"MNIST: {len(train_set[0]):,} training and {len(test_set[0]):,} test images "
+    print(f"{args.data}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images, {len(classes)} classes "
           f"(loaded in {time.perf_counter() - started:.2f} s)")
     backend = get_backend(config.backend)
     threads = f", {_thread_count()} threads" if config.backend == "numba" else ""
-    compile_seconds = warm_up(backend, config, *train_set, n_classes=len(MNIST_CLASSES))
+    compile_seconds = warm_up(backend, config, *train_set, n_classes=len(classes))
     print(f"backend {config.backend}{threads}: kernels compiled or loaded from cache in {compile_seconds:.2f} s")
     resuming = f"; resuming epoch {resume.epoch + 1} at batch {resume.next_batch + 1}" if resume else ""
-    print(f"training 784-{config.hidden}-10 {config.activation}: {config.epochs} epochs, batch {config.batch_size}, "
+    print(f"training 784-{config.hidden}-{len(classes)} {config.activation}: {config.epochs} epochs, "
+          f"batch {config.batch_size}, "
           f"lr {config.learning_rate:g} ({config.schedule}), momentum {config.momentum:g}, "
           f"weight decay {config.weight_decay:g}, seed {config.seed}{resuming}")
 
@@ -198,7 +302,7 @@ def train(args: argparse.Namespace) -> int:
 
     try:
         with _stop_on_ctrl_c() as stop:
-            network, history = run_training(config, train_set, test_set, len(MNIST_CLASSES), report, resume=resume,
+            network, history = run_training(config, train_set, test_set, len(classes), report, resume=resume,
                                             checkpoint_path=checkpoint, stop=stop)
     except Interrupted as interrupted:
         if interrupted.checkpoint_path is None:
@@ -206,13 +310,15 @@ def train(args: argparse.Namespace) -> int:
         else:
             print(f"fastnet: interrupted ({interrupted}); checkpoint saved to {interrupted.checkpoint_path}\n"
                   f"resume with: python -m fastnet train --resume {interrupted.checkpoint_path}"
+                  + (f" --data {args.data}" if args.data != "mnist" else "")
                   + (f" --out {out}" if out else "") + (f" --plot {plot}" if plot else ""), file=sys.stderr)
         return 130
     final = history[-1].test_accuracy
     if out is not None:
-        save(out, Parameters(network, list(MNIST_CLASSES), config.as_dict(), final))
+        save(out, Parameters(network, classes, dict(config.as_dict(), data=str(args.data)), final, preprocessing))
     if plot is not None:
-        plot_history(history, plot, f"fastnet 784-{config.hidden}-10 {config.activation}, batch {config.batch_size}")
+        plot_history(history, plot, f"fastnet 784-{config.hidden}-{len(classes)} {config.activation}, "
+                                    f"batch {config.batch_size}")
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # the run is complete: parameters.npz holds its result
     saved = ", ".join(f"{what} {path}" for what, path in (("saved", out), ("plot", plot)) if path is not None)
@@ -249,6 +355,21 @@ def bench(args: argparse.Namespace) -> int:
     if args.plot is not None:
         benchmarks.plot(records, args.plot)
     return 0
+
+
+def _load_data(data: str, val_split: float | None, strict: bool, seed: int):
+    """(train set, test set, class names, preprocessing for prediction) from --data."""
+    from .datasets import MNIST_FILES
+    from .folders import load_dataset
+
+    if data == "mnist":
+        return load_mnist("train"), load_mnist("test"), list(MNIST_CLASSES), "digit"
+    folder = Path(data)
+    if all((folder / name).is_file() for pair in MNIST_FILES.values() for name in pair):
+        return load_mnist("train", folder), load_mnist("test", folder), list(MNIST_CLASSES), "digit"
+    train_set, test_set, classes = load_dataset(folder, val_split or 0.0, strict, seed)
+    digits = all(name.isdigit() and len(name) == 1 for name in classes)
+    return train_set, test_set, classes, "digit" if digits else "resize"
 
 
 @contextlib.contextmanager

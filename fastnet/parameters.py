@@ -10,6 +10,8 @@ Plain numpy can read it, no pickle: np.load("parameters.npz", allow_pickle=False
     training                                str, JSON of the settings that trained it
     test_accuracy                           float, fraction of the MNIST test set right
     fastnet_version                         str
+    preprocessing                           str, how predict prepares images: 'digit' (MNIST-style) or
+                                            'resize' (plain grayscale 28x28, for non-digit folder datasets)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ FORMAT_VERSION = 1
 INPUT_SCALE = 1.0 / 255.0
 WEIGHTS = ("W1", "b1", "W2", "b2")
 REQUIRED = WEIGHTS + ("format_version", "layer_sizes", "activation", "class_names")
+PREPROCESSING = ("digit", "resize")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Parameters:
     class_names: list[str]
     training: dict = field(default_factory=dict)
     test_accuracy: float = float("nan")
+    preprocessing: str = "digit"  # how predict prepares new images: "digit" (MNIST-style) or "resize"
 
 
 def write_atomically(path: Path, write) -> None:
@@ -81,6 +85,7 @@ def save(path: str | Path, parameters: Parameters) -> None:
         training=np.str_(json.dumps(parameters.training, sort_keys=True)),
         test_accuracy=np.float64(parameters.test_accuracy),
         fastnet_version=np.str_(__version__),
+        preprocessing=np.str_(parameters.preprocessing),
     )
     write_atomically(Path(path), lambda file: write_npz(file, arrays))
 
@@ -144,4 +149,7 @@ def _checked(path: Path, stored: dict) -> Parameters:
         training = json.loads(str(stored.get("training", "{}")))
     except json.JSONDecodeError:
         training = {}
-    return Parameters(network, class_names, training, float(stored.get("test_accuracy", float("nan"))))
+    preprocessing = str(stored.get("preprocessing", "digit"))
+    if preprocessing not in PREPROCESSING:
+        raise FastnetError(f"{path}: unknown preprocessing {preprocessing!r} (expected one of {', '.join(PREPROCESSING)})")
+    return Parameters(network, class_names, training, float(stored.get("test_accuracy", float("nan"))), preprocessing)

@@ -1,0 +1,137 @@
+"""Image-folder datasets, as the original project had them: one subfolder per class.
+
+    DIR/train/<class>/*.png and DIR/test/<class>/*.png,   or   DIR/<class>/*.png
+
+Class names are the sorted subfolder names (digits or anything else). Every
+image Pillow reads (PNG, JPEG, BMP, GIF, TIFF, WebP, ...), in any mode, becomes
+one grayscale uint8 28x28 image: transparency composited onto white, then
+converted to 8-bit gray (fastnet.preprocess.grayscale); other sizes are resized
+to 28x28 with Pillow's area-averaging BOX filter when shrinking and bicubic when
+growing, without keeping the aspect ratio. Nothing else is changed: the images
+train as they are, like MNIST's. Hidden files and non-images are passed over;
+unreadable images are skipped and listed (strict=True makes them an error).
+
+Decoding runs in one process per core, and the result is cached in one file
+beside the dataset (.fastnet-cache.npz), keyed on every file's name, size and
+modification time: adding, removing or changing any image rebuilds it; a
+damaged cache is rebuilt too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FastnetError
+from .parameters import write_atomically, write_npz
+from .images import decode_all, image_files
+
+CACHE_NAME = ".fastnet-cache.npz"
+SIZE = 28  # images are SIZE x SIZE (fastnet.preprocess.to_28x28)
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class subfolders of root, sorted by name; a clear error if there are none."""
+    if not root.is_dir():
+        raise FastnetError(f"{root}: no such folder")
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    if not folders:
+        raise FastnetError(f"{root}: no class folders; expected {root}/<class>/<image files> "
+                           f"(or {root}/train/<class>/ and {root}/test/<class>/)")
+    return folders
+
+
+def _fingerprint(files: list[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        status = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, key: str):
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            if str(cache["key"]) != key:
+                return None
+            images, labels = cache["images"], cache["labels"]
+            classes, skipped = json.loads(str(cache["classes"])), json.loads(str(cache["skipped"]))
+        if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != SIZE * SIZE or \
+                len(labels) != len(images):
+            return None
+        return np.ascontiguousarray(images), labels.astype(np.uint8), classes, skipped
+    except Exception:  # missing, damaged or foreign: rebuild it
+        return None
+
+
+def load_folder(root: str | Path, strict: bool = False, cache: bool = True, progress: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """images (N, 784) uint8, labels (N,) uint8 and class names of a class-per-folder dataset."""
+    root = Path(root)
+    folders = class_folders(root)
+    classes = [folder.name for folder in folders]
+    if len(classes) > 256:
+        raise FastnetError(f"{root}: {len(classes)} class folders; fastnet handles at most 256 classes")
+    files, labels = [], []
+    for label, folder in enumerate(folders):
+        found = image_files(folder)
+        if not found:
+            warnings.warn(f"{folder}: empty class folder (no images)", stacklevel=2)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise FastnetError(f"{root}: no images in its class folders ({', '.join(classes)})")
+    key = _fingerprint(files, root) + json.dumps([classes, strict])
+    cache_path = root / CACHE_NAME
+    cached = _read_cache(cache_path, key) if cache else None
+    if cached is not None:
+        images, cached_labels, classes, skipped = cached
+        return images, cached_labels, classes
+    images, failures = decode_all(files, preprocessing="resize", progress=f"decoding {root}" if progress else "")
+    if failures and strict:
+        raise FastnetError(f"{root}: {len(failures)} unreadable images, e.g. {failures[0][1]} (without --strict "
+                           "they are skipped)")
+    failed = {path for path, _ in failures}
+    keep = np.array([path not in failed for path in files], bool)
+    images, labels = np.ascontiguousarray(images[keep]), np.asarray(labels, np.uint8)[keep]
+    skipped = [reason for _, reason in failures]
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if skipped:
+        print(f"{root}: {len(skipped)} unreadable images skipped, {len(images)} loaded", file=sys.stderr)
+    if cache:
+        try:
+            write_atomically(cache_path, lambda file: write_npz(file, {
+                "key": np.str_(key), "images": images, "labels": labels, "classes": np.str_(json.dumps(classes)),
+                "skipped": np.str_(json.dumps(skipped))}))
+        except OSError:
+            pass  # a read-only dataset still loads; it just is not cached
+    return images, labels, classes
+
+
+def load_dataset(root: str | Path, val_split: float = 0.0, strict: bool = False, seed: int = 0):
+    """((train images, labels), (test images, labels), class names) of a folder dataset.
+
+    With DIR/train and DIR/test both present, those; else DIR's class folders,
+    with a val_split fraction held out (seeded) as the test set."""
+    root = Path(root)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train_images, train_labels, classes = load_folder(root / "train", strict)
+        test_images, test_labels, test_classes = load_folder(root / "test", strict)
+        if test_classes != classes:
+            raise FastnetError(f"{root}: train/ and test/ have different class folders "
+                               f"({', '.join(classes)} vs {', '.join(test_classes)})")
+        return (train_images, train_labels), (test_images, test_labels), classes
+    images, labels, classes = load_folder(root, strict)
+    if not 0.0 < val_split < 1.0:
+        raise FastnetError(f"{root} has no train/ and test/ folders: give --val-split (e.g. 0.1) to hold out "
+                           "a share of its images for testing")
+    order = np.random.default_rng(seed).permutation(len(images))
+    held = max(1, int(round(val_split * len(images))))
+    test, train = np.sort(order[:held]), np.sort(order[held:])
+    return (images[train], labels[train]), (images[test], labels[test]), classes

@@ -1,0 +1,72 @@
+"""Finding image files and decoding them into 784-pixel rows, one process per core.
+
+Shared by `predict` (MNIST-style digits) and folder datasets (plain 28x28).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FastnetError
+from .preprocess import load_digit
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under folder (recursive), hidden files and non-images passed over, sorted."""
+    found = []
+    for directory, subfolders, files in os.walk(folder):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found += [Path(directory) / f for f in sorted(files)
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return found
+
+
+def _decode_chunk(paths: list[str], invert: str, preprocessing: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    rows = np.zeros((len(paths), 784), np.uint8)
+    failures = []
+    for i, path in enumerate(paths):
+        try:
+            rows[i] = load_digit(path, invert, preprocessing)
+        except FastnetError as error:
+            failures.append((i, str(error)))
+    return rows, failures
+
+
+def decode_all(paths: list[Path], invert: str = "auto", preprocessing: str = "digit", workers: int | None = None,
+               progress: str = "") -> tuple[np.ndarray, list[tuple[Path, str]]]:
+    """(N, 784) uint8 rows for paths (fastnet.preprocess.load_digit), and (path, reason) for each unreadable one
+    (its row stays 0). With progress, a counter labelled so on stderr."""
+    workers = workers or os.cpu_count() or 1
+    names = [str(p) for p in paths]
+    chunk = max(64, -(-len(names) // (workers * 8)))
+    starts = range(0, len(names), chunk)
+    jobs = ([names[s:s + chunk] for s in starts], [invert] * len(starts), [preprocessing] * len(starts))
+    rows, failures, done = np.zeros((len(names), 784), np.uint8), [], 0
+    if workers == 1 or len(starts) == 1:
+        results = map(_decode_chunk, *jobs)
+        pool = None
+    else:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        results = pool.map(_decode_chunk, *jobs)
+    try:
+        for start, (part, fails) in zip(starts, results):
+            rows[start:start + len(part)] = part
+            failures += [(paths[start + i], reason) for i, reason in fails]
+            done += len(part)
+            if progress:
+                print(f"\r{progress}: {done:,}/{len(names):,} images", end="", file=sys.stderr, flush=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    if progress:
+        print(file=sys.stderr)
+    return rows, failures

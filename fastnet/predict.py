@@ -1,0 +1,114 @@
+"""`fastnet predict`: classify image files and folders; with labelled folders, also score the model.
+
+Folders are searched recursively; hidden files and files that are not images
+(by extension) are passed over; unreadable images are reported and skipped.
+An image whose parent folder is named after a class (`test/3/x.png`) is
+labelled with that class, and then accuracy, per-class accuracy and the
+confusion matrix are reported too. Decoding and preprocessing run in one
+process per core (fastnet.images).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FastnetError
+from .images import image_files
+
+FORMATS = ("table", "csv", "json")
+
+
+def find_images(paths: list[Path]) -> list[Path]:
+    """The image files named or found (recursively, hidden ones passed over) under paths, in a stable order."""
+    found = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += image_files(path)
+        else:
+            raise FastnetError(f"{path}: no such file or folder")
+    return found
+
+
+@dataclass
+class Prediction:
+    path: Path
+    probabilities: np.ndarray
+    label: str | None  # the true class, from the folder name, if any
+
+
+def true_labels(paths: list[Path], class_names: list[str]) -> list[str | None]:
+    known = set(class_names)
+    return [p.parent.name if p.parent.name in known else None for p in paths]
+
+
+def write_rows(predictions: list[Prediction], class_names: list[str], fmt: str, top: int, out=sys.stdout) -> None:
+    names = np.asarray(class_names)
+    ranked = [(p, np.argsort(-p.probabilities, kind="stable")[:top]) for p in predictions]
+    if fmt == "json":
+        json.dump([{"path": str(p.path), "label": str(names[order[0]]),
+                    "probability": round(float(p.probabilities[order[0]]), 6),
+                    "top": [{"label": str(names[k]), "probability": round(float(p.probabilities[k]), 6)}
+                            for k in order], **({"true_label": p.label} if p.label is not None else {})}
+                   for p, order in ranked], out, indent=1)
+        out.write("\n")
+    elif fmt == "csv":
+        writer = csv.writer(out)
+        extra = [column for k in range(2, top + 1) for column in (f"label_{k}", f"probability_{k}")]
+        writer.writerow(["path", "label", "probability", *extra, "true_label"])
+        for p, order in ranked:
+            writer.writerow([str(p.path)] + [value for k in order for value in
+                                             (names[k], f"{p.probabilities[k]:.6f}")] + [p.label or ""])
+    else:
+        width = max([len(str(p.path)) for p in predictions] + [4])
+        for p, order in ranked:
+            best = "  ".join(f"{names[k]} {100 * p.probabilities[k]:5.1f}%" for k in order)
+            out.write(f"{str(p.path):<{width}}  {best}\n")
+
+
+def confusion_matrix(true: list[int], predicted: list[int], n_classes: int) -> np.ndarray:
+    matrix = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(matrix, (np.asarray(true, np.int64), np.asarray(predicted, np.int64)), 1)
+    return matrix
+
+
+def score_report(matrix: np.ndarray, class_names: list[str]) -> str:
+    """Accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    total = matrix.sum()
+    lines = [f"accuracy {100 * np.trace(matrix) / total:.2f}% ({np.trace(matrix)}/{total} labelled images)",
+             "per class: " + "  ".join(f"{name} {100 * matrix[i, i] / row:.1f}%" for i, (name, row) in
+                                       enumerate(zip(class_names, matrix.sum(axis=1))) if row)]
+    width = max(5, max(len(n) for n in class_names) + 1, len(str(matrix.max())) + 1)
+    lines.append("confusion (rows: true, columns: predicted)")
+    lines.append(" " * width + "".join(f"{n:>{width}}" for n in class_names))
+    lines += [f"{name:>{width}}" + "".join(f"{v:>{width}}" for v in row) for name, row in zip(class_names, matrix)]
+    return "\n".join(lines)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title: str = "") -> None:
+    from .parameters import write_atomically
+    from .plot import plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
+    image = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axis, shrink=0.8)
+    axis.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xticklabels=class_names,
+             yticklabels=class_names, xlabel="predicted", ylabel="true",
+             title=title or f"confusion matrix, accuracy {100 * np.trace(matrix) / matrix.sum():.2f}%")
+    threshold = matrix.max() / 2
+    for (i, j), value in np.ndenumerate(matrix):
+        if value:
+            axis.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                      color="white" if value > threshold else "black")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    write_atomically(path, lambda file: file.write(buffer.getvalue()))

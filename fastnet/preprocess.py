@@ -1,0 +1,194 @@
+"""Turn an image as people have it into a 28x28 MNIST digit, the way MNIST itself was made.
+
+MNIST digits are light ink on a black background, scaled so the longer side of
+the ink is 20 pixels (antialiased, aspect kept), and placed in a 28x28 field
+with their centre of mass at the centre. For any image:
+
+1. decode (Pillow), honour EXIF orientation, composite transparency onto white;
+2. grayscale, any mode (1, L, LA, P, RGB, RGBA, I;16, I, F) to 0-255;
+3. polarity: dark ink on light paper is inverted (`invert="auto"` decides from
+   the median pixel, which is paper: ink covers a minority of the image);
+4. background and noise: big images are area-averaged down to 112 px first;
+   the paper's brightness, estimated at every pixel so that uneven lighting
+   goes too, is subtracted; faint pixels (below a threshold from Otsu's
+   method) are set to 0, isolated specks do not count for the bounding box,
+   and ink regions touching the border (a table around the paper, a form's
+   box) are dropped when enough ink lies inside them;
+5. crop to the ink's bounding box, scale the longer side to 20 px with a
+   high-quality filter, and paste into 28x28 centred on the centre of mass.
+
+An image that is already MNIST-like (28x28, dark border) is left as it is.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
+
+from .errors import FastnetError
+
+SIZE, INK_BOX = 28, 20
+WORKING_SIZE = 112  # longest side the cleaning works at (4x MNIST's)
+INVERT_CHOICES = ("auto", "yes", "no")
+Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs with a clear error, well above any photo
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """A decoded Pillow image from a path, bytes or an Image; FastnetError if it cannot be read."""
+    name = "image data" if isinstance(source, (bytes, Image.Image)) else str(source)
+    try:
+        image = source if isinstance(source, Image.Image) else \
+            Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.load()
+    except FileNotFoundError:
+        raise FastnetError(f"{name}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise FastnetError(f"{name}: not a readable image ({error})") from None
+    if image.width == 0 or image.height == 0:
+        raise FastnetError(f"{name}: the image is empty (0 pixels)")
+    return image
+
+
+def grayscale(image: Image.Image) -> np.ndarray:
+    """(H, W) uint8, 0 black to 255 white, after EXIF orientation and compositing transparency onto white."""
+    if "exif" in image.info or image.format in ("TIFF", "MPO"):  # exif_transpose costs 12 us even with no EXIF
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image.convert("F") if image.mode != "F" else image, np.float32)
+        low, high = float(values.min()), float(values.max())
+        return np.zeros(values.shape, np.uint8) if high <= low else \
+            np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("L"), np.uint8)
+
+
+def _border(gray: np.ndarray) -> np.ndarray:
+    width = max(1, min(gray.shape) // 10)
+    return np.concatenate([gray[:width].ravel(), gray[-width:].ravel(), gray[:, :width].ravel(),
+                           gray[:, -width:].ravel()])
+
+
+def _median(values: np.ndarray) -> int:
+    """The (lower) median of uint8 values, from their histogram: np.median costs 20 us on 784 values."""
+    return int(np.searchsorted(np.cumsum(np.bincount(values.ravel(), minlength=256)), (values.size + 1) // 2))
+
+
+def is_mnist_like(gray: np.ndarray) -> bool:
+    """28x28 with a dark border: already a digit in MNIST's form."""
+    return gray.shape == (SIZE, SIZE) and _median(_border(gray)) < 32
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of uint8 values: the split that best separates two groups."""
+    histogram = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    weights = np.cumsum(histogram)
+    means = np.cumsum(histogram * np.arange(256))
+    total, total_mean = weights[-1], means[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mean * weights - means * total) ** 2 / (weights * (total - weights))
+    return float(np.nanargmax(between)) if np.isfinite(between).any() else 0.0
+
+
+def mnist_digit(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
+    """A grayscale image (H, W) uint8 as an MNIST digit: (28, 28) uint8, light ink on black."""
+    if invert not in INVERT_CHOICES:
+        raise ValueError(f"invert must be one of {INVERT_CHOICES}, not {invert!r}")
+    # Ink covers a minority of a digit's image, so the median pixel is paper: bright paper means dark ink.
+    # (The border alone misleads on a photo of white paper on a dark table.)
+    median = _median(gray)
+    dark_ink = invert == "yes" or (invert == "auto" and median >= 128)
+    ink = (255 - gray) if dark_ink else gray
+    if invert != "yes" and gray.shape == (SIZE, SIZE) and is_mnist_like(ink):
+        return np.ascontiguousarray(ink, np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(ink, np.uint8))
+    if max(image.size) > WORKING_SIZE:  # area-average big photos down first: less noise, less work
+        factor = WORKING_SIZE / max(image.size)
+        image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
+                             Image.Resampling.BOX)
+    ink = np.asarray(image, np.float32) - _background(image)
+    np.clip(ink, 0, None, out=ink)
+    if ink.max() <= 0:
+        return np.zeros((SIZE, SIZE), np.uint8)
+    ink *= 255.0 / ink.max()
+    threshold = max(_otsu(ink.astype(np.uint8)) * 0.5, 25.0)  # faint specks and paper texture are not ink
+    ink[ink < threshold] = 0
+    mask = _without_frame(Image.fromarray((ink > 0).astype(np.uint8) * 255).filter(ImageFilter.MedianFilter(3)))
+    ink[mask == FRAME] = 0
+    rows, cols = np.nonzero(mask == 255)
+    if rows.size == 0:
+        rows, cols = np.nonzero(ink)
+    crop = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    height, width = crop.shape
+    scale = INK_BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    box = np.clip(np.asarray(Image.fromarray(crop, "F").resize(size, Image.Resampling.LANCZOS)), 0, 255)
+    total = box.sum()
+    if total <= 0:
+        return np.zeros((SIZE, SIZE), np.uint8)
+    ys, xs = np.indices(box.shape)
+    centre_y, centre_x = (ys * box).sum() / total, (xs * box).sum() / total
+    top = min(max(int(round(SIZE / 2 - centre_y)), 0), SIZE - box.shape[0])
+    left = min(max(int(round(SIZE / 2 - centre_x)), 0), SIZE - box.shape[1])
+    digit = np.zeros((SIZE, SIZE), np.float32)
+    digit[top:top + box.shape[0], left:left + box.shape[1]] = box
+    return np.round(digit).astype(np.uint8)
+
+
+FRAME = 128  # mask value of ink regions that touch the border and are dropped
+
+
+def _without_frame(mask: Image.Image) -> np.ndarray:
+    """The ink mask (0/255) with regions touching the image border marked FRAME, when there is other ink.
+
+    A table around the paper, the paper's edge or a form's box touches the border; a digit cropped
+    tightly may too, so border regions are dropped only if enough ink (a fifth) lies inside."""
+    marked = mask.copy()
+    width, height = marked.size
+    pixels = marked.load()
+    border = [(x, y) for x in range(width) for y in (0, height - 1)] + \
+             [(x, y) for y in range(height) for x in (0, width - 1)]
+    for xy in border:
+        if pixels[xy] == 255:
+            ImageDraw.floodfill(marked, xy, FRAME)
+    result = np.asarray(marked)
+    inside, frame = np.count_nonzero(result == 255), np.count_nonzero(result == FRAME)
+    return result if frame and inside >= 0.2 * (inside + frame) else np.asarray(mask)
+
+
+def _background(image: Image.Image) -> np.ndarray:
+    """The paper's brightness at each pixel (light ink on dark): a small thumbnail with the ink
+    removed by a minimum filter, smoothed and scaled back up. Follows uneven lighting."""
+    small = image.resize((max(1, min(16, image.width)), max(1, min(16, image.height))), Image.Resampling.BOX)
+    small = small.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.BoxBlur(1))
+    estimate = np.asarray(small.resize(image.size, Image.Resampling.BILINEAR), np.float32)
+    # Where ink fills the thumbnail (a tight crop of a '1'), the estimate would be ink: cap it near the
+    # median pixel, which is paper (ink is a minority), leaving room for uneven lighting.
+    return np.minimum(estimate, _median(np.asarray(image)) + 40)
+
+
+def load_digit(source: str | Path | bytes | Image.Image, invert: str = "auto", preprocessing: str = "digit"
+               ) -> np.ndarray:
+    """Any image source as (784,) uint8: an MNIST digit, or with preprocessing="resize" just grayscale 28x28
+    (as folder datasets of other things are loaded for training)."""
+    gray = grayscale(open_image(source))
+    if preprocessing == "resize":
+        return to_28x28(gray).reshape(-1)
+    return mnist_digit(gray, invert).reshape(-1)
+
+
+def to_28x28(gray: np.ndarray) -> np.ndarray:
+    """A grayscale image resized to 28x28 as it is (aspect not kept): area-averaged when shrinking, bicubic
+    when growing. How folder datasets are loaded for training."""
+    if gray.shape == (SIZE, SIZE):
+        return gray
+    image = Image.fromarray(gray)
+    filter = Image.Resampling.BOX if max(image.size) > SIZE else Image.Resampling.BICUBIC
+    return np.asarray(image.resize((SIZE, SIZE), filter))

@@ -1,0 +1,65 @@
+"""Digits as people photograph and scan them, made from MNIST test digits (for the predict tests).
+
+Each image: dark ink on light paper (sometimes coloured, sometimes light ink on
+dark), the digit scaled 3x-12x, placed off-centre on a larger canvas, with
+blur, noise, uneven lighting, and saved as PNG (gray, RGB or RGBA with a
+transparent background) or JPEG of varying quality.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+
+def realistic(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
+    """One (28, 28) uint8 MNIST digit as the bytes of a real-world-looking image file, and its suffix."""
+    scale = rng.uniform(3, 12)
+    size = int(28 * scale)
+    ink = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
+    ink = np.asarray(Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(rng.uniform(0, scale / 3))), np.float32) / 255
+    height, width = int(size * rng.uniform(1.3, 2.5)), int(size * rng.uniform(1.3, 2.5))
+    canvas = np.zeros((height, width), np.float32)
+    top, left = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+    canvas[top:top + size, left:left + size] = ink
+    light = rng.uniform(0.75, 1.0) + rng.uniform(-0.1, 0.1) * np.linspace(-1, 1, width)[None, :]
+    paper, pen = light, rng.uniform(0.0, 0.3)
+    gray = paper * (1 - canvas) + pen * canvas + rng.normal(0, rng.uniform(0, 0.06), canvas.shape)
+    if rng.random() < 0.15:  # chalk on a blackboard: light ink on dark
+        gray = 1 - gray
+    gray = np.clip(gray * 255, 0, 255).astype(np.uint8)
+    kind = rng.choice(["gray-png", "rgb-jpeg", "rgb-png", "rgba-png"])
+    if kind == "gray-png":
+        image = Image.fromarray(gray)
+    else:
+        tint = rng.uniform(0.8, 1.0, 3)
+        rgb = np.clip(gray[..., None] * tint[None, None, :], 0, 255).astype(np.uint8)
+        if kind == "rgb-jpeg":
+            buffer = io.BytesIO()
+            Image.fromarray(rgb).save(buffer, "JPEG", quality=int(rng.integers(40, 95)))
+            return buffer.getvalue(), ".jpg"
+        image = Image.fromarray(rgb)
+        if kind == "rgba-png":  # ink drawn on a transparent layer
+            alpha = (canvas * 255).astype(np.uint8)
+            dark = np.zeros_like(rgb)
+            image = Image.fromarray(np.dstack([dark, alpha]))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue(), ".png"
+
+
+def write_realworld_set(folder: Path, images: np.ndarray, labels: np.ndarray, seed: int = 0) -> list[Path]:
+    """Write one file per image under folder/<label>/ and return their paths."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        data, suffix = realistic(image.reshape(28, 28), rng)
+        path = folder / str(label) / f"{i:05d}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths.append(path)
+    return paths

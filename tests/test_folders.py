@@ -1,0 +1,209 @@
+"""Datasets as people have them: image folders (any format and mode), the decode cache, export and fetch."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastnet import export as export_module
+from fastnet.datasets import MNIST_FILES, load_mnist, mnist_dir
+from fastnet.errors import FastnetError
+from fastnet.export import export
+from fastnet.fetch import fetch
+from fastnet.folders import CACHE_NAME, load_dataset, load_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export") / "mnist"
+    export(folder, splits=("test",))
+    return folder
+
+
+def test_export_round_trip_is_bit_identical(exported):
+    images, labels = load_mnist("test")
+    loaded, loaded_labels, classes = load_folder(exported / "test", progress=False)
+    assert classes == [str(d) for d in range(10)]
+    order = np.concatenate([np.flatnonzero(labels == d) for d in range(10)])  # class folders, files by index
+    np.testing.assert_array_equal(loaded, images[order])
+    np.testing.assert_array_equal(loaded_labels, labels[order])
+    assert loaded.flags.c_contiguous and loaded.dtype == np.uint8
+
+
+def failing_write(*args):  # module level: the export's worker processes must be able to unpickle it
+    raise OSError("disk full")
+
+
+def test_export_refuses_an_existing_folder_and_leaves_nothing_when_it_fails(tmp_path, monkeypatch):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FastnetError, match="already exists"):
+        export(tmp_path / "taken")
+
+    monkeypatch.setattr(export_module, "_write_pngs", failing_write)
+    with pytest.raises(OSError):
+        export(tmp_path / "new", splits=("test",), workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no half-written dataset, no staging folder
+
+
+def test_cache_is_used_and_invalidated(exported, tmp_path):
+    folder = tmp_path / "digits"
+    shutil.copytree(exported / "test", folder, ignore=shutil.ignore_patterns(CACHE_NAME))
+    first = load_folder(folder, progress=False)
+    assert (folder / CACHE_NAME).exists()
+    start = time.perf_counter()
+    second = load_folder(folder, progress=False)
+    assert time.perf_counter() - start < 2.0
+    np.testing.assert_array_equal(first[0], second[0])
+
+    changed = folder / "3" / sorted(os.listdir(folder / "3"))[0]
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(changed)  # a changed image
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    third = load_folder(folder, progress=False)
+    assert len(third[0]) == len(first[0]) and not np.array_equal(third[0], first[0])
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "3" / "new.png")  # an added image
+    assert len(load_folder(folder, progress=False)[0]) == len(first[0]) + 1
+    (folder / "3" / "new.png").unlink()  # a removed image
+    (folder / "4" / sorted(os.listdir(folder / "4"))[0]).unlink()
+    assert len(load_folder(folder, progress=False)[0]) == len(first[0]) - 1
+
+    (folder / CACHE_NAME).write_bytes(b"garbage")  # a damaged cache is rebuilt
+    assert len(load_folder(folder, progress=False)[0]) == len(first[0]) - 1
+
+
+def save_any(path: Path, array: np.ndarray, mode: str, format: str) -> None:
+    image = Image.fromarray(array).convert(mode if mode != "I;16" else "I")
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(image, np.uint16) * 257).astype(np.uint16))
+    image.save(path, format)
+
+
+def test_any_format_mode_and_size_with_any_class_names(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    formats = [("png", "PNG", "L"), ("jpg", "JPEG", "RGB"), ("bmp", "BMP", "RGB"), ("gif", "GIF", "P"),
+               ("tif", "TIFF", "I;16"), ("webp", "WEBP", "RGBA"), ("png", "PNG", "1"), ("png", "PNG", "LA")]
+    for name in ("cat", "dog", "bird"):
+        (tmp_path / name).mkdir()
+        for i, (suffix, fmt, mode) in enumerate(formats):
+            size = (28, 28) if i % 2 else (int(rng.integers(10, 90)), int(rng.integers(10, 90)))
+            save_any(tmp_path / name / f"{i}.{suffix}", rng.integers(0, 256, size, dtype=np.uint8), mode, fmt)
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "cat" / ".hidden.png").write_bytes(b"\x89PNG hidden")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (tmp_path / ".cache").mkdir()
+    images, labels, classes = load_folder(tmp_path, progress=False)
+    assert classes == ["bird", "cat", "dog"]
+    assert images.shape == (3 * len(formats), 784) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [len(formats)] * 3
+    assert "broken.png" in capsys.readouterr().err  # skipped and listed
+    with pytest.raises(FastnetError, match="unreadable"):
+        load_folder(tmp_path, strict=True, cache=False, progress=False)
+
+
+def test_layout_errors_and_warnings(tmp_path):
+    with pytest.raises(FastnetError, match="no class folders; expected"):
+        load_folder(tmp_path)
+    with pytest.raises(FastnetError, match="no such folder"):
+        load_folder(tmp_path / "missing")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "a" / "x.png")
+    with pytest.warns(UserWarning, match="empty class folder"):
+        load_folder(tmp_path, progress=False)
+    with pytest.warns(UserWarning), pytest.raises(FastnetError, match="--val-split"):
+        load_dataset(tmp_path)
+
+
+def test_train_and_predict_on_a_folder_dataset_with_named_classes(tmp_path):
+    """Three 'shapes' classes, trained with --val-split and predicted by name: nothing assumes digits."""
+    rng = np.random.default_rng(1)
+    data = tmp_path / "shapes"
+    for name, draw in (("bar", lambda a: a.__setitem__((slice(4, 24), slice(12, 16)), 255)),
+                       ("cross", lambda a: (a.__setitem__((slice(12, 16), slice(4, 24)), 255),
+                                            a.__setitem__((slice(4, 24), slice(12, 16)), 255))),
+                       ("ring", lambda a: (a.__setitem__((slice(6, 22), slice(6, 22)), 255),
+                                           a.__setitem__((slice(10, 18), slice(10, 18)), 0)))):
+        (data / name).mkdir(parents=True)
+        for i in range(60):
+            array = np.zeros((28, 28), np.uint8)
+            draw(array)
+            array = np.roll(array, rng.integers(-3, 4, 2), axis=(0, 1))
+            Image.fromarray(array).resize((56, 56)).save(data / name / f"{i}.png")
+    out = tmp_path / "shapes.npz"
+    result = subprocess.run([sys.executable, "-m", "fastnet", "train", "--data", data, "--val-split", "0.2",
+                             "--epochs", "15", "--lr", "0.5", "--out", out, "--plot", tmp_path / "e.png"],
+                            env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    with np.load(out) as stored:
+        assert list(stored["class_names"]) == ["bar", "cross", "ring"] and str(stored["preprocessing"]) == "resize"
+    predicted = subprocess.run([sys.executable, "-m", "fastnet", "predict", data, "--parameters", out], env=ENV,
+                               capture_output=True, text=True, timeout=600)
+    assert predicted.returncode == 0, predicted.stderr
+    accuracy = float(predicted.stdout.split("accuracy ")[1].split("%")[0])
+    assert accuracy >= 90 and " ring " in predicted.stdout.replace("\n", " ")
+
+
+# ---------------------------------------------------------------- fetch, against servers on 127.0.0.1
+
+
+@pytest.fixture(scope="module")
+def mirrors(tmp_path_factory):
+    """Local mirrors: good copies, corrupted files, truncated files, an empty one (404), and one that hangs."""
+    base = tmp_path_factory.mktemp("mirrors")
+    names = [name for pair in MNIST_FILES.values() for name in pair]
+    for kind in ("good", "corrupt", "truncated", "missing"):
+        (base / kind).mkdir()
+    for name in names:
+        data = (mnist_dir() / name).read_bytes()
+        (base / "good" / name).write_bytes(gzip.compress(gzip.decompress(data)))  # other gz bytes, same content
+        content = bytearray(gzip.decompress(data))
+        content[len(content) // 2] ^= 0xFF
+        (base / "corrupt" / name).write_bytes(gzip.compress(bytes(content)))
+        (base / "truncated" / name).write_bytes(data[:len(data) // 2])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(base))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.socket()  # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    yield {kind: url + kind + "/" for kind in ("good", "corrupt", "truncated", "missing")} | {
+        "hanging": f"http://127.0.0.1:{silent.getsockname()[1]}/"}
+    server.shutdown()
+    silent.close()
+
+
+def test_fetch_tries_mirrors_until_one_verifies(mirrors, tmp_path):
+    order = [mirrors[k] for k in ("hanging", "missing", "truncated", "corrupt", "good")]
+    paths = fetch(tmp_path / "mnist", order, timeout=0.5, report=lambda line: None)
+    assert len(paths) == 4
+    images, labels = load_mnist("test", tmp_path / "mnist")
+    np.testing.assert_array_equal(images, load_mnist("test")[0])
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(p.name for p in paths)  # no temporaries
+
+
+def test_fetch_with_no_good_mirror_is_one_clear_error(mirrors, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fastnet", "fetch", tmp_path / "mnist", "--timeout", "0.5",
+                             "--mirror", mirrors["corrupt"], "--mirror", mirrors["missing"],
+                             "--mirror", "http://127.0.0.1:9/", "--no-default-mirrors"], env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "could not download" in result.stderr and "offline" in result.stderr
+    assert not any((tmp_path / "mnist").glob("*.gz"))

@@ -1,0 +1,203 @@
+"""Prediction on images as people have them: preprocessing, the predict command, the Python API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastnet
+from fastnet.errors import FastnetError
+from fastnet.preprocess import grayscale, load_digit, mnist_digit, open_image
+
+from .realworld import write_realworld_set
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def fastnet_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fastnet", *map(str, args)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fastnet.load(ROOT / "parameters.npz")
+
+
+@pytest.fixture(scope="module")
+def test_digits():
+    from fastnet.datasets import load_mnist
+
+    images, labels = load_mnist("test")
+    return images[:300].copy(), labels[:300].copy()
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def test_mnist_digits_pass_through_unchanged(test_digits):
+    for image in test_digits[0][:50]:
+        np.testing.assert_array_equal(load_digit(png_bytes(image.reshape(28, 28))), image)
+
+
+def test_dark_ink_on_light_paper_is_inverted(test_digits):
+    image = test_digits[0][0].reshape(28, 28)
+    np.testing.assert_array_equal(mnist_digit(255 - image), image)
+    assert not np.array_equal(mnist_digit(255 - image, invert="no"), image)  # told not to invert, it does not
+
+
+def test_big_off_centre_digit_is_scaled_and_centred(test_digits, model):
+    """A digit 6x larger, in a corner of a big white canvas, comes back in MNIST's form and is read right."""
+    right = 0
+    for image, label in zip(*test_digits):
+        big = np.asarray(Image.fromarray(image.reshape(28, 28)).resize((168, 168), Image.Resampling.BICUBIC))
+        canvas = np.full((400, 300), 255, np.uint8)
+        canvas[20:188, 110:278] = 255 - big
+        digit = mnist_digit(canvas)
+        ys, xs = np.indices(digit.shape)
+        centre = ((ys * digit).sum() / digit.sum(), (xs * digit).sum() / digit.sum())
+        assert abs(centre[0] - 14) <= 1.5 and abs(centre[1] - 14) <= 1.5
+        rows, cols = np.nonzero(digit > 40)
+        assert 17 <= max(np.ptp(rows), np.ptp(cols)) + 1 <= 21  # the ink's longer side scaled to 20 px
+        right += model.predict(digit)[0] == str(label)
+    assert right / len(test_digits[1]) >= 0.97
+
+
+def test_transparency_is_composited_onto_white(test_digits):
+    """Ink drawn on a transparent layer (RGBA, alpha = ink): the transparent part must read as paper."""
+    ink = test_digits[0][0].reshape(28, 28)
+    rgba = np.dstack([np.zeros((28, 28, 3), np.uint8), ink])
+    np.testing.assert_array_equal(load_digit(png_bytes(rgba, "RGBA")), test_digits[0][0])
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F"])
+def test_every_pillow_mode_becomes_a_digit(mode, test_digits):
+    image = Image.fromarray(255 - test_digits[0][1].reshape(28, 28)).convert(mode if mode != "I;16" else "I")
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(image, np.uint16) * 257).astype(np.uint16))
+        assert image.mode == "I;16"
+    digit = load_digit(image)
+    assert digit.shape == (784,) and digit.dtype == np.uint8 and digit.max() > 100
+
+
+def test_exif_orientation_is_honoured(test_digits):
+    upright = Image.fromarray(255 - test_digits[0][2].reshape(28, 28)).resize((112, 112))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera stores with orientation 6
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    buffer = io.BytesIO()
+    stored.convert("RGB").save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    with_exif = grayscale(open_image(buffer.getvalue()))
+    assert with_exif.shape == (112, 112)
+    assert np.abs(with_exif.astype(int) - np.asarray(upright, int)).mean() < 8
+
+
+def test_empty_and_broken_images_raise_fastnet_errors(tmp_path):
+    with pytest.raises(FastnetError, match="not a readable image"):
+        open_image(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(FastnetError, match="no such file"):
+        open_image(tmp_path / "missing.png")
+    with pytest.raises(FastnetError, match="empty"):
+        open_image(Image.new("L", (0, 5)))
+
+
+# ---------------------------------------------------------------- accuracy on real-world digits
+
+
+def test_realworld_digits_are_read_at_97_percent_or_better(tmp_path, model):
+    """300 MNIST test digits made to look photographed or scanned (tests/realworld.py), shipped parameters."""
+    from fastnet.datasets import load_mnist
+
+    images, labels = load_mnist("test")
+    rows = np.random.default_rng(7).choice(len(images), 300, replace=False)
+    paths = write_realworld_set(tmp_path, images[rows], labels[rows], seed=3)
+    predicted = model.predict(paths)
+    accuracy = np.mean(predicted == labels[rows].astype(str))
+    assert accuracy >= 0.97, f"{accuracy:.3f}"
+
+
+# ---------------------------------------------------------------- the predict command
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory, test_digits):
+    folder = tmp_path_factory.mktemp("digits")
+    for i, (image, label) in enumerate(zip(*test_digits)):
+        (folder / str(label)).mkdir(exist_ok=True)
+        Image.fromarray(image.reshape(28, 28)).save(folder / str(label) / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"hidden")
+    (folder / "3" / "broken.png").write_bytes(b"\x89PNG broken")
+    return folder
+
+
+def test_predict_scores_labelled_folders_like_evaluate(labelled_folder, test_digits, model, tmp_path):
+    result = fastnet_cli("predict", labelled_folder, "--confusion", tmp_path / "confusion.png")
+    assert result.returncode == 0, result.stderr
+    expected = np.mean(model.predict(test_digits[0]) == test_digits[1].astype(str))
+    assert f"accuracy {100 * expected:.2f}% ({round(expected * 300)}/300 labelled images)" in result.stdout
+    assert "per class:" in result.stdout and "confusion (rows: true, columns: predicted)" in result.stdout
+    assert "skipped" in result.stderr and "broken.png" in result.stderr  # reported, not fatal
+    with Image.open(tmp_path / "confusion.png") as image:
+        assert image.format == "PNG"
+
+
+def test_predict_formats(labelled_folder):
+    rows = list(csv.DictReader(io.StringIO(fastnet_cli("predict", labelled_folder, "--format", "csv", "--top",
+                                                       "3").stdout)))
+    assert len(rows) == 300 and {"path", "label", "probability", "label_3"} <= set(rows[0])
+    assert all(0 <= float(r["probability"]) <= 1 for r in rows)
+    records = json.loads(fastnet_cli("predict", labelled_folder / "7", "--format", "json", "--top", "2").stdout)
+    assert records and all(len(r["top"]) == 2 and r["true_label"] == "7" for r in records)
+    table = fastnet_cli("predict", labelled_folder / "0" / "3.png").stdout
+    assert table.startswith(str(labelled_folder / "0" / "3.png"))
+
+
+def test_predict_with_nothing_to_read_is_one_error_line(tmp_path):
+    for target in (tmp_path, tmp_path / "missing"):
+        result = fastnet_cli("predict", target)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- the Python API
+
+
+def test_python_api(test_digits, tmp_path):
+    model = fastnet.load(ROOT / "parameters.npz")
+    images, labels = test_digits
+    flat = model.predict(images)
+    np.testing.assert_array_equal(flat, model.predict(images.reshape(-1, 28, 28)))
+    assert np.mean(flat == labels.astype(str)) > 0.97
+    probabilities = model.predict_proba(images[:5])
+    assert probabilities.shape == (5, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    Image.fromarray(images[0].reshape(28, 28)).save(tmp_path / "a.png")
+    assert model.predict(tmp_path / "a.png")[0] == model.predict(Image.open(tmp_path / "a.png"))[0] == flat[0]
+    with pytest.raises(FastnetError, match="uint8"):
+        model.predict(images.astype(np.float32))
+    with pytest.raises(FastnetError, match="shape"):
+        model.predict(np.zeros((3, 10), np.uint8))
+
+
+def test_fit_and_save(test_digits, tmp_path, mnist_train):
+    images, labels = mnist_train
+    model = fastnet.api.Model().fit(images[:3000], labels[:3000], epochs=2)
+    model.save(tmp_path / "mine.npz")
+    again = fastnet.load(tmp_path / "mine.npz")
+    np.testing.assert_array_equal(again.predict(test_digits[0]), model.predict(test_digits[0]))
+    assert np.mean(again.predict(test_digits[0]) == test_digits[1].astype(str)) > 0.8
