@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-
-from fastnet.datasets import load_mnist
-
-
-@pytest.fixture(scope="session")
-def mnist_train():
-    return load_mnist("train")
-
-
-@pytest.fixture(scope="session")
-def mnist_test():
-    return load_mnist("test")
 
 
 @pytest.fixture

@@ -129,6 +129,14 @@ def from_blocks(blocks: Blocked, params) -> None:
 
 
 @inline_jit
+def _four_ink_pixels(images, pixels, image, t):
+    """Ink pixels t..t+3 of an image: their positions and their values scaled to [0, 1]."""
+    p0, p1, p2, p3 = pixels[t], pixels[t + 1], pixels[t + 2], pixels[t + 3]
+    return (p0, p1, p2, p3, images[image, p0] * INPUT_SCALE, images[image, p1] * INPUT_SCALE,
+            images[image, p2] * INPUT_SCALE, images[image, p3] * INPUT_SCALE)
+
+
+@inline_jit
 def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
     """hidden[blk, n] = activation(x[rows[n]] @ W1[blk] + b1[blk]); units >= width (padding) = 0.
 
@@ -142,11 +150,7 @@ def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
             h[n, j] = b[j]
         t, end = start[image], start[image + 1]
         while t + 4 <= end:  # four ink pixels per pass over the row: 4x fewer loads and stores of h
-            p0, p1, p2, p3 = pixels[t], pixels[t + 1], pixels[t + 2], pixels[t + 3]
-            x0 = images[image, p0] * INPUT_SCALE
-            x1 = images[image, p1] * INPUT_SCALE
-            x2 = images[image, p2] * INPUT_SCALE
-            x3 = images[image, p3] * INPUT_SCALE
+            p0, p1, p2, p3, x0, x1, x2, x3 = _four_ink_pixels(images, pixels, image, t)
             for j in range(BLOCK):
                 h[n, j] += x0 * W[p0, j] + x1 * W[p1, j] + x2 * W[p2, j] + x3 * W[p3, j]
             t += 4
@@ -228,11 +232,7 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
         image = rows[n]
         t, end = start[image], start[image + 1]
         while t + 4 <= end:
-            p0, p1, p2, p3 = pixels[t], pixels[t + 1], pixels[t + 2], pixels[t + 3]
-            x0 = images[image, p0] * INPUT_SCALE
-            x1 = images[image, p1] * INPUT_SCALE
-            x2 = images[image, p2] * INPUT_SCALE
-            x3 = images[image, p3] * INPUT_SCALE
+            p0, p1, p2, p3, x0, x1, x2, x3 = _four_ink_pixels(images, pixels, image, t)
             for j in range(BLOCK):
                 g = dh[n, j]
                 T1[p0, j] += x0 * g
@@ -252,7 +252,7 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
         _scale_add(params.b1[blk], np.float32(1.0), velocity.b1[blk], -learning_rate)
 
 
-# ---------------------------------------------------------------- output layer (serial, K=10)
+# ---------------------------------------------------------------- output layer (serial: K is small, 10 for digits)
 
 
 @inline_jit

@@ -1,30 +1,11 @@
-"""Shared fixtures: real MNIST batches, random batches, fresh networks, and a comparison that explains itself."""
+"""Helpers for the tests: random batches, fresh networks, and a comparison that explains itself.
+(The MNIST fixtures are in the conftest.py at the root, shared with bench/.)"""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from fastnet.datasets import load_mnist
-from fastnet.kernels import get_backend
 from fastnet.model import Network
-
-BACKENDS = ["numpy", "numba"]
-
-
-@pytest.fixture(scope="session")
-def mnist_train():
-    return load_mnist("train")
-
-
-@pytest.fixture(scope="session")
-def mnist_test():
-    return load_mnist("test")
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return get_backend(request.param)
 
 
 def random_images(rng: np.random.Generator, n: int, ink: float = 0.2) -> np.ndarray:
