@@ -128,29 +128,6 @@ def from_blocks(blocks: Blocked, params) -> None:
 # stops vectorisation; checked in the assembly).
 
 
-# exp(z) = 2^k * 2^f with k = round(z / ln 2), |f| <= 1/2: 2^f by its Taylor series to f^6 (relative
-# error 1.2e-7, float32's epsilon), 2^k by writing k + 127 into a float's exponent bits. Unlike a call
-# to libm's expf, LLVM vectorises it: prediction ran 1.4x faster with ReLU, which needs no exp.
-LOG2E = np.float32(1.4426950408889634)
-EXP2_TAYLOR = tuple(np.float32(np.log(2.0) ** i / np.prod(np.arange(1, i + 1))) for i in range(1, 7))
-
-
-@inline_jit
-def _sigmoid_row(h, n, powers):
-    """h[n, :] = 1 / (1 + exp(-h[n, :])), vectorised (see EXP2_TAYLOR); powers is int32 scratch of BLOCK."""
-    c1, c2, c3, c4, c5, c6 = EXP2_TAYLOR
-    scales = powers.view(np.float32)
-    for j in range(BLOCK):  # exponents first: 2^k as float bits
-        y = min(max(-h[n, j], np.float32(-87.0)), np.float32(87.0)) * LOG2E
-        k = np.floor(y + np.float32(0.5))
-        h[n, j] = y - k  # f, kept in h until the next loop
-        powers[j] = (np.int32(k) + np.int32(127)) << np.int32(23)
-    for j in range(BLOCK):
-        f = h[n, j]
-        two_f = np.float32(1.0) + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
-        h[n, j] = np.float32(1.0) / (np.float32(1.0) + two_f * scales[j])
-
-
 @inline_jit
 def _four_ink_pixels(images, pixels, image, t):
     """Ink pixels t..t+3 of an image: their positions and their values scaled to [0, 1]."""
@@ -167,7 +144,6 @@ def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
     """
     images, start, pixels = ink
     W, h, b = W1[blk], hidden[blk], b1[blk]
-    powers = np.empty(BLOCK, np.int32)  # scratch for _sigmoid_row
     for n in range(rows.size):
         image = rows[n]
         for j in range(BLOCK):
@@ -184,10 +160,10 @@ def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
             for j in range(BLOCK):
                 h[n, j] += x * W[p, j]
             t += 1
-        if activation == SIGMOID:
-            _sigmoid_row(h, n, powers)
-        else:
-            for j in range(BLOCK):
+        for j in range(BLOCK):
+            if activation == SIGMOID:
+                h[n, j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-h[n, j]))
+            else:
                 h[n, j] = max(h[n, j], np.float32(0.0))
         for j in range(width, BLOCK):
             h[n, j] = np.float32(0.0)
