@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -46,11 +47,13 @@ def class_folders(root: Path) -> list[Path]:
     return folders
 
 
-def _fingerprint(files: list[Path], root: Path) -> str:
+def _fingerprint(files: list[str], root: Path) -> str:
+    """A digest of every file's path (relative to root), size and modification time."""
     digest = hashlib.sha256()
+    skip = len(str(root)) + 1
     for path in files:
-        status = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        status = os.stat(path)
+        digest.update(f"{path[skip:]}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

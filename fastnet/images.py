@@ -19,14 +19,23 @@ from .preprocess import load_digit
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files under folder (recursive), hidden files and non-images passed over, sorted."""
-    found = []
-    for directory, subfolders, files in os.walk(folder):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        found += [Path(directory) / f for f in sorted(files)
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return found
+def image_files(folder: str | Path) -> list[str]:
+    """Image files under folder (recursive), hidden files and non-images passed over, sorted by name.
+
+    Plain strings and os.scandir: pathlib objects cost more than the listing itself for 70,000 files."""
+    files, subfolders = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                subfolders.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                files.append(entry.path)
+    files.sort()
+    for subfolder in sorted(subfolders):
+        files += image_files(subfolder)
+    return files
 
 
 def _decode_chunk(paths: list[str], invert: str, preprocessing: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
@@ -40,8 +49,8 @@ def _decode_chunk(paths: list[str], invert: str, preprocessing: str) -> tuple[np
     return rows, failures
 
 
-def decode_all(paths: list[Path], invert: str = "auto", preprocessing: str = "digit", workers: int | None = None,
-               progress: str = "") -> tuple[np.ndarray, list[tuple[Path, str]]]:
+def decode_all(paths: list, invert: str = "auto", preprocessing: str = "digit", workers: int | None = None,
+               progress: str = "") -> tuple[np.ndarray, list[tuple[object, str]]]:
     """(N, 784) uint8 rows for paths (fastnet.preprocess.load_digit), and (path, reason) for each unreadable one
     (its row stays 0). With progress, a counter labelled so on stderr."""
     workers = workers or os.cpu_count() or 1

@@ -32,7 +32,7 @@ def find_images(paths: list[Path]) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            found += image_files(path)
+            found += map(Path, image_files(path))
         else:
             raise FastnetError(f"{path}: no such file or folder")
     return found
