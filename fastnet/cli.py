@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="write the records as a JSON list")
     bench.add_argument("--plot", type=Path, help="draw seconds per epoch as a PNG")
 
+    serve = commands.add_parser("serve", help="a page to draw digits on and watch the network read them")
+    serve.add_argument("--parameters", type=Path, default=Path("parameters.npz"))
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_number(int, 0, maximum=65536, what="must be 0 to 65535"), default=8000)
+    _add_backend_flags(serve)
+
     fetch = commands.add_parser("fetch", help="download the MNIST IDX files from public mirrors, verified")
     fetch.add_argument("folder", type=Path, nargs="?", default=Path("mnist"), metavar="DIR",
                        help="where to put them (default ./mnist); then: train --data DIR")
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         _set_threads(args.threads, args.backend)
         if args.command == "predict":
             return predict(args)
+        if args.command == "serve":
+            return serve(args)
         if args.command == "evaluate" or args.no_training:
             return evaluate(args.parameters, args.backend, getattr(args, "confusion", None))
         return train(args)
@@ -213,6 +221,26 @@ def evaluate(parameters_path: Path, backend_name: str, confusion: Path | None = 
     print(score_report(matrix, model.class_names).split("\n", 1)[1])
     if confusion is not None:
         plot_confusion(matrix, model.class_names, confusion)
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .api import load
+    from .serve import make_server
+
+    try:
+        server = make_server(load(args.parameters, args.backend), args.host, args.port)
+    except OSError as error:
+        raise FastnetError(f"cannot listen on {args.host}:{args.port} ({error.strerror or error}); "
+                           "try another --port") from None
+    host, port = server.server_address[:2]
+    print(f"fastnet serve: open http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("fastnet serve: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
     return 0
 
 

@@ -1,0 +1,142 @@
+"""`fastnet serve`: the JSON endpoint, bad requests, a bounded load test, and a real headless Chromium."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastnet
+from fastnet.serve import MAX_BODY, make_server
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = make_server(fastnet.load(ROOT / "parameters.npz"), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address
+    server.shutdown()
+    server.server_close()
+
+
+def request(address, method, path, body=b"", headers=None):
+    connection = http.client.HTTPConnection(*address, timeout=30)
+    try:
+        connection.request(method, path, body, headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_page_is_self_contained(server):
+    status, page = request(server, "GET", "/")
+    assert status == 200 and b"<canvas id=\"pad\"" in page and b"/predict" in page
+    assert b"src=\"http" not in page and b"href=\"http" not in page  # nothing from the internet
+
+
+def test_predict_answers_with_top_3_and_the_digit_it_saw(server, mnist_test):
+    images, labels = mnist_test
+    for i in range(5):
+        status, body = request(server, "POST", "/predict", png(255 - images[i].reshape(28, 28)))  # dark on light
+        answer = json.loads(body)
+        assert status == 200 and len(answer["top"]) == 3 and len(answer["digit"]) == 784
+        assert answer["top"][0]["label"] == str(labels[i])
+        assert answer["top"][0]["probability"] >= answer["top"][1]["probability"]
+
+
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, mnist_test):
+    status, body = request(server, "POST", "/predict", b"this is not an image")
+    assert status == 400 and "not a readable image" in json.loads(body)["error"]
+    status, body = request(server, "POST", "/predict", b"x", {"Content-Length": str(MAX_BODY + 1)})
+    assert status == 413 and "over the limit" in json.loads(body)["error"]
+    assert request(server, "GET", "/nowhere")[0] == 404
+    status, _ = request(server, "POST", "/predict", png(mnist_test[0][0].reshape(28, 28)))
+    assert status == 200
+
+
+def test_load_1000_requests_from_8_clients(server, mnist_test):
+    images, labels = mnist_test
+    bodies = [png(images[i].reshape(28, 28)) for i in range(100)]
+    latencies = []
+
+    def client(worker):
+        connection = http.client.HTTPConnection(*server, timeout=30)
+        answers = []
+        for k in range(125):  # 8 clients x 125 requests, keep-alive connections
+            i = (worker * 125 + k) % 100
+            start = time.perf_counter()
+            connection.request("POST", "/predict", bodies[i])
+            response = connection.getresponse()
+            answers.append((i, response.status, json.loads(response.read())["top"][0]["label"]))
+            latencies.append(time.perf_counter() - start)
+        connection.close()
+        return answers
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        answers = [a for part in pool.map(client, range(8)) for a in part]
+    seconds = time.perf_counter() - start
+    assert len(answers) == 1000 and all(status == 200 for _, status, _ in answers)
+    expected = fastnet.load(ROOT / "parameters.npz").predict(images[:100])
+    assert all(label == expected[i] for i, _, label in answers)
+    p99 = np.percentile(latencies, 99) * 1000
+    print(f"\nserve load: 1000 requests, 8 clients: {1000 / seconds:,.0f} requests/s, p99 {p99:.1f} ms")
+
+
+def strokes(digit: np.ndarray, scale: int = 10):
+    """The digit as horizontal pen strokes, one per run of ink in each row, in canvas coordinates."""
+    for row in range(28):
+        ink = np.flatnonzero(digit[row] > 100)
+        if ink.size == 0:
+            continue
+        runs = np.split(ink, np.flatnonzero(np.diff(ink) > 1) + 1)
+        for run in runs:
+            y = row * scale + scale / 2
+            yield (run[0] * scale + scale / 2, y), (run[-1] * scale + scale / 2, y)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
+def test_drawing_in_headless_chromium_is_read_right(server, mnist_test, tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    images, labels = mnist_test
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-quic"]
+    right = 0
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags, headless=True)
+        page = browser.new_page()
+        page.goto(f"http://{server[0]}:{server[1]}/")
+        box = page.locator("#pad").bounding_box()
+        for i in range(3):
+            page.click("#clear")
+            for (x0, y0), (x1, y1) in strokes(images[i].reshape(28, 28)):
+                page.mouse.move(box["x"] + x0, box["y"] + y0)
+                page.mouse.down()
+                page.mouse.move(box["x"] + x1, box["y"] + y1, steps=4)
+                page.mouse.up()
+            page.wait_for_function("document.querySelectorAll('#bars .bar').length == 3")
+            page.wait_for_timeout(400)  # the last stroke's answer
+            right += page.inner_text("#answer") == str(labels[i])
+            page.screenshot(path=str(tmp_path / f"drawn-{i}.png"))
+        browser.close()
+    assert right == 3
+    assert (tmp_path / "drawn-0.png").stat().st_size > 1000
