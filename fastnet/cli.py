@@ -55,12 +55,13 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="fastnet", description=__doc__)
+    parser = Parser(prog="fastnet", description="A small, fast trainer for the 784-128-10 MNIST network. "
+                    "Start with: python -m fastnet train")
     parser.add_argument("--version", action="version", version=f"fastnet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     defaults = TrainConfig()
 
-    train = commands.add_parser("train", help="train on MNIST, save parameters and the error plot")
+    train = commands.add_parser("train", help="train (on the shipped MNIST by default); save parameters and plot")
     train.add_argument("--epochs", type=_number(int, 1, what="must be at least 1"), default=defaults.epochs)
     train.add_argument("--batch-size", type=_number(int, 1, what="must be at least 1"), default=defaults.batch_size,
                        help=f"images per SGD step; 1 is the original's per-image training (default {defaults.batch_size})")

@@ -10,7 +10,7 @@ Why it is fast (each point measured, see the README):
   ink; forward and the W1 update touch only those rows of W1, four ink pixels
   per pass over a row of hidden units. Pixel values are still read from the
   uint8 images and scaled by 1/255 on the fly: there is no float copy.
-- A whole epoch runs in one compiled call: no Python per batch.
+- A whole epoch runs in one compiled call per thread: no Python per batch.
 - Hidden units are split into blocks of BLOCK=64 (four 16-float vectors), each
   stored contiguously: W1 as (blocks, D, BLOCK), W2 transposed as
   (blocks, K, BLOCK). Threads own whole blocks, so no two threads ever write the
