@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`fastnet predict ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _set_threads(threads: int | None, backend: str) -> None:

@@ -21,7 +21,7 @@ SCHEDULES = ("cosine", "constant")
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 35
     batch_size: int = 32
     learning_rate: float = 1.0
     momentum: float = 0.0

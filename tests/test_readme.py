@@ -37,5 +37,5 @@ def test_python_api_example_runs_and_prints_what_it_says(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(output):
         exec(compile(code, "README.md", "exec"), {})
     printed = output.getvalue().split("\n")
-    assert printed[0] == "0.9832" and printed[1] == "['7']"
+    assert printed[0] == "0.9834" and printed[1] == "['7']"
     assert (tmp_path / "small.npz").exists()

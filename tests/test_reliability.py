@@ -88,7 +88,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reproduces_the_shipped_parameters(
     """The shipped parameters.npz is the default run; stopping it with Ctrl-C and resuming must give it again."""
     out = tmp_path / "parameters.npz"
     process = start_training("--out", out, "--plot", tmp_path / "error.png", cwd=tmp_path)
-    wait_for_line(process, "epoch   2/40")
+    wait_for_line(process, "epoch   2/")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -107,7 +107,7 @@ def test_second_ctrl_c_quits_at_once_leaving_only_complete_files(tmp_path):
     out = tmp_path / "parameters.npz"
     out.write_bytes((ROOT / "parameters.npz").read_bytes())
     process = start_training("--out", out, "--plot", tmp_path / "error.png", cwd=tmp_path)
-    wait_for_line(process, "epoch   1/40")
+    wait_for_line(process, "epoch   1/")
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=120)
