@@ -42,10 +42,9 @@ class Model:
         """images in any accepted form as a C-contiguous uint8 array (N, 784)."""
         if isinstance(images, (str, Path, bytes, Image.Image)):
             images = [images]
-        if isinstance(images, (list, tuple)) and images and not isinstance(images[0], (int, np.integer)):
-            if all(isinstance(i, (str, Path, bytes, Image.Image)) for i in images):
-                return np.stack([load_digit(i, self.invert, self.preprocessing) for i in images])
-            images = np.asarray(images)
+        files = (str, Path, bytes, Image.Image)
+        if isinstance(images, (list, tuple)) and images and all(isinstance(i, files) for i in images):
+            return np.stack([load_digit(i, self.invert, self.preprocessing) for i in images])
         array = np.asarray(images)
         if array.dtype != np.uint8:
             raise FastnetError(f"images must be uint8 (0-255 pixels, as MNIST), not {array.dtype}")
@@ -85,7 +84,7 @@ class Model:
             raise FastnetError(f"{len(digits)} images but {len(labels)} labels")
         labels = labels.astype(np.uint8)
         config = TrainConfig(backend=self.backend, **settings)
-        self.network, history = train(config, (digits, labels), (digits, labels), len(self.class_names))
+        self.network, _ = train(config, (digits, labels), None, len(self.class_names))
         self.training = config.as_dict()
         return self
 

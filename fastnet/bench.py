@@ -153,10 +153,7 @@ def format_table(records: list[Record]) -> str:
 
 
 def plot(records: list[Record], path: Path) -> None:
-    from .parameters import write_atomically
-    from .plot import plt
-
-    import io
+    from .plot import plt, save_figure
 
     figure, axis = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
     labels = sorted({(r.backend, r.threads) for r in records}, key=lambda bt: (SYSTEMS.index(bt[0]), bt[1]))
@@ -170,10 +167,7 @@ def plot(records: list[Record], path: Path) -> None:
              xticks=np.arange(len(batch_sizes)) + 0.4 - width / 2, xticklabels=[str(b) for b in batch_sizes],
              title="training speed (lower is better)")
     axis.legend(fontsize=8, ncols=2)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    write_atomically(path, lambda file: file.write(buffer.getvalue()))
+    save_figure(figure, path)
 
 
 # ---------------------------------------------------------------- the child process

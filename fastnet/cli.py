@@ -293,6 +293,7 @@ def train(args: argparse.Namespace) -> int:
     from .kernels import get_backend
     from .parameters import Parameters, save
     from .plot import plot_history
+    from .kernels.threads import thread_count
     from .training import Interrupted, train as run_training, warm_up
 
     resume = load_checkpoint(args.resume) if args.resume else None
@@ -318,7 +319,7 @@ def train(args: argparse.Namespace) -> int:
     print(f"{args.data}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images, {len(classes)} classes "
           f"(loaded in {time.perf_counter() - started:.2f} s)")
     backend = get_backend(config.backend)
-    threads = f", {_thread_count()} threads" if config.backend == "numba" else ""
+    threads = f", {thread_count()} threads" if config.backend == "numba" else ""
     compile_seconds = warm_up(backend, config, *train_set, n_classes=len(classes))
     print(f"backend {config.backend}{threads}: kernels compiled or loaded from cache in {compile_seconds:.2f} s")
     resuming = f"; resuming epoch {resume.epoch + 1} at batch {resume.next_batch + 1}" if resume else ""
@@ -424,8 +425,3 @@ def _stop_on_ctrl_c():
     finally:
         signal.signal(signal.SIGINT, previous)
 
-
-def _thread_count() -> int:
-    import numba
-
-    return numba.get_num_threads()

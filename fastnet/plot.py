@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +27,12 @@ def plot_history(history: list[EpochStats], path: str | Path, title: str = "") -
     losses.grid(alpha=0.3)
     if title:
         figure.suptitle(title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    write_atomically(Path(path), lambda file: file.write(buffer.getvalue()))
+    save_figure(figure, path)
+
+
+def save_figure(figure, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG, atomically, and release it."""
+    try:
+        write_atomically(Path(path), lambda file: figure.savefig(file, format="png", dpi=100))
+    finally:
+        plt.close(figure)

@@ -11,7 +11,6 @@ process per core (fastnet.images).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from dataclasses import dataclass
@@ -94,8 +93,7 @@ def score_report(matrix: np.ndarray, class_names: list[str]) -> str:
 
 
 def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title: str = "") -> None:
-    from .parameters import write_atomically
-    from .plot import plt
+    from .plot import plt, save_figure
 
     figure, axis = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
     image = axis.imshow(matrix, cmap="Blues")
@@ -108,7 +106,4 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title
         if value:
             axis.text(j, i, str(value), ha="center", va="center", fontsize=7,
                       color="white" if value > threshold else "black")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    write_atomically(path, lambda file: file.write(buffer.getvalue()))
+    save_figure(figure, path)

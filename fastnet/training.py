@@ -102,11 +102,13 @@ class ProgressBar:
             print(file=sys.stderr, flush=True)
 
 
-def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray], test_set: tuple[np.ndarray, np.ndarray],
-          n_classes: int, on_epoch: Callable[[EpochStats], None] = lambda stats: None, *,
+def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
+          test_set: tuple[np.ndarray, np.ndarray] | None, n_classes: int, on_epoch: Callable[[EpochStats], None] = lambda stats: None, *,
           resume: Checkpoint | None = None, checkpoint_path: Path | None = None,
           stop: np.ndarray | None = None) -> tuple[Network, list[EpochStats]]:
     """Train a network on train_set (images, labels); returns it and one EpochStats per epoch.
+
+    Test accuracy is measured on test_set after each epoch (NaN without one).
 
     The same config and data give bit-identical weights, whatever the number of
     threads, and so does a run stopped (stop[0] = 1, from new_stop_flag()) and
@@ -152,7 +154,8 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray], test_se
             save(epoch, next_batch, rng_state, loss_sum, correct)
             raise Interrupted(epoch + 1, next_batch, checkpoint_path)
         stats = EpochStats(epoch + 1, learning_rate, loss_sum / len(images), correct / len(images),
-                           accuracy(backend, network, *test_set), seconds, done / seconds)
+                           accuracy(backend, network, *test_set) if test_set is not None else math.nan,
+                           seconds, done / seconds)
         history.append(stats)
         save(epoch + 1, 0, rng.bit_generator.state)
         on_epoch(stats)
