@@ -72,6 +72,14 @@ def _read_cache(path: Path, key: str):
         return None
 
 
+def _report_skipped(root: Path, skipped: list[str], loaded: int) -> None:
+    """The summary of unreadable images, on every load (a cached one too: the files are still there)."""
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if skipped:
+        print(f"{root}: {len(skipped)} unreadable images skipped, {loaded} loaded", file=sys.stderr)
+
+
 def load_folder(root: str | Path, strict: bool = False, cache: bool = True, progress: bool = True
                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """images (N, 784) uint8, labels (N,) uint8 and class names of a class-per-folder dataset."""
@@ -94,6 +102,7 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     cached = _read_cache(cache_path, key) if cache else None
     if cached is not None:
         images, cached_labels, classes, skipped = cached
+        _report_skipped(root, skipped, len(images))
         return images, cached_labels, classes
     images, failures = decode_all(files, preprocessing="resize", progress=f"decoding {root}" if progress else "")
     if failures and strict:
@@ -103,10 +112,7 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     keep = np.array([path not in failed for path in files], bool)
     images, labels = np.ascontiguousarray(images[keep]), np.asarray(labels, np.uint8)[keep]
     skipped = [reason for _, reason in failures]
-    for line in skipped:
-        print(f"skipped {line}", file=sys.stderr)
-    if skipped:
-        print(f"{root}: {len(skipped)} unreadable images skipped, {len(images)} loaded", file=sys.stderr)
+    _report_skipped(root, skipped, len(images))
     if cache:
         try:
             write_atomically(cache_path, lambda file: write_npz(file, {

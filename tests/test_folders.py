@@ -112,6 +112,8 @@ def test_any_format_mode_and_size_with_any_class_names(tmp_path, capsys):
     assert images.shape == (3 * len(formats), 784) and images.dtype == np.uint8
     assert np.bincount(labels).tolist() == [len(formats)] * 3
     assert "broken.png" in capsys.readouterr().err  # skipped and listed
+    load_folder(tmp_path, progress=False)  # from the cache now: still listed
+    assert "broken.png" in capsys.readouterr().err
     with pytest.raises(FastnetError, match="unreadable"):
         load_folder(tmp_path, strict=True, cache=False, progress=False)
 
