@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import FastnetError
 from .model import Network
-from .parameters import WEIGHTS, write_atomically, write_npz
+from .parameters import WEIGHTS, checked_network, write_atomically, write_npz
 
 FORMAT_VERSION = 1
 
@@ -53,8 +53,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = json.loads(str(arrays["state"]))
         if state.get("format_version", 0) > FORMAT_VERSION:
             raise FastnetError(f"{path}: checkpoint format {state['format_version']} is newer than this fastnet reads")
-        network = Network(*(np.ascontiguousarray(arrays[name], np.float32) for name in WEIGHTS),
-                          activation=state["activation"])
+        W1, W2 = arrays["W1"], arrays["W2"]
+        sizes = (W1.shape + W2.shape[1:]) if W1.ndim == 2 and W2.ndim == 2 else W1.shape
+        network = checked_network(path, arrays, sizes, state["activation"])
         velocity = [np.ascontiguousarray(arrays[f"v_{name}"], np.float32) for name in WEIGHTS]
         fields = ("config", "epoch", "next_batch", "rng_state", "loss_sum", "correct", "history")
         checkpoint = Checkpoint(network=network, velocity=velocity, **{key: state[key] for key in fields})
@@ -64,6 +65,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise
     except Exception as error:  # a damaged or foreign file: zip, npy, JSON or key errors alike
         raise FastnetError(f"{path}: not a readable fastnet checkpoint ({type(error).__name__}: {error})") from None
-    if any(v.shape != p.shape for v, p in zip(velocity, network.params)) or not network.all_finite():
-        raise FastnetError(f"{path}: checkpoint weights are inconsistent or not finite")
+    if any(v.shape != p.shape or not np.isfinite(v).all() for v, p in zip(velocity, network.params)):
+        raise FastnetError(f"{path}: checkpoint velocities do not match its weights or are not finite")
     return checkpoint

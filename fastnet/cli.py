@@ -318,6 +318,10 @@ def train(args: argparse.Namespace) -> int:
         test_set = tuple(a[:DRY_RUN_IMAGES[1]] for a in test_set)
     print(f"{args.data}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images, {len(classes)} classes "
           f"(loaded in {time.perf_counter() - started:.2f} s)")
+    if resume is not None and resume.network.layer_sizes != (train_set[0].shape[1], config.hidden, len(classes)):
+        raise FastnetError(f"{args.resume} holds a {'-'.join(map(str, resume.network.layer_sizes))} network, but its "
+                           f"settings and {args.data} make {train_set[0].shape[1]}-{config.hidden}-{len(classes)}: "
+                           "resume with the --data it was trained on")
     backend = get_backend(config.backend)
     threads = f", {thread_count()} threads" if config.backend == "numba" else ""
     compile_seconds = warm_up(backend, config, *train_set, n_classes=len(classes))

@@ -121,16 +121,11 @@ def load(path: str | Path) -> Parameters:
         raise FastnetError(f"{path}: malformed parameters file ({type(error).__name__}: {error})") from None
 
 
-def _checked(path: Path, stored: dict) -> Parameters:
-    version = int(stored["format_version"])
-    if version > FORMAT_VERSION:
-        raise FastnetError(f"{path}: format version {version} is newer than this fastnet reads ({FORMAT_VERSION}); "
-                           "upgrade fastnet")
-    sizes = tuple(int(n) for n in np.ravel(stored["layer_sizes"]))
-    activation = str(stored["activation"])
-    class_names = [str(name) for name in np.ravel(stored["class_names"])]
+def checked_network(path: Path, stored: dict, sizes: tuple[int, ...], activation: str) -> Network:
+    """The network in stored (arrays by name), after checking that every weight is a finite float array of
+    the shape the layer sizes (D, H, K) give it: the kernels do not check their indices."""
     if len(sizes) != 3 or min(sizes) < 1:
-        raise FastnetError(f"{path}: layer_sizes must be three positive numbers, found {sizes}")
+        raise FastnetError(f"{path}: layer sizes must be three positive numbers, found {sizes}")
     n_inputs, n_hidden, n_classes = sizes
     expected = {"W1": (n_inputs, n_hidden), "b1": (n_hidden,), "W2": (n_hidden, n_classes), "b2": (n_classes,)}
     for name, shape in expected.items():
@@ -142,9 +137,20 @@ def _checked(path: Path, stored: dict) -> Parameters:
             raise FastnetError(f"{path}: {name} contains NaN or infinity; retrain or use another file")
     if activation not in ACTIVATIONS:
         raise FastnetError(f"{path}: unknown activation {activation!r} (expected one of {', '.join(ACTIVATIONS)})")
-    if len(class_names) != n_classes:
-        raise FastnetError(f"{path}: {len(class_names)} class names for {n_classes} outputs")
-    network = Network(*(np.ascontiguousarray(stored[name], np.float32) for name in WEIGHTS), activation=activation)
+    return Network(*(np.ascontiguousarray(stored[name], np.float32) for name in WEIGHTS), activation=activation)
+
+
+def _checked(path: Path, stored: dict) -> Parameters:
+    version = int(stored["format_version"])
+    if version > FORMAT_VERSION:
+        raise FastnetError(f"{path}: format version {version} is newer than this fastnet reads ({FORMAT_VERSION}); "
+                           "upgrade fastnet")
+    sizes = tuple(int(n) for n in np.ravel(stored["layer_sizes"]))
+    activation = str(stored["activation"])
+    class_names = [str(name) for name in np.ravel(stored["class_names"])]
+    network = checked_network(path, stored, sizes, activation)
+    if len(class_names) != sizes[2]:
+        raise FastnetError(f"{path}: {len(class_names)} class names for {sizes[2]} outputs")
     try:
         training = json.loads(str(stored.get("training", "{}")))
     except json.JSONDecodeError:

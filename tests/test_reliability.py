@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fastnet.checkpoint import load_checkpoint
 from fastnet.kernels import get_backend
@@ -191,3 +192,31 @@ def test_peak_memory_while_training_stays_under_300_mb():
     assert result.returncode == 0, result.stderr
     peak_mb = float(result.stdout.split()[-1])
     assert peak_mb <= 300, f"peak RSS {peak_mb:.0f} MB"
+
+
+def test_checkpoints_with_inconsistent_weights_or_other_data_are_refused(tmp_path):
+    """The kernels do not check indices: a checkpoint must not reach them with shapes that disagree."""
+    from fastnet.checkpoint import Checkpoint, save_checkpoint
+    from fastnet.errors import FastnetError
+
+    network = new_network(16)
+    velocity = [np.zeros_like(p) for p in network.params]
+    state = np.random.default_rng(0).bit_generator.state
+    good = tmp_path / "good.npz"
+    save_checkpoint(good, Checkpoint(TrainConfig(hidden=16, epochs=2).as_dict(), network, velocity, 1, 0, state))
+    network.W2 = network.W2[:, :9].copy()
+    save_checkpoint(tmp_path / "bad.npz", Checkpoint({}, network, velocity, 1, 0, state))
+    with pytest.raises(FastnetError, match="should be a float array of shape"):
+        load_checkpoint(tmp_path / "bad.npz")
+
+    data = tmp_path / "three"
+    for name in ("a", "b", "c"):
+        (data / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((28, 28), 60 * i, np.uint8)).save(data / name / f"{i}.png")
+    result = subprocess.run([sys.executable, "-m", "fastnet", "train", "--resume", good, "--data", data,
+                             "--val-split", "0.25", "--out", tmp_path / "p.npz", "--plot", tmp_path / "e.png"],
+                            env=ENV, capture_output=True, text=True, timeout=600)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fastnet: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr
+    assert "784-16-10 network" in errors[0] and "784-16-3" in errors[0]
