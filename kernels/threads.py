@@ -12,53 +12,16 @@ optimises again in three wrapper layers; with two regions that was ~4 s of a
 
 from __future__ import annotations
 
-import platform
 import threading
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
+
+from .intrinsics import load_acquire, spin_pause, store_release
 
 SLOT = 8  # int64s between two counters: 64 bytes, one cache line each
 STOP_AT = 0  # control[STOP_AT]: the batch the workers stop at, -1 while none; worker w's progress is slot w + 1
-_PAUSE = "llvm.x86.sse2.pause" if platform.machine().lower() in ("x86_64", "amd64") else None
-
-
-def _element_pointer(context, builder, signature, args):
-    array = context.make_array(signature.args[0])(context, builder, args[0])
-    return cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]])
-
-
-@intrinsic
-def load_acquire(typingctx, counters, index):
-    """counters[index], read with acquire ordering."""
-    def codegen(context, builder, signature, args):
-        return builder.load_atomic(_element_pointer(context, builder, signature, args), ordering="acquire", align=8)
-    return types.int64(counters, index), codegen
-
-
-@intrinsic
-def store_release(typingctx, counters, index, value):
-    """counters[index] = value, with release ordering (value must be int64)."""
-    def codegen(context, builder, signature, args):
-        builder.store_atomic(args[2], _element_pointer(context, builder, signature, args), ordering="release",
-                             align=8)
-        return context.get_dummy_value()
-    return types.void(counters, index, value), codegen
-
-
-@intrinsic
-def spin_pause(typingctx):
-    """The CPU's spin-wait hint (x86 PAUSE), so a waiting core yields resources to its sibling."""
-    def codegen(context, builder, signature, args):
-        if _PAUSE:
-            builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), _PAUSE),
-                         [])
-        return context.get_dummy_value()
-    return types.void(), codegen
 
 
 @njit(cache=True, nogil=True)

@@ -128,10 +128,11 @@ def test_predict_matches_reference(mnist_test):
     assert_close("probs", probs[numba_backend], probs[numpy_backend], ATOL)
 
 
-def test_ink_index_lists_exactly_the_nonzero_pixels(mnist_train):
+def test_ink_index_lists_exactly_the_nonzero_pixels_and_their_values(mnist_train):
     images = mnist_train[0][:500]
-    index = numba_backend.prepare(images)
-    for n in (0, 1, 250, 499):
-        listed = index.pixels[index.start[n]:index.start[n + 1]]
-        np.testing.assert_array_equal(listed, np.flatnonzero(images[n]))
+    index = numba_backend.prepare(images, chunk=64)  # small chunks: 63/64 and 127/128 straddle a boundary
+    for n in (0, 1, 63, 64, 127, 128, 250, 499):
+        ink = slice(index.start[n], index.start[n + 1])
+        np.testing.assert_array_equal(index.pixels[ink], np.flatnonzero(images[n]))
+        np.testing.assert_array_equal(index.values[ink], images[n][images[n] != 0])
     assert index.start[-1] == np.count_nonzero(images)
