@@ -62,17 +62,23 @@ class InkIndex(NamedTuple):
 
 
 def prepare(images: np.ndarray, chunk: int = 4096) -> InkIndex:
-    """The training data as this backend reads it: the images' ink index (numpy, a chunk of rows at a time)."""
+    """The training data as this backend reads it: the images' ink index.
+
+    numpy, a chunk of rows at a time, so the temporaries stay a few MB.
+    """
     n_images, n_inputs = images.shape
     start = np.zeros(n_images + 1, np.int64)
-    np.cumsum(np.count_nonzero(images, axis=1), out=start[1:])
+    for first in range(0, n_images, chunk):
+        start[first + 1:first + chunk + 1] = np.count_nonzero(images[first:first + chunk], axis=1)
+    np.cumsum(start, out=start)
     pixels = np.empty(start[-1], np.uint16)
     values = np.empty(start[-1], np.uint8)
+    positions = np.arange(n_inputs, dtype=np.uint16)
     for first in range(0, n_images, chunk):
-        block = images[first:first + chunk].ravel()
-        ink = np.flatnonzero(block)  # row-major order: each image's pixels in increasing order
+        block = images[first:first + chunk]
+        ink = block != 0  # selected in row-major order: each image's pixels in increasing order
         lo, hi = start[first], start[min(first + chunk, n_images)]
-        np.remainder(ink, n_inputs, out=pixels[lo:hi], casting="unsafe")
+        pixels[lo:hi] = np.broadcast_to(positions, block.shape)[ink]
         values[lo:hi] = block[ink]
     return InkIndex(start, pixels, values)
 
