@@ -10,9 +10,11 @@ Why it is fast (each point measured, see the README):
   ink, and their uint8 values beside them; forward and the W1 update touch only
   those rows of W1, four ink pixels per pass over a row of hidden units, and
   scale the values by 1/255 on the fly: there is no float copy.
-- A shuffled batch jumps about memory; the forward asks for the next image's
-  ink entries (prefetch) while it computes this one, rather than waiting on a
-  cache miss at every image.
+- A shuffled batch jumps about memory; while a batch is computed, the next
+  batch's ink entries are prefetched, rather than waited for one cache miss at
+  a time.
+- The sigmoid vectorises (see _sigmoid), and error_model="numpy" drops the
+  zero-divisor check on every float division, which kept such loops scalar.
 - A whole epoch runs in one compiled call per thread: no Python per batch.
 - Hidden units are split into blocks of BLOCK=64 (four 16-float vectors), each
   stored contiguously: W1 as (blocks, D, BLOCK), W2 transposed as
