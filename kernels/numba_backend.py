@@ -224,10 +224,9 @@ def _hidden_backward(dhidden, dlogits, hidden, W2, activation, blk):
 
 @inline_jit
 def _scale_add(target, scale, source, source_scale):
-    """target = scale * target + source_scale * source, elementwise over whole arrays."""
-    t, s = target.ravel(), source.ravel()
-    for i in range(t.size):
-        t[i] = scale * t[i] + source_scale * s[i]
+    """target = scale * target + source_scale * source, elementwise (1-D arrays of one size)."""
+    for i in range(target.size):
+        target[i] = scale * target[i] + source_scale * source[i]
 
 
 @inline_jit
@@ -247,13 +246,15 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
     target = velocity if use_velocity else params
     T1, Tb, T2 = target.W1[blk], target.b1[blk], target.W2[blk]
     dh, h = dhidden[blk], hidden[blk]
-    if use_velocity:  # v = momentum * v + weight_decay * w (+ the gradient, below)
-        for v, w in ((velocity.W1[blk], params.W1[blk]), (velocity.W2[blk], params.W2[blk])):
-            _scale_add(v, momentum, w, weight_decay)
-        _scale_add(Tb, momentum, Tb, np.float32(0.0))
-    elif weight_decay != np.float32(0.0):  # w = (1 - learning_rate * weight_decay) * w (- the gradient, below)
-        for w in (params.W1[blk], params.W2[blk]):
-            _scale_add(w, np.float32(1.0) - learning_rate * weight_decay, w, np.float32(0.0))
+    # The block's W1, W2 and b1, each as one flat run (views): the dense steps are one loop per array.
+    weights = (params.W1[blk].ravel(), params.W2[blk].ravel(), params.b1[blk])
+    velocities = (velocity.W1[blk].ravel(), velocity.W2[blk].ravel(), velocity.b1[blk])
+    for i in range(3):
+        decay = weight_decay if i < 2 else np.float32(0.0)  # no decay on biases
+        if use_velocity:  # v = momentum * v + decay * w (+ the gradient, below)
+            _scale_add(velocities[i], momentum, weights[i], decay)
+        elif decay != np.float32(0.0):  # w = (1 - learning_rate * decay) * w (- the gradient, below)
+            _scale_add(weights[i], np.float32(1.0) - learning_rate * decay, weights[i], np.float32(0.0))
     for n in range(rows.size):
         for k in range(dlogits.shape[1]):  # W2 (transposed): dW2[k, j] = sum_n dlogits[n, k] * hidden[n, j]
             g = scale * dlogits[n, k]
@@ -280,10 +281,8 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
             for j in range(BLOCK):
                 T1[p, j] += x * dh[n, j]
             t += 1
-    if use_velocity:  # w -= learning_rate * v
-        for w, v in ((params.W1[blk], velocity.W1[blk]), (params.W2[blk], velocity.W2[blk])):
-            _scale_add(w, np.float32(1.0), v, -learning_rate)
-        _scale_add(params.b1[blk], np.float32(1.0), velocity.b1[blk], -learning_rate)
+    for i in range(3 if use_velocity else 0):  # w -= learning_rate * v
+        _scale_add(weights[i], np.float32(1.0), velocities[i], -learning_rate)
 
 
 # ---------------------------------------------------------------- output layer (serial: K is small, 10 for digits)
@@ -481,12 +480,20 @@ def backward(grads, hidden, probs, images, labels, params, activation):
     from_blocks(gradient, grads)
 
 
+def _flat(array: np.ndarray) -> np.ndarray:
+    """array as 1-D, a view (numpy refuses if that would need a copy, which would drop the update)."""
+    flat = array.view()
+    flat.shape = (array.size,)
+    return flat
+
+
 def sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay=0.0):
     """SGD with (PyTorch-style) momentum and L2 weight decay on W1 and W2 (not the biases):
     g' = g + weight_decay * w;  v = momentum * v + g';  w -= learning_rate * v  (v = g' without momentum)."""
     rate, momentum = np.float32(learning_rate), np.float32(momentum)
     for weight, grad, v in zip(params, grads, velocity):
         decay = np.float32(weight_decay if weight.ndim == 2 else 0.0)
+        weight, grad, v = _flat(weight), _flat(grad), _flat(v)
         if momentum != 0:
             _scale_add(v, momentum, weight, decay)
             _scale_add(v, np.float32(1.0), grad, np.float32(1.0))
