@@ -97,12 +97,27 @@ class Blocked(NamedTuple):
     b2: np.ndarray  # (K,)
 
 
+CACHE_LINE = 64  # bytes
+
+
+def aligned_zeros(shape) -> np.ndarray:
+    """float32 zeros whose data starts on a cache line, so that every BLOCK-float row is exactly four
+    16-float vectors in four lines. numpy aligns to 16 bytes and Numba to 32: at those, every vector
+    load and store straddled two lines (measured: 1.6x slower forward, 1.2-1.4x slower update)."""
+    size = int(np.prod(shape))
+    raw = np.zeros(size + CACHE_LINE // 4, np.float32)
+    first = (-raw.ctypes.data % CACHE_LINE) // 4
+    return raw[first:first + size].reshape(shape)
+
+
 def _blocked(matrix, n_blocks):
-    """(R, H) -> (blocks, R, BLOCK), the padding units at zero."""
+    """(R, H) -> (blocks, R, BLOCK), cache-line aligned, the padding units at zero."""
     rows, n_hidden = matrix.shape
-    padded = np.zeros((rows, n_blocks * BLOCK), np.float32)
-    padded[:, :n_hidden] = matrix
-    return np.ascontiguousarray(padded.reshape(rows, n_blocks, BLOCK).transpose(1, 0, 2))
+    blocks = aligned_zeros((n_blocks, rows, BLOCK))
+    for blk in range(n_blocks):
+        units = matrix[:, blk * BLOCK:(blk + 1) * BLOCK]
+        blocks[blk, :, :units.shape[1]] = units
+    return blocks
 
 
 def _unblocked(array, n_hidden):
@@ -113,7 +128,7 @@ def _unblocked(array, n_hidden):
 def to_blocks(params) -> Blocked:
     W1, b1, W2, b2 = params
     n_blocks = -(-W1.shape[1] // BLOCK)
-    return Blocked(_blocked(W1, n_blocks), _blocked(b1[None, :], n_blocks)[:, 0, :].copy(),
+    return Blocked(_blocked(W1, n_blocks), _blocked(b1[None, :], n_blocks).reshape(n_blocks, BLOCK),
                    _blocked(W2.T, n_blocks), b2.astype(np.float32))
 
 
@@ -359,7 +374,7 @@ def _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, vel
 
 def _epoch_buffers(n_blocks, batch_size, n_classes):
     """hidden, dhidden, probs, dlogits and labels for one batch."""
-    return (np.zeros((n_blocks, batch_size, BLOCK), np.float32), np.zeros((n_blocks, batch_size, BLOCK), np.float32),
+    return (aligned_zeros((n_blocks, batch_size, BLOCK)), aligned_zeros((n_blocks, batch_size, BLOCK)),
             np.empty((batch_size, n_classes), np.float32), np.empty((batch_size, n_classes), np.float32),
             np.empty(batch_size, np.int64))
 
@@ -452,7 +467,7 @@ def forward(hidden, probs, images, params, activation):
     """hidden (N, H) and probs (N, K) from images (N, D) uint8."""
     blocked = to_blocks(params)
     n_blocks, n_hidden = blocked.W1.shape[0], hidden.shape[1]
-    hidden_blocks = np.empty((n_blocks, len(images), BLOCK), np.float32)
+    hidden_blocks = aligned_zeros((n_blocks, len(images), BLOCK))
     ink, rows = prepare(images), np.arange(len(images), dtype=np.int64)
     for blk in range(n_blocks):
         _hidden_forward(hidden_blocks, ink, rows, blocked.W1, blocked.b1, activation, blk,
@@ -524,12 +539,11 @@ def _append_ink(row, pixels, values, count):
 
 
 @jit
-def _predict_rows(probs, images, params, n_hidden, activation, lo, hi):
-    """probs[lo:hi] for images[lo:hi], 64 images at a time. Most of prediction's time goes here."""
+def _predict_rows(probs, images, params, n_hidden, activation, lo, hi, hidden):
+    """probs[lo:hi] for images[lo:hi], a group of hidden.shape[1] images at a time (hidden: this worker's
+    own buffer). Most of prediction's time goes here."""
     n_inputs = images.shape[1]
-    n_blocks = params.W1.shape[0]
-    group = 64
-    hidden = np.empty((n_blocks, group, BLOCK), np.float32)
+    n_blocks, group = hidden.shape[0], hidden.shape[1]
     start = np.empty(group + 1, np.int64)
     pixels = np.empty(group * n_inputs, np.uint16)
     values = np.empty(group * n_inputs, np.uint8)
@@ -553,6 +567,7 @@ def predict(probs, images, params, activation):
     blocked, n_hidden = to_blocks(params), params[0].shape[1]
 
     def work(worker):
-        _predict_rows(probs, images, blocked, n_hidden, activation, bounds[worker], bounds[worker + 1])
+        hidden = aligned_zeros((blocked.W1.shape[0], 64, BLOCK))
+        _predict_rows(probs, images, blocked, n_hidden, activation, bounds[worker], bounds[worker + 1], hidden)
 
     run_workers(n_workers, work)
