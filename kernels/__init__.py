@@ -5,6 +5,7 @@
 
 Each provides (N batch, D inputs, H hidden, K classes; params = [W1, b1, W2, b2]):
     prepare(images)                                   the training data as the backend reads it
+    start_compiling_prediction()                      a process compiling predict's kernel meanwhile, or None
     train_epoch(params, velocity, data, labels, order, batch_size, learning_rate, momentum, activation,
                 progress=None) -> (summed loss, correct predictions)
     forward(hidden, probs, images, params, activation)

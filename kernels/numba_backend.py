@@ -32,6 +32,10 @@ Why it is fast (each point measured, see the README):
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -577,3 +581,35 @@ def predict(probs, images, params, activation):
         _predict_rows(probs, images, blocked, n_hidden, activation, bounds[worker], bounds[worker + 1], hidden)
 
     run_workers(n_workers, work)
+
+
+# ---------------------------------------------------------------- compiling on both cores
+
+
+def compile_prediction() -> None:
+    """Compile (or load from the cache) the prediction kernel, for the argument types every caller uses."""
+    params = [np.zeros((28 * 28, BLOCK), np.float32), np.zeros(BLOCK, np.float32), np.zeros((BLOCK, 10), np.float32),
+              np.zeros(10, np.float32)]
+    predict(np.empty((1, 10), np.float32), np.zeros((1, 28 * 28), np.uint8), params, SIGMOID)
+
+
+def start_compiling_prediction() -> subprocess.Popen | None:
+    """On an empty cache, compile the prediction kernel into it from a second process, on the other core,
+    while this one compiles the epoch: Numba compiles one function at a time per process. Returns the
+    process to wait for, or None where there is nothing to gain (cached already, one thread, or a Numba
+    whose cache layout this does not know: then the kernel is simply compiled here, when first used)."""
+    try:
+        cached = Path(_predict_rows._cache._cache_file._index_path).exists()  # Numba internals, hence the guard
+    except AttributeError:
+        return None
+    if cached or thread_count() < 2:
+        return None
+    import fastnet
+
+    root = str(Path(fastnet.__file__).resolve().parent.parent)  # so that the child imports this very fastnet
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    try:
+        return subprocess.Popen([sys.executable, "-c", "from fastnet.kernels.numba_backend import compile_prediction; "
+                                 "compile_prediction()"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None

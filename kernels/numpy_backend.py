@@ -26,6 +26,11 @@ def prepare(images: np.ndarray) -> np.ndarray:
     return images
 
 
+def start_compiling_prediction() -> None:
+    """Nothing to compile here (see numba_backend)."""
+    return None
+
+
 # ---------------------------------------------------------------- layers
 
 
