@@ -9,7 +9,6 @@ the fastest epoch measured; test accuracy is after the last one.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import _child_environment
 
 SYSTEMS = ("numba", "numpy", "torch", "sklearn", "jax")
 PEERS = ("torch", "sklearn", "jax")
@@ -60,11 +61,9 @@ class Record:
 
 def measure(system: str, batch_size: int, threads: int, epochs: int, timeout: float = 3600) -> Record | None:
     """One measurement in a subprocess; None if that peer is not installed."""
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}")
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env = _child_environment(NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                             OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                             XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}")
     result = subprocess.run([sys.executable, "-m", "fastnet.bench", system, str(batch_size), str(threads),
                              str(epochs)], env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode == 3:
@@ -108,9 +107,8 @@ def startup_seconds() -> dict:
             "from fastnet.training import TrainConfig, warm_up; images, labels = load_mnist('test'); "
             "t0 = time.perf_counter(); warm_up(get_backend('numba'), TrainConfig(), images, labels, 10); "
             "print(time.perf_counter() - t0, time.perf_counter() - t)")
-    root = str(Path(__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=root)
+        env = _child_environment(NUMBA_CACHE_DIR=cache)
         cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         warm = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     compile_seconds = float(cold.stdout.split()[0])

@@ -32,7 +32,6 @@ Why it is fast (each point measured, see the README):
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -604,12 +603,11 @@ def start_compiling_prediction() -> subprocess.Popen | None:
         return None
     if cached or thread_count() < 2:
         return None
-    import fastnet
+    from fastnet import _child_environment
 
-    root = str(Path(fastnet.__file__).resolve().parent.parent)  # so that the child imports this very fastnet
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     try:
         return subprocess.Popen([sys.executable, "-c", "from fastnet.kernels.numba_backend import compile_prediction; "
-                                 "compile_prediction()"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 "compile_prediction()"], env=_child_environment(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     except OSError:
         return None
