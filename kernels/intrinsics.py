@@ -1,11 +1,13 @@
-"""LLVM operations Numba does not expose, as Numba intrinsics: atomics, spin-wait and prefetch hints."""
+"""LLVM operations Numba does not expose, as Numba intrinsics: atomics, spin-wait and prefetch hints,
+bit casts, scratch arrays on the stack and vector compress."""
 
 from __future__ import annotations
 
 import platform
 
+import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import types
+from numba import config, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -66,3 +68,79 @@ def float32_from_bits(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
     return types.float32(types.int32), codegen
+
+
+@intrinsic(prefer_literal=True)
+def stack_floats(typingctx, size):
+    """A pointer to `size` float32 on the stack (64-byte aligned; size a compile-time constant).
+
+    Wrapped by numba.carray, it is a scratch array that nothing else can point to,
+    so LLVM may keep it in vector registers across a loop that writes other arrays;
+    an ordinary array's stores must go to memory in case they alias what the loop reads.
+    """
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        with builder.goto_entry_block():
+            scratch = builder.alloca(ir.ArrayType(ir.FloatType(), size.literal_value))
+            scratch.align = 64
+        return builder.bitcast(scratch, ir.FloatType().as_pointer())
+    return types.CPointer(types.float32)(size), codegen
+
+
+def has_vector_compress() -> bool:
+    """Whether the CPU Numba compiles for compresses vectors in one instruction (AVX-512 VBMI2:
+    vpcompressb/w). Elsewhere LLVM expands append_nonzero64 element by element, slower than a plain loop."""
+    features = config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    return "+avx512vbmi2" in features.split(",")
+
+
+@intrinsic
+def append_nonzero64(typingctx, row, offset, positions, values, count):
+    """Append the nonzero bytes of row[offset:offset+64] to values[count:] and their indices in row
+    to positions[count:] (in order); returns count plus how many there were.
+
+    Whole vectors are stored: positions and values need 64 spare places beyond count.
+    """
+    if not (isinstance(row, types.Array) and row.dtype == types.uint8 and row.layout == "C"
+            and positions.dtype == types.uint16 and values.dtype == types.uint8):
+        return None
+
+    def codegen(context, builder, signature, args):
+        row_array, position_array, value_array = (context.make_array(signature.args[i])(context, builder, args[i])
+                                                  for i in (0, 2, 3))
+        offset, count = args[1], args[4]
+        i1, i16, i32, i64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        bytes64, shorts32 = ir.VectorType(ir.IntType(8), 64), ir.VectorType(i16, 32)
+
+        def intrinsic_function(name, return_type, *argument_types):
+            return cgutils.get_or_insert_function(builder.module, ir.FunctionType(return_type, argument_types), name)
+
+        def store(vector, array, at):
+            builder.store(vector, builder.bitcast(builder.gep(array.data, [at]), vector.type.as_pointer()), align=1)
+
+        compress_bytes = intrinsic_function("llvm.experimental.vector.compress.v64i8", bytes64, bytes64,
+                                            ir.VectorType(i1, 64), bytes64)
+        # v32i16, twice: LLVM 22 splits a v64i16 compress with a misaligned aligned store.
+        compress_shorts = intrinsic_function("llvm.experimental.vector.compress.v32i16", shorts32, shorts32,
+                                             ir.VectorType(i1, 32), shorts32)
+        popcount = intrinsic_function("llvm.ctpop.i64", i64, i64)
+
+        data = builder.load(builder.bitcast(builder.gep(row_array.data, [offset]), bytes64.as_pointer()), align=1)
+        ink = builder.icmp_unsigned("!=", data, ir.Constant(bytes64, None))
+        store(builder.call(compress_bytes, [data, ink, ir.Constant(bytes64, ir.Undefined)]), value_array, count)
+        first = builder.insert_element(ir.Constant(shorts32, ir.Undefined), builder.trunc(offset, i16),
+                                       ir.Constant(i32, 0))
+        first = builder.shuffle_vector(first, first, ir.Constant(ir.VectorType(i32, 32), [0] * 32))
+        ink_bits = builder.bitcast(ink, i64)
+        at = count
+        for half in (0, 32):
+            half_ink = builder.shuffle_vector(ink, ink, ir.Constant(ir.VectorType(i32, 32), list(range(half, half + 32))))
+            indices = builder.add(first, ir.Constant(shorts32, list(range(half, half + 32))))
+            store(builder.call(compress_shorts, [indices, half_ink, ir.Constant(shorts32, ir.Undefined)]),
+                  position_array, at)
+            if half == 0:
+                at = builder.add(at, builder.call(popcount, [builder.and_(ink_bits, ir.Constant(i64, 0xFFFFFFFF))]))
+        return builder.add(count, builder.call(popcount, [ink_bits]))
+    return types.int64(row, types.int64, positions, values, types.int64), codegen

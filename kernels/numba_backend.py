@@ -13,8 +13,15 @@ Why it is fast (each point measured, see the README):
 - A shuffled batch jumps about memory; while a batch is computed, the next
   batch's ink entries are prefetched, rather than waited for one cache miss at
   a time.
+- An image's 64 sums of a block (forward) and its 64 gradients (W1 update)
+  live in a scratch row on the stack (intrinsics.stack_floats), which LLVM
+  keeps in four vector registers for the whole image. In an ordinary array
+  they were loaded and stored again every four pixels, since LLVM could not
+  rule out that they alias W1.
 - The sigmoid vectorises (see _sigmoid), and error_model="numpy" drops the
   zero-divisor check on every float division, which kept such loops scalar.
+- Prediction lists each image's ink with one vector compress per 64 pixels
+  where the CPU has one (AVX-512 VBMI2; intrinsics.append_nonzero64).
 - A whole epoch runs in one compiled call per thread: no Python per batch.
 - Hidden units are split into blocks of BLOCK=64 (four 16-float vectors), each
   stored contiguously: W1 as (blocks, D, BLOCK), W2 transposed as
@@ -38,15 +45,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import carray, njit
 
-from .intrinsics import float32_from_bits, load_acquire, prefetch
+from .intrinsics import (append_nonzero64, float32_from_bits, has_vector_compress, load_acquire, prefetch,
+                         stack_floats)
 from .threads import (STOP_AT, new_control, new_stop_flag, publish, run_workers, thread_count,
                       wait_for)
 
 SIGMOID, RELU = 0, 1
 INPUT_SCALE = np.float32(1.0 / 255.0)
 BLOCK = 64
+VECTOR_COMPRESS = has_vector_compress()
 
 jit = njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
 # Helpers are inlined (in Numba's IR) into the functions called from Python, so each of those
@@ -194,30 +203,32 @@ def _prefetch_image(ink, image):
 def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
     """hidden[blk, n] = activation(x[rows[n]] @ W1[blk] + b1[blk]); units >= width (padding) = 0.
 
-    Most of the forward time goes here.
+    Most of the forward time goes here. The sums build up in a stack scratch row,
+    which LLVM keeps in four vector registers for the whole image.
     """
     start, pixels, values = ink
     W, h, b = W1[blk], hidden[blk], b1[blk]
+    z = carray(stack_floats(BLOCK), BLOCK)
     for n in range(rows.size):
         image = rows[n]
         for j in range(BLOCK):
-            h[n, j] = b[j]
+            z[j] = b[j]
         t, end = start[image], start[image + 1]
-        while t + 4 <= end:  # four ink pixels per pass over the row: 4x fewer loads and stores of h
+        while t + 4 <= end:  # four ink pixels per pass over the row
             p0, p1, p2, p3, x0, x1, x2, x3 = _four_ink_pixels(ink, t)
             for j in range(BLOCK):
-                h[n, j] += x0 * W[p0, j] + x1 * W[p1, j] + x2 * W[p2, j] + x3 * W[p3, j]
+                z[j] += x0 * W[p0, j] + x1 * W[p1, j] + x2 * W[p2, j] + x3 * W[p3, j]
             t += 4
         while t < end:
             p, x = pixels[t], values[t] * INPUT_SCALE
             for j in range(BLOCK):
-                h[n, j] += x * W[p, j]
+                z[j] += x * W[p, j]
             t += 1
         for j in range(BLOCK):
             if activation == SIGMOID:
-                h[n, j] = _sigmoid(h[n, j])
+                h[n, j] = _sigmoid(z[j])
             else:
-                h[n, j] = max(h[n, j], np.float32(0.0))
+                h[n, j] = max(z[j], np.float32(0.0))
         for j in range(width, BLOCK):
             h[n, j] = np.float32(0.0)
 
@@ -283,22 +294,24 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
             dh[n, j] *= scale
             Tb[j] += dh[n, j]
     # W1, ink rows only: dW1[p, j] = sum_n x[n, p] * dhidden[n, j]. Most of the backward time goes here.
+    g = carray(stack_floats(BLOCK), BLOCK)  # the image's dhidden, in registers (see _hidden_forward)
     for n in range(rows.size):
         image = rows[n]
+        for j in range(BLOCK):
+            g[j] = dh[n, j]
         t, end = start[image], start[image + 1]
         while t + 4 <= end:
             p0, p1, p2, p3, x0, x1, x2, x3 = _four_ink_pixels(ink, t)
             for j in range(BLOCK):
-                g = dh[n, j]
-                T1[p0, j] += x0 * g
-                T1[p1, j] += x1 * g
-                T1[p2, j] += x2 * g
-                T1[p3, j] += x3 * g
+                T1[p0, j] += x0 * g[j]
+                T1[p1, j] += x1 * g[j]
+                T1[p2, j] += x2 * g[j]
+                T1[p3, j] += x3 * g[j]
             t += 4
         while t < end:
             p, x = pixels[t], values[t] * INPUT_SCALE
             for j in range(BLOCK):
-                T1[p, j] += x * dh[n, j]
+                T1[p, j] += x * g[j]
             t += 1
     if velocity is not None:  # w -= learning_rate * v
         for i in range(3):
@@ -527,41 +540,49 @@ def sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay=0.
 
 
 @inline_jit
-def _append_ink(row, pixels, values, count):
+def _append_ink(row, pixels, values, count, vector_compress):
     """Write row's ink pixels (positions and values) at pixels[count:] and values[count:]; returns the new count.
 
-    Branchless within each 8-pixel word (write always, advance on ink), so the
-    buffers need room for the whole row; blank words, most of them, are skipped whole.
+    Either 64 pixels per vector compress (intrinsics.append_nonzero64: pass
+    VECTOR_COMPRESS), or 8 at a time: blank 8-pixel words, most of them, are
+    skipped whole, and within the others every pixel is written and the count
+    advances on ink (no branch). Either way the buffers need room for the whole
+    row and 64 places more.
     """
-    n_words = row.size // 8
-    for q in range(n_words):
-        p0 = 8 * q
-        if (row[p0] | row[p0 + 1] | row[p0 + 2] | row[p0 + 3] | row[p0 + 4] | row[p0 + 5] | row[p0 + 6]
-                | row[p0 + 7]) != 0:
-            for p in range(p0, p0 + 8):
-                pixels[count], values[count] = p, row[p]
-                count += row[p] != 0
-    for p in range(8 * n_words, row.size):
+    done = 0
+    if vector_compress:
+        while done + 64 <= row.size:
+            count = append_nonzero64(row, done, pixels, values, count)
+            done += 64
+    else:
+        while done + 8 <= row.size:
+            if (row[done] | row[done + 1] | row[done + 2] | row[done + 3] | row[done + 4] | row[done + 5]
+                    | row[done + 6] | row[done + 7]) != 0:
+                for p in range(done, done + 8):
+                    pixels[count], values[count] = p, row[p]
+                    count += row[p] != 0
+            done += 8
+    for p in range(done, row.size):
         pixels[count], values[count] = p, row[p]
         count += row[p] != 0
     return count
 
 
 @jit
-def _predict_rows(probs, images, params, n_hidden, activation, lo, hi, hidden):
+def _predict_rows(probs, images, params, n_hidden, activation, lo, hi, hidden, vector_compress):
     """probs[lo:hi] for images[lo:hi], a group of hidden.shape[1] images at a time (hidden: this worker's
     own buffer). Most of prediction's time goes here."""
     n_inputs = images.shape[1]
     n_blocks, group = hidden.shape[0], hidden.shape[1]
     start = np.empty(group + 1, np.int64)
-    pixels = np.empty(group * n_inputs, np.uint16)
-    values = np.empty(group * n_inputs, np.uint8)
+    pixels = np.empty(group * n_inputs + 64, np.uint16)
+    values = np.empty(group * n_inputs + 64, np.uint8)
     rows = np.arange(group)
     for first in range(lo, hi, group):
         last = min(first + group, hi)
         start[0] = 0
         for n in range(last - first):  # the group's ink index
-            start[n + 1] = _append_ink(images[first + n], pixels, values, start[n])
+            start[n + 1] = _append_ink(images[first + n], pixels, values, start[n], vector_compress)
         ink = InkIndex(start, pixels, values)
         for blk in range(n_blocks):
             _hidden_forward(hidden, ink, rows[:last - first], params.W1, params.b1, activation, blk,
@@ -571,13 +592,15 @@ def _predict_rows(probs, images, params, n_hidden, activation, lo, hi, hidden):
 
 def predict(probs, images, params, activation):
     """probs (N, K) for images (N, D) uint8; threads take contiguous ranges of images."""
+    images = np.ascontiguousarray(images)
     n_workers = max(1, min(thread_count(), len(images) // 256))
     bounds = np.linspace(0, len(images), n_workers + 1).astype(np.int64)
     blocked, n_hidden = to_blocks(params), params[0].shape[1]
 
     def work(worker):
         hidden = aligned_zeros((blocked.W1.shape[0], 64, BLOCK))
-        _predict_rows(probs, images, blocked, n_hidden, activation, bounds[worker], bounds[worker + 1], hidden)
+        _predict_rows(probs, images, blocked, n_hidden, activation, bounds[worker], bounds[worker + 1], hidden,
+                      VECTOR_COMPRESS)
 
     run_workers(n_workers, work)
 

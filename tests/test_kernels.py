@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from fastnet.kernels import numba_backend, numpy_backend
 
@@ -136,3 +137,27 @@ def test_ink_index_lists_exactly_the_nonzero_pixels_and_their_values(mnist_train
         np.testing.assert_array_equal(index.pixels[ink], np.flatnonzero(images[n]))
         np.testing.assert_array_equal(index.values[ink], images[n][images[n] != 0])
     assert index.start[-1] == np.count_nonzero(images)
+
+
+@njit
+def _ink_listed_by_prediction(images, vector_compress):
+    """The ink index prediction builds, one row at a time (numba_backend._append_ink)."""
+    start = np.zeros(len(images) + 1, np.int64)
+    pixels = np.empty(images.size + 64, np.uint16)
+    values = np.empty(images.size + 64, np.uint8)
+    for n in range(len(images)):
+        start[n + 1] = numba_backend._append_ink(images[n], pixels, values, start[n], vector_compress)
+    return start, pixels[:start[-1]], values[:start[-1]]
+
+
+@pytest.mark.parametrize("vector_compress", [True, False], ids=["vector-compress", "8-pixel-words"])
+@pytest.mark.parametrize("width", [784, 100, 61])  # 61: neither 64 nor 8 divides it
+def test_prediction_lists_the_same_ink_as_prepare(vector_compress, width, mnist_test):
+    rng = np.random.default_rng(3)
+    images = np.concatenate([mnist_test[0][:300], random_images(rng, 20), np.zeros((2, 784), np.uint8),
+                             np.full((2, 784), 255, np.uint8)])
+    images[-1, :-1] = 0  # ink in the last pixel only
+    images = np.ascontiguousarray(images[:, :width])
+    expected = numba_backend.prepare(images)
+    for got, want in zip(_ink_listed_by_prediction(images, vector_compress), expected):
+        np.testing.assert_array_equal(got, want)
