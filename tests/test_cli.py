@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,24 @@ def test_train_evaluate_and_no_training(tmp_path):
         result = fastnet(*command)
         assert result.returncode == 0, result.stderr
         assert "MNIST test accuracy" in result.stdout and "(" in result.stdout
+
+
+def test_bench_prints_the_table_and_writes_json_and_plot(tmp_path):
+    records_path, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = fastnet("bench", "--batch-sizes", 128, "--threads", 1, "--json", records_path, "--plot", plot)
+    assert result.returncode == 0, result.stderr
+    assert "compile into an empty cache" in result.stdout and "images/s" in result.stdout
+    assert "backend  batch  threads  s/epoch" in result.stdout
+    records = {record["backend"]: record for record in json.loads(records_path.read_text())}
+    assert sorted(records) == ["numba", "numpy"]
+    for record in records.values():
+        assert (record["batch_size"], record["threads"]) == (128, 1)
+        assert record["images_per_second"] == pytest.approx(60_000 / record["seconds_per_epoch"])
+        assert record["test_accuracy"] > 0.9
+    # same initial weights, shuffles and maths: the same accuracy, whatever the speed
+    assert records["numba"]["test_accuracy"] == pytest.approx(records["numpy"]["test_accuracy"], abs=0.002)
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
 
 
 def test_dry_run_writes_nothing_unless_asked(tmp_path):
