@@ -253,9 +253,10 @@ def _hidden_backward(dhidden, dlogits, hidden, W2, activation, blk):
 
 @inline_jit
 def _scale_add(target, scale, source, source_scale):
-    """target = scale * target + source_scale * source, elementwise (1-D arrays of one size)."""
-    for i in range(target.size):
-        target[i] = scale * target[i] + source_scale * source[i]
+    """target = scale * target + source_scale * source, elementwise (2-D arrays of one shape)."""
+    for r in range(target.shape[0]):
+        for j in range(target.shape[1]):
+            target[r, j] = scale * target[r, j] + source_scale * source[r, j]
 
 
 @inline_jit
@@ -270,8 +271,9 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
     """
     start, pixels, values = ink
     _hidden_backward(dhidden, dlogits, hidden, params.W2, activation, blk)
-    # The block's W1, W2 and b1, each as one flat run (views): the dense steps are one loop per array.
-    weights = (params.W1[blk].ravel(), params.W2[blk].ravel(), params.b1[blk])
+    # The block's W1, W2 and b1, each a 2-D view (b1's a single row), so that the dense steps are one
+    # loop for all three (ravel() would have added ~0.15 s of compile).
+    weights = (params.W1[blk], params.W2[blk], params.b1[blk:blk + 1])
     # velocity is None for plain SGD: Numba then compiles none of the momentum code (`is None` on an
     # argument is decided at compile time); warm_up on an empty cache went from 8.0-9.3 s to 5.9-6.4 s.
     if velocity is None:  # w = (1 - learning_rate * weight_decay) * w (- the gradient, below)
@@ -280,7 +282,7 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
             _scale_add(weights[i], np.float32(1.0) - learning_rate * weight_decay, weights[i], np.float32(0.0))
     else:  # v = momentum * v + weight_decay * w (+ the gradient, below)
         scale, target = np.float32(1.0), velocity
-        velocities = (velocity.W1[blk].ravel(), velocity.W2[blk].ravel(), velocity.b1[blk])
+        velocities = (velocity.W1[blk], velocity.W2[blk], velocity.b1[blk:blk + 1])
         for i in range(3):
             _scale_add(velocities[i], momentum, weights[i], weight_decay if i < 2 else np.float32(0.0))
     T1, Tb, T2 = target.W1[blk], target.b1[blk], target.W2[blk]
@@ -333,7 +335,9 @@ def _output_forward(probs, hidden, W2, b2):
                 for j in range(BLOCK):
                     logit += hidden[blk, n, j] * W2[blk, k, j]
             p[k] = logit
-        largest = p.max()
+        largest = p[0]  # a loop, not p.max(): Numba compiles its generic max for ~0.4 s
+        for k in range(1, n_classes):
+            largest = max(largest, p[k])
         total = np.float32(0.0)
         for k in range(n_classes):
             p[k] = np.exp(p[k] - largest)
@@ -354,7 +358,11 @@ def _output_backward(dlogits, probs, labels):
         label = labels[n]
         p = probs[n]
         loss -= np.log(max(p[label], tiny))
-        correct += np.argmax(p) == label
+        best = 0  # np.argmax's first largest, as a loop (np.argmax costs ~0.2 s of compile)
+        for k in range(1, n_classes):
+            if p[k] > p[best]:
+                best = k
+        correct += best == label
         for k in range(n_classes):
             dlogits[n, k] = p[k] * inv_rows
         dlogits[n, label] -= inv_rows
@@ -517,11 +525,12 @@ def backward(grads, hidden, probs, images, labels, params, activation):
     from_blocks(gradient, grads)
 
 
-def _flat(array: np.ndarray) -> np.ndarray:
-    """array as 1-D, a view (numpy refuses if that would need a copy, which would drop the update)."""
-    flat = array.view()
-    flat.shape = (array.size,)
-    return flat
+def _one_row(array: np.ndarray) -> np.ndarray:
+    """array as one row (1, size), a view (numpy refuses if that would need a copy, which would drop the
+    update)."""
+    row = array.view()
+    row.shape = (1, array.size)
+    return row
 
 
 def sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay=0.0):
@@ -530,7 +539,7 @@ def sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay=0.
     rate, momentum = np.float32(learning_rate), np.float32(momentum)
     for weight, grad, v in zip(params, grads, velocity):
         decay = np.float32(weight_decay if weight.ndim == 2 else 0.0)
-        weight, grad, v = _flat(weight), _flat(grad), _flat(v)
+        weight, grad, v = _one_row(weight), _one_row(grad), _one_row(v)
         if momentum != 0:
             _scale_add(v, momentum, weight, decay)
             _scale_add(v, np.float32(1.0), grad, np.float32(1.0))
@@ -577,7 +586,9 @@ def _predict_rows(probs, images, params, n_hidden, activation, lo, hi, hidden, v
     start = np.empty(group + 1, np.int64)
     pixels = np.empty(group * n_inputs + 64, np.uint16)
     values = np.empty(group * n_inputs + 64, np.uint8)
-    rows = np.arange(group)
+    rows = np.empty(group, np.int64)  # 0, 1, ... (np.arange costs ~0.2 s of compile)
+    for n in range(group):
+        rows[n] = n
     for first in range(lo, hi, group):
         last = min(first + group, hi)
         start[0] = 0

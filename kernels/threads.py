@@ -24,13 +24,13 @@ SLOT = 8  # int64s between two counters: 64 bytes, one cache line each
 STOP_AT = 0  # control[STOP_AT]: the batch the workers stop at, -1 while none; worker w's progress is slot w + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")  # inlined: no compile of its own
 def publish(control, slot, step):
     """Tell the other workers that the owner of `slot` has finished `step`."""
     store_release(control, slot * SLOT, np.int64(step))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")  # inlined: no compile of its own
 def wait_for(control, slot, step):
     """Spin until the owner of `slot` has published `step` (or later)."""
     while load_acquire(control, slot * SLOT) < step:
