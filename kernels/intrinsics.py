@@ -9,6 +9,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import config, types
 from numba.core import cgutils
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 _PAUSE = "llvm.x86.sse2.pause" if platform.machine().lower() in ("x86_64", "amd64") else None
@@ -90,10 +91,11 @@ def stack_floats(typingctx, size):
 
 
 def has_vector_compress() -> bool:
-    """Whether the CPU Numba compiles for compresses vectors in one instruction (AVX-512 VBMI2:
-    vpcompressb/w). Elsewhere LLVM expands append_nonzero64 element by element, slower than a plain loop."""
-    features = config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
-    return "+avx512vbmi2" in features.split(",")
+    """Whether append_nonzero64 is worth using: the CPU Numba compiles for compresses vectors in one
+    instruction (AVX-512 VBMI2: vpcompressb/w; elsewhere LLVM expands it element by element, slower than a
+    plain loop), and LLVM is new enough to have the operation (19 and later)."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()  # as Numba
+    return "+avx512vbmi2" in features.split(",") and llvm.llvm_version_info >= (19,)
 
 
 @intrinsic

@@ -55,7 +55,9 @@ from .threads import (STOP_AT, new_control, new_stop_flag, publish, run_workers,
 SIGMOID, RELU = 0, 1
 INPUT_SCALE = np.float32(1.0 / 255.0)
 BLOCK = 64
-VECTOR_COMPRESS = has_vector_compress()
+# True where prediction lists ink by vector compress (intrinsics.append_nonzero64), else None: Numba decides
+# `is None` on an argument at compile time, so elsewhere the intrinsic is never even compiled.
+VECTOR_COMPRESS = True if has_vector_compress() else None
 
 jit = njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
 # Helpers are inlined (in Numba's IR) into the functions called from Python, so each of those
@@ -552,14 +554,14 @@ def sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay=0.
 def _append_ink(row, pixels, values, count, vector_compress):
     """Write row's ink pixels (positions and values) at pixels[count:] and values[count:]; returns the new count.
 
-    Either 64 pixels per vector compress (intrinsics.append_nonzero64: pass
-    VECTOR_COMPRESS), or 8 at a time: blank 8-pixel words, most of them, are
+    Either 64 pixels per vector compress (intrinsics.append_nonzero64; vector_compress
+    True), or (None) 8 at a time: blank 8-pixel words, most of them, are
     skipped whole, and within the others every pixel is written and the count
     advances on ink (no branch). Either way the buffers need room for the whole
     row and 64 places more.
     """
     done = 0
-    if vector_compress:
+    if vector_compress is not None:
         while done + 64 <= row.size:
             count = append_nonzero64(row, done, pixels, values, count)
             done += 64
