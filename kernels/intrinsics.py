@@ -104,9 +104,11 @@ def append_nonzero64(typingctx, row, offset, positions, values, count):
     to positions[count:] (in order); returns count plus how many there were.
 
     Whole vectors are stored: positions and values need 64 spare places beyond count.
+    Indices are uint16: rows up to 65,536 pixels.
     """
-    if not (isinstance(row, types.Array) and row.dtype == types.uint8 and row.layout == "C"
-            and positions.dtype == types.uint16 and values.dtype == types.uint8):
+    arrays = (row, positions, values)
+    if not (all(isinstance(array, types.Array) for array in arrays) and row.layout == "C"
+            and (row.dtype, positions.dtype, values.dtype) == (types.uint8, types.uint16, types.uint8)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -124,7 +126,8 @@ def append_nonzero64(typingctx, row, offset, positions, values, count):
 
         compress_bytes = intrinsic_function("llvm.experimental.vector.compress.v64i8", bytes64, bytes64,
                                             ir.VectorType(i1, 64), bytes64)
-        # v32i16, twice: LLVM 22 splits a v64i16 compress with a misaligned aligned store.
+        # v32i16, twice: splitting a v64i16 compress itself, LLVM 22 stored to a misaligned stack slot
+        # with an aligned store (a crash).
         compress_shorts = intrinsic_function("llvm.experimental.vector.compress.v32i16", shorts32, shorts32,
                                              ir.VectorType(i1, 32), shorts32)
         popcount = intrinsic_function("llvm.ctpop.i64", i64, i64)
