@@ -1,7 +1,9 @@
 """Forward, and backward + update, one batch at a time, per backend and batch size (pytest-benchmark).
 
-These call the public per-batch functions, so small batches include their Python
-overhead; the whole-epoch figures are in test_epoch.py."""
+These call the public per-batch functions. The Numba ones also lay the weights
+out in blocks and index the batch's ink on every call (an epoch does each once),
+so per call they can trail numpy; the whole-epoch figures, which is what
+training costs, are in test_epoch.py."""
 
 from __future__ import annotations
 
