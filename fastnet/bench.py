@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _child_environment
+from .errors import FastnetError
 
 SYSTEMS = ("numba", "numpy", "torch", "sklearn", "jax")
 PEERS = ("torch", "sklearn", "jax")
@@ -64,12 +65,10 @@ def measure(system: str, batch_size: int, threads: int, epochs: int, timeout: fl
     env = _child_environment(NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                              OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                              XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}")
-    result = subprocess.run([sys.executable, "-m", "fastnet.bench", system, str(batch_size), str(threads),
-                             str(epochs)], env=env, capture_output=True, text=True, timeout=timeout)
+    result = _run_child(["-m", "fastnet.bench", system, str(batch_size), str(threads), str(epochs)], env,
+                        f"the {system} measurement", timeout=timeout, success=(0, 3))
     if result.returncode == 3:
         return None
-    if result.returncode != 0:
-        raise RuntimeError(f"bench of {system} failed: {result.stderr.strip().splitlines()[-1:]}")
     return Record(**json.loads(result.stdout.strip().splitlines()[-1]))
 
 
@@ -80,7 +79,7 @@ def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: 
     The Numba kernels are compiled into the cache first, so that no measured
     process pays for compiling, in seconds or in peak memory.
     """
-    subprocess.run([sys.executable, "-c", _WARM_UP], env=_child_environment(), capture_output=True, check=True)
+    _run_child(["-c", _WARM_UP], _child_environment(), "compiling the kernels")
     records = []
     for batch_size in batch_sizes:
         systems = [("numba", t) for t in thread_counts] + [("numpy", max(thread_counts))]
@@ -103,6 +102,17 @@ def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: 
     return records
 
 
+def _run_child(arguments: list[str], env: dict, what: str, timeout: float | None = None,
+               success: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+    """python *arguments in a fresh process, its output captured; a FastnetError naming what failed and the
+    child's last line of stderr if it exits with a code outside success."""
+    result = subprocess.run([sys.executable, *arguments], env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode not in success:
+        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        raise FastnetError(f"bench: {what} failed: {last}")
+    return result
+
+
 # A fresh process that compiles (or loads) the Numba kernels as training does; prints the seconds that took
 # and the seconds since it started.
 _WARM_UP = ("import time; t = time.perf_counter(); "
@@ -118,8 +128,8 @@ def startup_seconds() -> dict:
 
     with tempfile.TemporaryDirectory() as cache:
         env = _child_environment(NUMBA_CACHE_DIR=cache)
-        cold = subprocess.run([sys.executable, "-c", _WARM_UP], env=env, capture_output=True, text=True, check=True)
-        warm = subprocess.run([sys.executable, "-c", _WARM_UP], env=env, capture_output=True, text=True, check=True)
+        cold = _run_child(["-c", _WARM_UP], env, "compiling the kernels into an empty cache")
+        warm = _run_child(["-c", _WARM_UP], env, "loading the kernels from the cache")
     compile_seconds = float(cold.stdout.split()[0])
     warm_kernels, warm_total = (float(x) for x in warm.stdout.split())
     return {"compile_empty_cache": compile_seconds, "load_warm_cache": warm_kernels,

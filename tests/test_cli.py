@@ -55,6 +55,15 @@ def test_bench_prints_the_table_and_writes_json_and_plot(tmp_path):
         assert image.format == "PNG"
 
 
+def test_a_failing_bench_process_is_one_error_naming_what_failed():
+    from fastnet.bench import _run_child
+    from fastnet.errors import FastnetError
+
+    with pytest.raises(FastnetError, match="^bench: the demo failed: ValueError: boom$"):
+        _run_child(["-c", "raise ValueError('boom')"], dict(os.environ), "the demo")
+    assert _run_child(["-c", "raise SystemExit(3)"], dict(os.environ), "the demo", success=(0, 3)).returncode == 3
+
+
 def test_dry_run_writes_nothing_unless_asked(tmp_path):
     result = fastnet("train", "--dry-run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
