@@ -106,7 +106,8 @@ class ProgressBar:
 
 
 def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
-          test_set: tuple[np.ndarray, np.ndarray] | None, n_classes: int, on_epoch: Callable[[EpochStats], None] = lambda stats: None, *,
+          test_set: tuple[np.ndarray, np.ndarray] | None, n_classes: int,
+          on_epoch: Callable[[EpochStats], None] = lambda stats: None, *,
           resume: Checkpoint | None = None, checkpoint_path: Path | None = None,
           stop: np.ndarray | None = None) -> tuple[Network, list[EpochStats]]:
     """Train a network on train_set (images, labels); returns it and one EpochStats per epoch.

@@ -141,8 +141,9 @@ def append_nonzero64(typingctx, row, offset, positions, values, count):
         ink_bits = builder.bitcast(ink, i64)
         at = count
         for half in (0, 32):
-            half_ink = builder.shuffle_vector(ink, ink, ir.Constant(ir.VectorType(i32, 32), list(range(half, half + 32))))
-            indices = builder.add(first, ir.Constant(shorts32, list(range(half, half + 32))))
+            lanes = list(range(half, half + 32))
+            half_ink = builder.shuffle_vector(ink, ink, ir.Constant(ir.VectorType(i32, 32), lanes))
+            indices = builder.add(first, ir.Constant(shorts32, lanes))
             store(builder.call(compress_shorts, [indices, half_ink, ir.Constant(shorts32, ir.Undefined)]),
                   position_array, at)
             if half == 0:
