@@ -1,5 +1,5 @@
 """LLVM operations Numba does not expose, as Numba intrinsics: atomics, spin-wait and prefetch hints,
-bit casts, scratch arrays on the stack and vector compress."""
+bit casts, scratch arrays on the stack, vector compress, byte masks and trailing zeros."""
 
 from __future__ import annotations
 
@@ -150,3 +150,34 @@ def append_nonzero64(typingctx, row, offset, positions, values, count):
                 at = builder.add(at, builder.call(popcount, [builder.and_(ink_bits, ir.Constant(i64, 0xFFFFFFFF))]))
         return builder.add(count, builder.call(popcount, [ink_bits]))
     return types.int64(row, types.int64, positions, values, types.int64), codegen
+
+
+@intrinsic
+def nonzero_bits32(typingctx, array, row):
+    """A uint64 whose bit i is set where array[row, i] != 0, for i < 32: one vector compare.
+
+    array: 2-D, C-contiguous uint8 with at least 32 columns (not checked).
+    """
+    if not (isinstance(array, types.Array) and (array.ndim, array.layout, array.dtype) == (2, "C", types.uint8)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        bytes32 = ir.VectorType(ir.IntType(8), 32)
+        matrix = context.make_array(signature.args[0])(context, builder, args[0])
+        first = cgutils.get_item_pointer(context, builder, signature.args[0], matrix,
+                                         [args[1], context.get_constant(types.intp, 0)])
+        data = builder.load(builder.bitcast(first, bytes32.as_pointer()), align=1)
+        bits = builder.bitcast(builder.icmp_unsigned("!=", data, ir.Constant(bytes32, None)), ir.IntType(32))
+        return builder.zext(bits, ir.IntType(64))
+    return types.uint64(array, types.int64), codegen
+
+
+@intrinsic
+def trailing_zeros(typingctx, bits):
+    """The index of the lowest set bit of bits (uint64, not 0). Unsigned, so that as an array index it
+    needs no negative-index check."""
+    def codegen(context, builder, signature, args):
+        i1, i64 = ir.IntType(1), ir.IntType(64)
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, i1]), "llvm.cttz.i64")
+        return builder.call(function, [args[0], ir.Constant(i1, 1)])  # 1: the result for 0 may be anything
+    return types.uint64(types.uint64), codegen
