@@ -245,18 +245,19 @@ def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
 def _hidden_backward(dhidden, dlogits, hidden, W2, activation, blk):
     """dhidden[blk, n] = (dlogits[n] @ W2[blk]) * activation'(hidden[blk, n])."""
     dh, h, W = dhidden[blk], hidden[blk], W2[blk]
+    d = carray(stack_floats(BLOCK), BLOCK)  # the image's sums, in registers (see _hidden_forward)
     for n in range(dlogits.shape[0]):
         for j in range(BLOCK):
-            dh[n, j] = np.float32(0.0)
+            d[j] = np.float32(0.0)
         for k in range(dlogits.shape[1]):
             g = dlogits[n, k]
             for j in range(BLOCK):
-                dh[n, j] += g * W[k, j]
+                d[j] += g * W[k, j]
         for j in range(BLOCK):
             if activation == SIGMOID:
-                dh[n, j] *= h[n, j] * (np.float32(1.0) - h[n, j])
-            elif h[n, j] <= np.float32(0.0):
-                dh[n, j] = np.float32(0.0)
+                dh[n, j] = d[j] * (h[n, j] * (np.float32(1.0) - h[n, j]))
+            else:
+                dh[n, j] = d[j] if h[n, j] > np.float32(0.0) else np.float32(0.0)
 
 
 @inline_jit
@@ -354,14 +355,24 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
             _scale_add(velocities[i], momentum, weights[i], weight_decay if i < 2 else np.float32(0.0))
     T1, Tb, T2 = target.W1[blk], target.b1[blk], target.W2[blk]
     dh, h = dhidden[blk], hidden[blk]
-    for n in range(rows.size):
-        for k in range(dlogits.shape[1]):  # W2 (transposed): dW2[k, j] = sum_n dlogits[n, k] * hidden[n, j]
-            g = scale * dlogits[n, k]
+    g = carray(stack_floats(BLOCK), BLOCK)  # one row's gradient, summed over the batch in registers
+    for k in range(dlogits.shape[1]):  # W2 (transposed): dW2[k, j] = sum_n dlogits[n, k] * hidden[n, j]
+        for j in range(BLOCK):
+            g[j] = np.float32(0.0)
+        for n in range(rows.size):
+            d = scale * dlogits[n, k]
             for j in range(BLOCK):
-                T2[k, j] += g * h[n, j]
+                g[j] += d * h[n, j]
+        for j in range(BLOCK):
+            T2[k, j] += g[j]
+    for j in range(BLOCK):
+        g[j] = np.float32(0.0)
+    for n in range(rows.size):  # b1
         for j in range(BLOCK):
             dh[n, j] *= scale
-            Tb[j] += dh[n, j]
+            g[j] += dh[n, j]
+    for j in range(BLOCK):
+        Tb[j] += g[j]
     # W1, ink rows only: dW1[p, j] = sum_n x[n, p] * dhidden[n, j]. Most of the backward time goes here.
     if rows.size < PIXEL_MAJOR_FROM:
         _add_w1_gradient_by_image(T1, dh, ink, rows)
