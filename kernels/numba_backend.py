@@ -36,9 +36,10 @@ Why it is fast (each point measured, see the README):
   same operations in the same order whatever the thread count: training is
   race-free and bit-identical for 1 or 2 threads.
 - Threads are plain Python threads running one nogil compiled worker each
-  (threads.py), meeting once per batch: each finishes batch b-1 (backward +
+  (threads.py), meeting twice per batch: each finishes batch b-1 (backward +
   update of its blocks) and begins batch b (hidden layer of its blocks); then
-  worker 0 runs the output layer (K=10 logits and softmax) alone.
+  each runs the output layer (K=10 logits and softmax) for its share of the
+  batch's images.
 """
 
 from __future__ import annotations
@@ -393,14 +394,14 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
             _scale_add(weights[i], np.float32(1.0), velocities[i], -learning_rate)
 
 
-# ---------------------------------------------------------------- output layer (serial: K is small, 10 for digits)
+# ---------------------------------------------------------------- output layer (K is small, 10 for digits)
 
 
 @inline_jit
-def _output_forward(probs, hidden, W2, b2):
-    """probs[n] = softmax(hidden[:, n] @ W2 + b2), summing block by block in a fixed order."""
-    n_rows, n_classes = probs.shape
-    for n in range(n_rows):
+def _output_forward(probs, hidden, W2, b2, lo, hi):
+    """probs[n] = softmax(hidden[:, n] @ W2 + b2) for n in lo..hi-1, summing block by block in a fixed order."""
+    n_classes = probs.shape[1]
+    for n in range(lo, hi):
         p = probs[n]
         for k in range(n_classes):
             logit = b2[k]
@@ -420,14 +421,14 @@ def _output_forward(probs, hidden, W2, b2):
 
 
 @inline_jit
-def _output_backward(dlogits, probs, labels):
-    """dlogits of the batch-mean cross-entropy; returns (summed loss, correct predictions)."""
-    n_rows, n_classes = probs.shape
+def _output_backward(dlogits, probs, labels, lo, hi, batch_size):
+    """dlogits[lo:hi] of the batch-mean cross-entropy; returns their (summed loss, correct predictions)."""
+    n_classes = probs.shape[1]
     tiny = np.float32(1.1754944e-38)
     loss = 0.0
     correct = 0
-    inv_rows = np.float32(1.0) / np.float32(n_rows)
-    for n in range(n_rows):
+    inv_rows = np.float32(1.0) / np.float32(batch_size)
+    for n in range(lo, hi):
         label = labels[n]
         p = probs[n]
         loss -= np.log(max(p[label], tiny))
@@ -462,15 +463,12 @@ def _update_output_bias(params, velocity, dlogits, learning_rate, momentum):
 
 
 @inline_jit
-def _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, velocity, learning_rate, momentum):
-    """The serial part of a batch: logits, softmax, loss, dlogits and the update of b2."""
-    m = rows.size
-    for n in range(m):
+def _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, lo, hi):
+    """The output layer for images lo..hi-1 of the batch: logits, softmax, loss and dlogits."""
+    for n in range(lo, hi):
         batch_labels[n] = labels[rows[n]]
-    _output_forward(probs[:m], hidden, params.W2, params.b2)
-    loss, hits = _output_backward(dlogits[:m], probs[:m], batch_labels[:m])
-    _update_output_bias(params, velocity, dlogits[:m], learning_rate, momentum)
-    return loss, hits
+    _output_forward(probs, hidden, params.W2, params.b2, lo, hi)
+    return _output_backward(dlogits, probs, batch_labels, lo, hi, rows.size)
 
 
 def _epoch_buffers(n_blocks, batch_size, n_classes):
@@ -487,12 +485,15 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
 
     Worker w owns hidden-unit blocks w, w + n_workers, ... For each batch b it
     finishes batch b-1 (backward + update) and begins batch b (hidden layer) on
-    its blocks, publishes step 2b+1, and waits. Worker 0, once every worker has
-    published 2b+1, runs the output layer of batch b (serial, K=10) and
-    publishes 2b+2, which lets the others go on to batch b+1.
+    its blocks, publishes step 2b+1 and waits for every worker's 2b+1; then it
+    runs the output layer of batch b for its share of the images (the w-th of
+    n_workers equal parts), publishes 2b+2 and waits for every worker's 2b+2:
+    only then are all of dlogits written. Worker 0 then updates b2 (read again
+    only after the next 2b+3).
     stop[0] != 0 asks for a stop: worker 0 then sets control[STOP_AT] to the
     batch after the one it has just done, before publishing 2b+2, so that every
-    worker finishes that batch and stops there. (loss and correct are worker 0's.)
+    worker finishes that batch and stops there. (loss and correct are this
+    worker's images'.)
     """
     hidden, dhidden, probs, dlogits, batch_labels = buffers
     n_blocks = params.W1.shape[0]
@@ -514,18 +515,19 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
         if b == end:
             break
         publish(control, worker + 1, 2 * b + 1)
+        for other in range(n_workers):
+            wait_for(control, other + 1, 2 * b + 1)
+        loss, hits = _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params,
+                                  rows.size * worker // n_workers, rows.size * (worker + 1) // n_workers)
+        loss_sum += loss
+        correct += hits
+        if worker == 0 and load_acquire(stop, 0) != 0:
+            control[STOP_AT] = b + 1
+        publish(control, worker + 1, 2 * b + 2)
+        for other in range(n_workers):
+            wait_for(control, other + 1, 2 * b + 2)
         if worker == 0:
-            for other in range(1, n_workers):
-                wait_for(control, other + 1, 2 * b + 1)
-            loss, hits = _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, velocity,
-                                      learning_rate, momentum)
-            loss_sum += loss
-            correct += hits
-            if load_acquire(stop, 0) != 0:
-                control[STOP_AT] = b + 1
-            publish(control, 1, 2 * b + 2)
-        else:
-            wait_for(control, 1, 2 * b + 2)
+            _update_output_bias(params, velocity, dlogits[:rows.size], learning_rate, momentum)
         if control[STOP_AT] >= 0:
             end = control[STOP_AT]
     return loss_sum, correct, end
@@ -550,11 +552,12 @@ def train_epoch(params, velocity, data: InkIndex, labels, order, batch_size, lea
     n_blocks, n_hidden = blocked.W1.shape[0], params[0].shape[1]
     n_workers = _workers_for(batch_size, n_blocks)
     buffers = _epoch_buffers(n_blocks, batch_size, len(blocked.b2))
-    loss_sum, correct, next_batch = run_workers(
+    losses, hits, next_batches = zip(*run_workers(
         n_workers, _epoch_worker, n_workers, new_control(n_workers), new_stop_flag() if stop is None else stop, data,
         labels, order.astype(np.int64, copy=False), blocked,
         blocked_velocity, buffers, n_hidden, batch_size, np.float32(learning_rate), np.float32(momentum),
-        np.float32(weight_decay), activation, first_batch, wait_in_threads=stop is not None)
+        np.float32(weight_decay), activation, first_batch, wait_in_threads=stop is not None))
+    loss_sum, correct, next_batch = sum(losses), sum(hits), next_batches[0]
     from_blocks(blocked, params)
     if blocked_velocity is not None:
         from_blocks(blocked_velocity, velocity)
@@ -576,7 +579,7 @@ def forward(hidden, probs, images, params, activation):
     for blk in range(n_blocks):
         _hidden_forward(hidden_blocks, ink, rows, blocked.W1, blocked.b1, activation, blk,
                         min(BLOCK, n_hidden - blk * BLOCK))
-    _output_forward(probs, hidden_blocks, blocked.W2, blocked.b2)
+    _output_forward(probs, hidden_blocks, blocked.W2, blocked.b2, 0, len(probs))
     hidden[...] = _unblocked(hidden_blocks, n_hidden)
 
 
@@ -590,7 +593,7 @@ def backward(grads, hidden, probs, images, labels, params, activation):
     gradient = to_blocks([np.zeros_like(p, dtype=np.float32) for p in params])
     hidden_blocks = _blocked(hidden, blocked.W1.shape[0])
     dlogits = np.empty_like(probs)
-    _output_backward(dlogits, probs, labels.astype(np.int64))
+    _output_backward(dlogits, probs, labels.astype(np.int64), 0, len(probs), len(probs))
     ink, rows = prepare(images), np.arange(len(images), dtype=np.int64)
     for blk in range(blocked.W1.shape[0]):
         _backward_update(ink, rows, hidden_blocks, np.empty_like(hidden_blocks), dlogits, blocked, gradient,
@@ -673,7 +676,7 @@ def _predict_rows(probs, images, params, n_hidden, activation, lo, hi, hidden, v
         for blk in range(n_blocks):
             _hidden_forward(hidden, ink, rows[:last - first], params.W1, params.b1, activation, blk,
                             min(BLOCK, n_hidden - blk * BLOCK))
-        _output_forward(probs[first:last], hidden, params.W2, params.b2)
+        _output_forward(probs[first:last], hidden, params.W2, params.b2, 0, last - first)
 
 
 def predict(probs, images, params, activation):

@@ -55,7 +55,7 @@ def new_control(n_workers: int) -> np.ndarray:
 
 
 def run_workers(n_workers: int, work, *args, wait_in_threads: bool = False):
-    """work(worker, *args) on n_workers threads; returns worker 0's result.
+    """work(worker, *args) on n_workers threads; returns their results, in worker order.
 
     Worker 0 runs on this thread, unless wait_in_threads: then every worker gets a
     thread of its own and this one waits in short joins, so that Python signal
@@ -71,4 +71,4 @@ def run_workers(n_workers: int, work, *args, wait_in_threads: bool = False):
     for thread in threads:
         while thread.is_alive():
             thread.join(0.05)
-    return results[0]
+    return results
