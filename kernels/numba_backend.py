@@ -279,76 +279,17 @@ def _scale_add(target, scale, source, source_scale):
 
 
 @inline_jit
-def _add_w1_gradient_by_image(T1, dh, ink, rows):
-    """T1[p] += sum_n x[rows[n], p] * dh[n] over ink pixels p, image by image: each image adds its
-    gradient into each of its ink rows (a read-modify-write of the row per image and ink pixel)."""
-    _, pixels, values = ink
-    g = carray(stack_floats(BLOCK), BLOCK)  # the image's dhidden, in registers (see _hidden_forward)
-    for n in range(rows.size):
-        image = rows[n]
-        for j in range(BLOCK):
-            g[j] = dh[n, j]
-        t, end = _ink_span(ink, image)
-        while t + np.uint64(4) <= end:
-            p0, p1, p2, p3, x0, x1, x2, x3 = _four_ink_pixels(ink, t)
-            for j in range(BLOCK):
-                T1[p0, j] += x0 * g[j]
-                T1[p1, j] += x1 * g[j]
-                T1[p2, j] += x2 * g[j]
-                T1[p3, j] += x3 * g[j]
-            t += np.uint64(4)
-        while t < end:
-            p, x = pixels[t], values[t] * INPUT_SCALE
-            for j in range(BLOCK):
-                T1[p, j] += x * g[j]
-            t += np.uint64(1)
-
-
-@inline_jit
-def _add_w1_gradient_by_pixel(T1, dh, ink, rows, pixel_ink):
-    """The same sum for up to 32 images, pixel by pixel: each ink row's gradient is summed over the
-    images in registers, then added to the row once.
-
-    pixel_ink (D, 32) uint8, all zero on entry and on return, holds the images
-    transposed: pixel_ink[p, n] is image n's value at pixel p, so row p's
-    nonzero bytes (one vector compare) say which images have ink there.
-    """
-    _, pixels, values = ink
-    for n in range(rows.size):
-        first, end = _ink_span(ink, rows[n])
-        for t in range(first, end):
-            pixel_ink[pixels[t], n] = values[t]
-    g = carray(stack_floats(BLOCK), BLOCK)  # the row's gradient, in registers
-    for p in range(T1.shape[0]):
-        with_ink = nonzero_bits32(pixel_ink, p)
-        if with_ink == 0:
-            continue
-        for j in range(BLOCK):
-            g[j] = np.float32(0.0)
-        while with_ink != 0:
-            n = trailing_zeros(with_ink)
-            with_ink &= with_ink - np.uint64(1)
-            x = pixel_ink[p, n] * INPUT_SCALE
-            for j in range(BLOCK):
-                g[j] += x * dh[n, j]
-        for j in range(BLOCK):
-            T1[p, j] += g[j]
-        for n in range(32):
-            pixel_ink[p, n] = 0
-
-
-@inline_jit
-def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay,
-                     activation, blk, pixel_ink):
-    """Backward through the hidden layer and SGD update of hidden-unit block blk.
+def _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay, blk):
+    """SGD update of hidden-unit block blk after _hidden_backward, but for W1's gradient (_add_w1_gradient,
+    next) and, with momentum, the step along the velocity (_move_by_velocity).
 
     Plain SGD adds -learning_rate * gradient straight into the weights; with
     momentum the gradient goes into the (decayed) velocity, which then moves
-    the weights. Only W1 rows of ink pixels receive gradient: image by image in
-    tiny batches, pixel by pixel in the others (see the two _add_w1_gradient_by_).
-    Weight decay (W1 and W2 only) is the one dense step, and runs only when asked for.
+    the weights. dhidden[blk] is left scaled for W1's gradient. Weight decay
+    (W1 and W2 only) is the one dense step, and runs only when asked for.
+    Four functions rather than one because Numba's inlining costs more than
+    in proportion to a function's size: as one, they took ~0.6 s more to compile.
     """
-    _hidden_backward(dhidden, dlogits, hidden, params.W2, activation, blk)
     # The block's W1, W2 and b1, each a 2-D view (b1's a single row), so that the dense steps are one
     # loop for all three (ravel() would have added ~0.15 s of compile).
     weights = (params.W1[blk], params.W2[blk], params.b1[blk:blk + 1])
@@ -363,7 +304,7 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
         velocities = (velocity.W1[blk], velocity.W2[blk], velocity.b1[blk:blk + 1])
         for i in range(3):
             _scale_add(velocities[i], momentum, weights[i], weight_decay if i < 2 else np.float32(0.0))
-    T1, Tb, T2 = target.W1[blk], target.b1[blk], target.W2[blk]
+    Tb, T2 = target.b1[blk], target.W2[blk]
     dh, h = dhidden[blk], hidden[blk]
     g = carray(stack_floats(BLOCK), BLOCK)  # one row's gradient, summed over the batch in registers
     for k in range(dlogits.shape[1]):  # W2 (transposed): dW2[k, j] = sum_n dlogits[n, k] * hidden[n, j]
@@ -383,15 +324,75 @@ def _backward_update(ink, rows, hidden, dhidden, dlogits, params, velocity, lear
             g[j] += dh[n, j]
     for j in range(BLOCK):
         Tb[j] += g[j]
-    # W1, ink rows only: dW1[p, j] = sum_n x[n, p] * dhidden[n, j]. Most of the backward time goes here.
-    if rows.size < PIXEL_MAJOR_FROM:
-        _add_w1_gradient_by_image(T1, dh, ink, rows)
+
+
+@inline_jit
+def _add_w1_gradient(T1, dh, ink, rows, pixel_ink):
+    """T1[p] += sum_n x[rows[n], p] * dh[n] over the ink pixels p: W1's gradient, ink rows only.
+
+    Image by image in tiny batches (each image adds into each of its ink rows),
+    pixel by pixel in the others (each ink row's gradient is summed over the
+    images in registers, then added to the row once). Most of the backward
+    time goes here.
+    """
+    # (Both ways written out here: as two more inlined helpers they took ~0.25 s more to compile.)
+    _, pixels, values = ink
+    if rows.size < PIXEL_MAJOR_FROM:  # image by image: each adds its gradient into each of its ink rows
+        g = carray(stack_floats(BLOCK), BLOCK)  # the image's dhidden, in registers (see _hidden_forward)
+        for n in range(rows.size):
+            for j in range(BLOCK):
+                g[j] = dh[n, j]
+            first, end = _ink_span(ink, rows[n])
+            for t in range(first, end):
+                p, x = pixels[t], values[t] * INPUT_SCALE
+                for j in range(BLOCK):
+                    T1[p, j] += x * g[j]
     else:
-        for first in range(0, rows.size, 32):
-            _add_w1_gradient_by_pixel(T1, dh[first:first + 32], ink, rows[first:first + 32], pixel_ink)
-    if velocity is not None:  # w -= learning_rate * v
+        # 32 images at a time. pixel_ink (D, 32), all zero between batches, holds the images transposed:
+        # pixel_ink[p, n] is image n's value at pixel p, so row p's nonzero bytes say which images have ink there.
+        row_sum = carray(stack_floats(BLOCK), BLOCK)
+        for c in range(0, rows.size, 32):
+            images, dh_part = rows[c:c + 32], dh[c:c + 32]
+            for n in range(images.size):
+                first, end = _ink_span(ink, images[n])
+                for t in range(first, end):
+                    pixel_ink[pixels[t], n] = values[t]
+            for p in range(T1.shape[0]):
+                with_ink = nonzero_bits32(pixel_ink, p)  # one vector compare
+                if with_ink == 0:
+                    continue
+                for j in range(BLOCK):
+                    row_sum[j] = np.float32(0.0)
+                while with_ink != 0:
+                    n = trailing_zeros(with_ink)
+                    with_ink &= with_ink - np.uint64(1)
+                    x = pixel_ink[p, n] * INPUT_SCALE
+                    for j in range(BLOCK):
+                        row_sum[j] += x * dh_part[n, j]
+                for j in range(BLOCK):
+                    T1[p, j] += row_sum[j]
+                for n in range(32):
+                    pixel_ink[p, n] = 0
+
+
+@inline_jit
+def _move_by_velocity(params, velocity, learning_rate, blk):
+    """With momentum, w -= learning_rate * v for block blk's W1, W2 and b1; nothing for plain SGD (velocity None)."""
+    if velocity is not None:
+        weights = (params.W1[blk], params.W2[blk], params.b1[blk:blk + 1])
+        velocities = (velocity.W1[blk], velocity.W2[blk], velocity.b1[blk:blk + 1])
         for i in range(3):
             _scale_add(weights[i], np.float32(1.0), velocities[i], -learning_rate)
+
+
+@jit
+def _backward_block(ink, rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay,
+                    activation, blk, pixel_ink):
+    """Backward and update of block blk, as _epoch_worker runs them (for backward(), below)."""
+    _hidden_backward(dhidden, dlogits, hidden, params.W2, activation, blk)
+    _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay, blk)
+    _add_w1_gradient(params.W1[blk] if velocity is None else velocity.W1[blk], dhidden[blk], ink, rows, pixel_ink)
+    _move_by_velocity(params, velocity, learning_rate, blk)
 
 
 # ---------------------------------------------------------------- output layer (K is small, 10 for digits)
@@ -421,15 +422,16 @@ def _output_forward(probs, hidden, W2, b2, lo, hi):
 
 
 @inline_jit
-def _output_backward(dlogits, probs, labels, lo, hi, batch_size):
-    """dlogits[lo:hi] of the batch-mean cross-entropy; returns their (summed loss, correct predictions)."""
+def _output_backward(dlogits, probs, labels, rows, lo, hi):
+    """dlogits[lo:hi] of the cross-entropy's mean over the batch (images rows, their labels labels[rows]);
+    returns images lo..hi-1's summed loss and correct predictions."""
     n_classes = probs.shape[1]
     tiny = np.float32(1.1754944e-38)
     loss = 0.0
     correct = 0
-    inv_rows = np.float32(1.0) / np.float32(batch_size)
+    inv_rows = np.float32(1.0) / np.float32(rows.size)
     for n in range(lo, hi):
-        label = labels[n]
+        label = labels[rows[n]]
         p = probs[n]
         loss -= np.log(max(p[label], tiny))
         best = 0  # np.argmax's first largest, as a loop (np.argmax costs ~0.2 s of compile)
@@ -462,20 +464,10 @@ def _update_output_bias(params, velocity, dlogits, learning_rate, momentum):
 # ---------------------------------------------------------------- the epoch
 
 
-@inline_jit
-def _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params, lo, hi):
-    """The output layer for images lo..hi-1 of the batch: logits, softmax, loss and dlogits."""
-    for n in range(lo, hi):
-        batch_labels[n] = labels[rows[n]]
-    _output_forward(probs, hidden, params.W2, params.b2, lo, hi)
-    return _output_backward(dlogits, probs, batch_labels, lo, hi, rows.size)
-
-
 def _epoch_buffers(n_blocks, batch_size, n_classes):
-    """hidden, dhidden, probs, dlogits and labels for one batch."""
+    """hidden, dhidden, probs and dlogits for one batch."""
     return (aligned_zeros((n_blocks, batch_size, BLOCK)), aligned_zeros((n_blocks, batch_size, BLOCK)),
-            np.empty((batch_size, n_classes), np.float32), np.empty((batch_size, n_classes), np.float32),
-            np.empty(batch_size, np.int64))
+            np.empty((batch_size, n_classes), np.float32), np.empty((batch_size, n_classes), np.float32))
 
 
 @jit
@@ -495,7 +487,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
     worker finishes that batch and stops there. (loss and correct are this
     worker's images'.)
     """
-    hidden, dhidden, probs, dlogits, batch_labels = buffers
+    hidden, dhidden, probs, dlogits = buffers
     n_blocks = params.W1.shape[0]
     pixel_ink = np.zeros((params.W1.shape[1], 32), np.uint8)  # this worker's (see _add_w1_gradient_by_pixel)
     end = -(-order.size // batch_size)
@@ -507,8 +499,12 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
             _prefetch_image(ink, image)
         for blk in range(worker, n_blocks, n_workers):
             if b > first_batch:
-                _backward_update(ink, prev_rows, hidden, dhidden, dlogits[:prev_rows.size], params, velocity,
-                                 learning_rate, momentum, weight_decay, activation, blk, pixel_ink)
+                _hidden_backward(dhidden, dlogits[:prev_rows.size], hidden, params.W2, activation, blk)
+                _backward_update(prev_rows, hidden, dhidden, dlogits[:prev_rows.size], params, velocity,
+                                 learning_rate, momentum, weight_decay, blk)
+                _add_w1_gradient(params.W1[blk] if velocity is None else velocity.W1[blk], dhidden[blk], ink,
+                                 prev_rows, pixel_ink)
+                _move_by_velocity(params, velocity, learning_rate, blk)
             if b < end:
                 _hidden_forward(hidden, ink, rows, params.W1, params.b1, activation, blk,
                                 min(BLOCK, n_hidden - blk * BLOCK))
@@ -517,8 +513,9 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
         publish(control, worker + 1, 2 * b + 1)
         for other in range(n_workers):
             wait_for(control, other + 1, 2 * b + 1)
-        loss, hits = _output_step(probs, dlogits, batch_labels, hidden, labels, rows, params,
-                                  rows.size * worker // n_workers, rows.size * (worker + 1) // n_workers)
+        lo, hi = rows.size * worker // n_workers, rows.size * (worker + 1) // n_workers
+        _output_forward(probs, hidden, params.W2, params.b2, lo, hi)
+        loss, hits = _output_backward(dlogits, probs, labels, rows, lo, hi)
         loss_sum += loss
         correct += hits
         if worker == 0 and load_acquire(stop, 0) != 0:
@@ -593,10 +590,10 @@ def backward(grads, hidden, probs, images, labels, params, activation):
     gradient = to_blocks([np.zeros_like(p, dtype=np.float32) for p in params])
     hidden_blocks = _blocked(hidden, blocked.W1.shape[0])
     dlogits = np.empty_like(probs)
-    _output_backward(dlogits, probs, labels.astype(np.int64), 0, len(probs), len(probs))
+    _output_backward(dlogits, probs, labels.astype(np.int64), np.arange(len(probs)), 0, len(probs))
     ink, rows = prepare(images), np.arange(len(images), dtype=np.int64)
     for blk in range(blocked.W1.shape[0]):
-        _backward_update(ink, rows, hidden_blocks, np.empty_like(hidden_blocks), dlogits, blocked, gradient,
+        _backward_block(ink, rows, hidden_blocks, np.empty_like(hidden_blocks), dlogits, blocked, gradient,
                          np.float32(0.0), np.float32(1.0), np.float32(0.0), activation, blk,
                          np.zeros((images.shape[1], 32), np.uint8))
     gradient = gradient._replace(b2=dlogits.sum(axis=0))
