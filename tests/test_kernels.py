@@ -15,6 +15,7 @@ import pytest
 from numba import njit
 
 from fastnet.kernels import numba_backend, numpy_backend
+from fastnet.kernels.intrinsics import nonzero_bits32, trailing_zeros
 
 from .conftest import assert_close, new_network, random_images
 
@@ -161,3 +162,33 @@ def test_prediction_lists_the_same_ink_as_prepare(vector_compress, width, mnist_
     expected = numba_backend.prepare(images)
     for got, want in zip(_ink_listed_by_prediction(images, vector_compress), expected):
         np.testing.assert_array_equal(got, want)
+
+
+@njit
+def _images_with_ink(pixel_ink):
+    """Per row of pixel_ink: its nonzero_bits32 mask, and the columns trailing_zeros walks it to (-1 after)."""
+    masks = np.empty(pixel_ink.shape[0], np.uint64)
+    columns = np.full((pixel_ink.shape[0], 32), -1, np.int64)
+    for row in range(pixel_ink.shape[0]):
+        bits = nonzero_bits32(pixel_ink, row)
+        masks[row] = bits
+        k = 0
+        while bits != 0:
+            columns[row, k] = trailing_zeros(bits)
+            bits &= bits - np.uint64(1)
+            k += 1
+    return masks, columns
+
+
+def test_the_w1_updates_byte_masks_find_exactly_the_images_with_ink():
+    """The two intrinsics the pixel-by-pixel W1 update walks its (D, 32) tile with. Rows are 40 wide here,
+    with ink in columns 32-39 too: a mask must cover its own row's first 32 bytes and nothing else."""
+    rng = np.random.default_rng(4)
+    tile = np.where(rng.random((60, 40)) < 0.3, rng.integers(1, 256, (60, 40)), 0).astype(np.uint8)
+    tile[0], tile[1], tile[2, :32] = 0, 255, 0  # no ink, all ink, ink only past column 32
+    masks, columns = _images_with_ink(tile)
+    for row in range(len(tile)):
+        ink = np.flatnonzero(tile[row, :32])
+        assert masks[row] == sum(1 << int(i) for i in ink), f"row {row}"
+        np.testing.assert_array_equal(columns[row, :len(ink)], ink)
+        assert (columns[row, len(ink):] == -1).all()
