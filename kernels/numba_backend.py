@@ -464,10 +464,12 @@ def _update_output_bias(params, velocity, dlogits, learning_rate, momentum):
 # ---------------------------------------------------------------- the epoch
 
 
-def _epoch_buffers(n_blocks, batch_size, n_classes):
-    """hidden, dhidden, probs and dlogits for one batch."""
+def _epoch_buffers(n_blocks, batch_size, n_classes, n_inputs, n_workers):
+    """hidden, dhidden, probs and dlogits for one batch, and each worker's pixel_ink (see _add_w1_gradient).
+    Allocated here: np.zeros inside the kernel cost ~0.2 s of compile."""
     return (aligned_zeros((n_blocks, batch_size, BLOCK)), aligned_zeros((n_blocks, batch_size, BLOCK)),
-            np.empty((batch_size, n_classes), np.float32), np.empty((batch_size, n_classes), np.float32))
+            np.empty((batch_size, n_classes), np.float32), np.empty((batch_size, n_classes), np.float32),
+            np.zeros((n_workers, n_inputs, 32), np.uint8))
 
 
 @jit
@@ -487,9 +489,9 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
     worker finishes that batch and stops there. (loss and correct are this
     worker's images'.)
     """
-    hidden, dhidden, probs, dlogits = buffers
+    hidden, dhidden, probs, dlogits, pixel_inks = buffers
     n_blocks = params.W1.shape[0]
-    pixel_ink = np.zeros((params.W1.shape[1], 32), np.uint8)  # this worker's (see _add_w1_gradient_by_pixel)
+    pixel_ink = pixel_inks[worker]  # this worker's (see _add_w1_gradient)
     end = -(-order.size // batch_size)
     loss_sum, correct = 0.0, 0
     for b in range(first_batch, end + 1):
@@ -548,7 +550,7 @@ def train_epoch(params, velocity, data: InkIndex, labels, order, batch_size, lea
     blocked_velocity = to_blocks(velocity) if np.float32(momentum) != 0 else None  # None: plain SGD
     n_blocks, n_hidden = blocked.W1.shape[0], params[0].shape[1]
     n_workers = _workers_for(batch_size, n_blocks)
-    buffers = _epoch_buffers(n_blocks, batch_size, len(blocked.b2))
+    buffers = _epoch_buffers(n_blocks, batch_size, len(blocked.b2), blocked.W1.shape[1], n_workers)
     losses, hits, next_batches = zip(*run_workers(
         n_workers, _epoch_worker, n_workers, new_control(n_workers), new_stop_flag() if stop is None else stop, data,
         labels, order.astype(np.int64, copy=False), blocked,
