@@ -62,7 +62,7 @@ SIGMOID, RELU = 0, 1
 INPUT_SCALE = np.float32(1.0 / 255.0)
 BLOCK = 64
 PIXEL_MAJOR_FROM = 16  # batches of this many images or more add their W1 gradient pixel by pixel (measured:
-# image by image was faster at 4-12, even at 16-24, slower at 32: 0.066 vs 0.062 s an epoch)
+# image by image was faster at 4-12, as fast at 16-24, slower at 32: 0.066 vs 0.062 s an epoch)
 # True where prediction lists ink by vector compress (intrinsics.append_nonzero64), else None: Numba decides
 # `is None` on an argument at compile time, so elsewhere the intrinsic is never even compiled.
 VECTOR_COMPRESS = True if has_vector_compress() else None
