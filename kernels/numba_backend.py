@@ -18,11 +18,11 @@ Why it is fast (each point measured, see the README):
 - A shuffled batch jumps about memory; while a batch is computed, the next
   batch's ink entries are prefetched, rather than waited for one cache miss at
   a time.
-- An image's 64 sums of a block (forward) and its 64 gradients (W1 update)
-  live in a scratch row on the stack (intrinsics.stack_floats), which LLVM
-  keeps in four vector registers for the whole image. In an ordinary array
-  they were loaded and stored again every four pixels, since LLVM could not
-  rule out that they alias W1.
+- Running sums over a block's 64 units (an image's in the forward and hidden
+  backward, a row's gradient in the W1, W2 and b1 updates) live in a scratch
+  row on the stack (intrinsics.stack_floats), which LLVM keeps in four vector
+  registers throughout. In an ordinary array they were loaded and stored again
+  every few pixels, since LLVM could not rule out that they alias the weights.
 - The sigmoid vectorises (see _sigmoid), and error_model="numpy" drops the
   zero-divisor check on every float division, which kept such loops scalar.
 - Prediction lists each image's ink with one vector compress per 64 pixels
