@@ -219,8 +219,9 @@ def _prefetch_image(ink, image):
 
 
 @inline_jit
-def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
-    """hidden[blk, n] = activation(x[rows[n]] @ W1[blk] + b1[blk]); units >= width (padding) = 0.
+def _hidden_forward(hidden, ink, rows, W1, b1, relu, blk, width):
+    """hidden[blk, n] = activation(x[rows[n]] @ W1[blk] + b1[blk]), ReLU or (relu None) sigmoid (see
+    _relu_flag); units >= width (padding) = 0.
 
     Most of the forward time goes here. The sums build up in a stack scratch row,
     which LLVM keeps in four vector registers for the whole image.
@@ -244,7 +245,7 @@ def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
                 z[j] += x * W[p, j]
             t += np.uint64(1)
         for j in range(BLOCK):
-            if activation == SIGMOID:
+            if relu is None:
                 h[n, j] = _sigmoid(z[j])
             else:
                 h[n, j] = max(z[j], np.float32(0.0))
@@ -253,7 +254,7 @@ def _hidden_forward(hidden, ink, rows, W1, b1, activation, blk, width):
 
 
 @inline_jit
-def _hidden_backward(dhidden, dlogits, hidden, W2, activation, blk):
+def _hidden_backward(dhidden, dlogits, hidden, W2, relu, blk):
     """dhidden[blk, n] = (dlogits[n] @ W2[blk]) * activation'(hidden[blk, n])."""
     dh, h, W = dhidden[blk], hidden[blk], W2[blk]
     d = carray(stack_floats(BLOCK), BLOCK)  # the image's sums, in registers (see _hidden_forward)
@@ -265,7 +266,7 @@ def _hidden_backward(dhidden, dlogits, hidden, W2, activation, blk):
             for j in range(BLOCK):
                 d[j] += g * W[k, j]
         for j in range(BLOCK):
-            if activation == SIGMOID:
+            if relu is None:
                 dh[n, j] = d[j] * (h[n, j] * (np.float32(1.0) - h[n, j]))
             else:
                 dh[n, j] = d[j] if h[n, j] > np.float32(0.0) else np.float32(0.0)
@@ -328,17 +329,17 @@ def _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_
 
 
 @inline_jit
-def _add_w1_gradient(T1, dh, ink, rows, pixel_ink):
+def _add_w1_gradient(T1, dh, ink, rows, pixel_ink, image_by_image):
     """T1[p] += sum_n x[rows[n], p] * dh[n] over the ink pixels p: W1's gradient, ink rows only.
 
-    Image by image in tiny batches (each image adds into each of its ink rows),
-    pixel by pixel in the others (each ink row's gradient is summed over the
-    images in registers, then added to the row once). Most of the backward
-    time goes here.
+    Image by image in tiny batches (image_by_image True, see _image_by_image:
+    each image adds into each of its ink rows), pixel by pixel in the others
+    (image_by_image None: each ink row's gradient is summed over the images in
+    registers, then added to the row once). Most of the backward time goes here.
     """
     # (Both ways written out here: as two more inlined helpers they took ~0.25 s more to compile.)
     _, pixels, values = ink
-    if rows.size < PIXEL_MAJOR_FROM:  # image by image: each adds its gradient into each of its ink rows
+    if image_by_image is not None:  # each image adds its gradient into each of its ink rows
         g = carray(stack_floats(BLOCK), BLOCK)  # the image's dhidden, in registers (see _hidden_forward)
         for n in range(rows.size):
             for j in range(BLOCK):
@@ -388,12 +389,13 @@ def _move_by_velocity(params, velocity, learning_rate, blk):
 
 @jit
 def _backward_block(ink, rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay,
-                    activation, blk, pixel_ink):
+                    relu, blk, pixel_ink, image_by_image):
     """Backward and update of block blk, the same four calls _epoch_worker makes (keep the two in step; one
     inlined helper for both cost ~0.6 s of compile): for backward(), below."""
-    _hidden_backward(dhidden, dlogits, hidden, params.W2, activation, blk)
+    _hidden_backward(dhidden, dlogits, hidden, params.W2, relu, blk)
     _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay, blk)
-    _add_w1_gradient(params.W1[blk] if velocity is None else velocity.W1[blk], dhidden[blk], ink, rows, pixel_ink)
+    _add_w1_gradient(params.W1[blk] if velocity is None else velocity.W1[blk], dhidden[blk], ink, rows, pixel_ink,
+                     image_by_image)
     _move_by_velocity(params, velocity, learning_rate, blk)
 
 
@@ -474,9 +476,25 @@ def _epoch_buffers(n_blocks, batch_size, n_classes, n_inputs, n_workers):
             np.zeros((n_workers, n_inputs, 32), np.uint8))
 
 
+# Two choices made when a kernel is compiled, not when it runs, as for `velocity`: where an argument is None,
+# Numba drops the branch that `argument is None` rules out before compiling it (any other value, None's
+# opposite included, compiles both ways). The usual case (sigmoid, batches of 16 or more) passes None for both
+# and compiles in ~0.3 s less.
+
+
+def _relu_flag(activation: int) -> bool | None:
+    """The kernels' activation argument: True for ReLU, None for sigmoid."""
+    return True if activation == RELU else None
+
+
+def _image_by_image(batch_size: int) -> bool | None:
+    """_add_w1_gradient's image_by_image argument: True for batches under PIXEL_MAJOR_FROM, else None."""
+    return True if batch_size < PIXEL_MAJOR_FROM else None
+
+
 @jit
 def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, velocity, buffers, n_hidden, batch_size,
-                  learning_rate, momentum, weight_decay, activation, first_batch):
+                  learning_rate, momentum, weight_decay, relu, image_by_image, first_batch):
     """One worker's share of an epoch, from batch first_batch; returns (summed loss, correct, next batch).
 
     Worker w owns hidden-unit blocks w, w + n_workers, ... For each batch b it
@@ -503,15 +521,14 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
             _prefetch_image(ink, image)
         for blk in range(worker, n_blocks, n_workers):
             if b > first_batch:
-                _hidden_backward(dhidden, dlogits[:prev_rows.size], hidden, params.W2, activation, blk)
+                _hidden_backward(dhidden, dlogits[:prev_rows.size], hidden, params.W2, relu, blk)
                 _backward_update(prev_rows, hidden, dhidden, dlogits[:prev_rows.size], params, velocity,
                                  learning_rate, momentum, weight_decay, blk)
                 _add_w1_gradient(params.W1[blk] if velocity is None else velocity.W1[blk], dhidden[blk], ink,
-                                 prev_rows, pixel_ink)
+                                 prev_rows, pixel_ink, image_by_image)
                 _move_by_velocity(params, velocity, learning_rate, blk)
             if b < end:
-                _hidden_forward(hidden, ink, rows, params.W1, params.b1, activation, blk,
-                                min(BLOCK, n_hidden - blk * BLOCK))
+                _hidden_forward(hidden, ink, rows, params.W1, params.b1, relu, blk, min(BLOCK, n_hidden - blk * BLOCK))
         if b == end:
             break
         publish(control, worker + 1, 2 * b + 1)
@@ -552,12 +569,12 @@ def train_epoch(params, velocity, data: InkIndex, labels, order, batch_size, lea
     blocked_velocity = to_blocks(velocity) if np.float32(momentum) != 0 else None  # None: plain SGD
     n_blocks, n_hidden = blocked.W1.shape[0], params[0].shape[1]
     n_workers = _workers_for(batch_size, n_blocks)
-    buffers = _epoch_buffers(n_blocks, batch_size, len(blocked.b2), blocked.W1.shape[1], n_workers)
     losses, hits, next_batches = zip(*run_workers(
         n_workers, _epoch_worker, n_workers, new_control(n_workers), new_stop_flag() if stop is None else stop, data,
-        labels, order.astype(np.int64, copy=False), blocked,
-        blocked_velocity, buffers, n_hidden, batch_size, np.float32(learning_rate), np.float32(momentum),
-        np.float32(weight_decay), activation, first_batch, wait_in_threads=stop is not None))
+        labels, order.astype(np.int64, copy=False), blocked, blocked_velocity,
+        _epoch_buffers(n_blocks, batch_size, len(blocked.b2), blocked.W1.shape[1], n_workers), n_hidden, batch_size,
+        np.float32(learning_rate), np.float32(momentum), np.float32(weight_decay), _relu_flag(activation),
+        _image_by_image(batch_size), first_batch, wait_in_threads=stop is not None))
     loss_sum, correct, next_batch = sum(losses), sum(hits), next_batches[0]
     from_blocks(blocked, params)
     if blocked_velocity is not None:
@@ -578,7 +595,7 @@ def forward(hidden, probs, images, params, activation):
     hidden_blocks = aligned_zeros((n_blocks, len(images), BLOCK))
     ink, rows = prepare(images), np.arange(len(images), dtype=np.int64)
     for blk in range(n_blocks):
-        _hidden_forward(hidden_blocks, ink, rows, blocked.W1, blocked.b1, activation, blk,
+        _hidden_forward(hidden_blocks, ink, rows, blocked.W1, blocked.b1, _relu_flag(activation), blk,
                         min(BLOCK, n_hidden - blk * BLOCK))
     _output_forward(probs, hidden_blocks, blocked.W2, blocked.b2, 0, len(probs))
     hidden[...] = _unblocked(hidden_blocks, n_hidden)
@@ -598,8 +615,8 @@ def backward(grads, hidden, probs, images, labels, params, activation):
     ink, rows = prepare(images), np.arange(len(images), dtype=np.int64)
     for blk in range(blocked.W1.shape[0]):
         _backward_block(ink, rows, hidden_blocks, np.empty_like(hidden_blocks), dlogits, blocked, gradient,
-                         np.float32(0.0), np.float32(1.0), np.float32(0.0), activation, blk,
-                         np.zeros((images.shape[1], 32), np.uint8))
+                         np.float32(0.0), np.float32(1.0), np.float32(0.0), _relu_flag(activation), blk,
+                         np.zeros((images.shape[1], 32), np.uint8), _image_by_image(len(images)))
     gradient = gradient._replace(b2=dlogits.sum(axis=0))
     from_blocks(gradient, grads)
 
@@ -657,7 +674,7 @@ def _append_ink(row, pixels, values, count, vector_compress):
 
 
 @jit
-def _predict_rows(probs, images, params, n_hidden, activation, lo, hi, hidden, vector_compress):
+def _predict_rows(probs, images, params, n_hidden, relu, lo, hi, hidden, vector_compress):
     """probs[lo:hi] for images[lo:hi], a group of hidden.shape[1] images at a time (hidden: this worker's
     own buffer). Most of prediction's time goes here."""
     n_inputs = images.shape[1]
@@ -675,7 +692,7 @@ def _predict_rows(probs, images, params, n_hidden, activation, lo, hi, hidden, v
             start[n + 1] = _append_ink(images[first + n], pixels, values, start[n], vector_compress)
         ink = InkIndex(start, pixels, values)
         for blk in range(n_blocks):
-            _hidden_forward(hidden, ink, rows[:last - first], params.W1, params.b1, activation, blk,
+            _hidden_forward(hidden, ink, rows[:last - first], params.W1, params.b1, relu, blk,
                             min(BLOCK, n_hidden - blk * BLOCK))
         _output_forward(probs[first:last], hidden, params.W2, params.b2, 0, last - first)
 
@@ -685,11 +702,11 @@ def predict(probs, images, params, activation):
     images = np.ascontiguousarray(images)
     n_workers = max(1, min(thread_count(), len(images) // 256))
     bounds = np.linspace(0, len(images), n_workers + 1).astype(np.int64)
-    blocked, n_hidden = to_blocks(params), params[0].shape[1]
+    blocked, n_hidden, relu = to_blocks(params), params[0].shape[1], _relu_flag(activation)
 
     def work(worker):
         hidden = aligned_zeros((blocked.W1.shape[0], 64, BLOCK))
-        _predict_rows(probs, images, blocked, n_hidden, activation, bounds[worker], bounds[worker + 1], hidden,
+        _predict_rows(probs, images, blocked, n_hidden, relu, bounds[worker], bounds[worker + 1], hidden,
                       VECTOR_COMPRESS)
 
     run_workers(n_workers, work)
