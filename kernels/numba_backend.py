@@ -282,14 +282,14 @@ def _scale_add(target, scale, source, source_scale):
 
 @inline_jit
 def _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay, blk):
-    """SGD update of hidden-unit block blk after _hidden_backward, but for W1's gradient (_add_w1_gradient,
-    next) and, with momentum, the step along the velocity (_move_by_velocity).
+    """SGD update of hidden-unit block blk after _hidden_backward, but for W1's gradient (_add_w1_gradient_by_pixel
+    or _by_image, next) and, with momentum, the step along the velocity (_move_by_velocity).
 
     Plain SGD adds -learning_rate * gradient straight into the weights; with
     momentum the gradient goes into the (decayed) velocity, which then moves
     the weights. dhidden[blk] is left scaled for W1's gradient. Weight decay
     (W1 and W2 only) is the one dense step, and runs only when asked for.
-    Four functions rather than one because Numba's inlining costs more than
+    Separate functions rather than one because Numba's inlining costs more than
     in proportion to a function's size: as one, they took ~0.6 s more to compile.
     """
     # The block's W1, W2 and b1, each a 2-D view (b1's a single row), so that the dense steps are one
@@ -329,62 +329,64 @@ def _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_
 
 
 @inline_jit
-def _add_w1_gradient(T1, dh, ink, rows, pixel_ink, image_by_image):
+def _add_w1_gradient_by_pixel(T1, dh, ink, rows, pixel_ink):
     """T1[p] += sum_n x[rows[n], p] * dh[n] over the ink pixels p: W1's gradient, ink rows only.
 
-    Image by image in tiny batches (image_by_image True, see _image_by_image:
-    each image adds into each of its ink rows), pixel by pixel in the others
-    (image_by_image None: each ink row's gradient is summed over the images in
-    registers, then added to the row once). Most of the backward time goes here.
+    Pixel by pixel: each ink row's gradient is summed over the images in
+    registers, then added to the row once. Most of the backward time goes here.
+    pixel_ink (D, 32), all zero between batches, holds 32 images at a time
+    transposed: pixel_ink[p, n] is image n's value at pixel p, so row p's
+    nonzero bytes say which images have ink there.
     """
-    # (Both ways written out here: as two more inlined helpers they took ~0.25 s more to compile.)
     _, pixels, values = ink
-    if image_by_image is not None:  # each image adds its gradient into each of its ink rows
-        g = carray(stack_floats(BLOCK), BLOCK)  # the image's dhidden, in registers (see _hidden_forward)
-        for n in range(rows.size):
-            for j in range(BLOCK):
-                g[j] = dh[n, j]
-            first, end = _ink_span(ink, rows[n])
+    row_sum = carray(stack_floats(BLOCK), BLOCK)
+    for c in range(0, rows.size, 32):
+        images, dh_part = rows[c:c + 32], dh[c:c + 32]
+        for n in range(images.size):
+            first, end = _ink_span(ink, images[n])
             for t in range(first, end):
-                p, x = pixels[t], values[t] * INPUT_SCALE
+                pixel_ink[pixels[t], n] = values[t]
+        for p in range(T1.shape[0]):
+            with_ink = nonzero_bits32(pixel_ink, p)  # one vector compare
+            if with_ink == 0:
+                continue
+            for j in range(BLOCK):
+                row_sum[j] = np.float32(0.0)
+            while with_ink != 0:
+                n = trailing_zeros(with_ink)
+                with_ink &= with_ink - np.uint64(1)
+                x = pixel_ink[p, n] * INPUT_SCALE
                 for j in range(BLOCK):
-                    T1[p, j] += x * g[j]
-    else:
-        # 32 images at a time. pixel_ink (D, 32), all zero between batches, holds the images transposed:
-        # pixel_ink[p, n] is image n's value at pixel p, so row p's nonzero bytes say which images have ink there.
-        row_sum = carray(stack_floats(BLOCK), BLOCK)
-        for c in range(0, rows.size, 32):
-            images, dh_part = rows[c:c + 32], dh[c:c + 32]
-            for n in range(images.size):
-                first, end = _ink_span(ink, images[n])
-                for t in range(first, end):
-                    pixel_ink[pixels[t], n] = values[t]
-            for p in range(T1.shape[0]):
-                with_ink = nonzero_bits32(pixel_ink, p)  # one vector compare
-                if with_ink == 0:
-                    continue
-                for j in range(BLOCK):
-                    row_sum[j] = np.float32(0.0)
-                while with_ink != 0:
-                    n = trailing_zeros(with_ink)
-                    with_ink &= with_ink - np.uint64(1)
-                    x = pixel_ink[p, n] * INPUT_SCALE
-                    for j in range(BLOCK):
-                        row_sum[j] += x * dh_part[n, j]
-                for j in range(BLOCK):
-                    T1[p, j] += row_sum[j]
-                for n in range(32):
-                    pixel_ink[p, n] = 0
+                    row_sum[j] += x * dh_part[n, j]
+            for j in range(BLOCK):
+                T1[p, j] += row_sum[j]
+            for n in range(32):
+                pixel_ink[p, n] = 0
+
+
+@inline_jit
+def _add_w1_gradient_by_image(T1, dh, ink, rows):
+    """The same sum image by image: each image adds its gradient into each of its ink rows. Faster in batches
+    under PIXEL_MAJOR_FROM images."""
+    _, pixels, values = ink
+    g = carray(stack_floats(BLOCK), BLOCK)  # the image's dhidden, in registers (see _hidden_forward)
+    for n in range(rows.size):
+        for j in range(BLOCK):
+            g[j] = dh[n, j]
+        first, end = _ink_span(ink, rows[n])
+        for t in range(first, end):
+            p, x = pixels[t], values[t] * INPUT_SCALE
+            for j in range(BLOCK):
+                T1[p, j] += x * g[j]
 
 
 @inline_jit
 def _move_by_velocity(params, velocity, learning_rate, blk):
-    """With momentum, w -= learning_rate * v for block blk's W1, W2 and b1; nothing for plain SGD (velocity None)."""
-    if velocity is not None:
-        weights = (params.W1[blk], params.W2[blk], params.b1[blk:blk + 1])
-        velocities = (velocity.W1[blk], velocity.W2[blk], velocity.b1[blk:blk + 1])
-        for i in range(3):
-            _scale_add(weights[i], np.float32(1.0), velocities[i], -learning_rate)
+    """With momentum, w -= learning_rate * v for block blk's W1, W2 and b1."""
+    weights = (params.W1[blk], params.W2[blk], params.b1[blk:blk + 1])
+    velocities = (velocity.W1[blk], velocity.W2[blk], velocity.b1[blk:blk + 1])
+    for i in range(3):
+        _scale_add(weights[i], np.float32(1.0), velocities[i], -learning_rate)
 
 
 @jit
@@ -394,9 +396,13 @@ def _backward_block(ink, rows, hidden, dhidden, dlogits, params, velocity, learn
     inlined helper for both cost ~0.6 s of compile): for backward(), below."""
     _hidden_backward(dhidden, dlogits, hidden, params.W2, relu, blk)
     _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay, blk)
-    _add_w1_gradient(params.W1[blk] if velocity is None else velocity.W1[blk], dhidden[blk], ink, rows, pixel_ink,
-                     image_by_image)
-    _move_by_velocity(params, velocity, learning_rate, blk)
+    T1 = params.W1[blk] if velocity is None else velocity.W1[blk]
+    if image_by_image is None:
+        _add_w1_gradient_by_pixel(T1, dhidden[blk], ink, rows, pixel_ink)
+    else:
+        _add_w1_gradient_by_image(T1, dhidden[blk], ink, rows)
+    if velocity is not None:
+        _move_by_velocity(params, velocity, learning_rate, blk)
 
 
 # ---------------------------------------------------------------- output layer (K is small, 10 for digits)
@@ -469,7 +475,8 @@ def _update_output_bias(params, velocity, dlogits, learning_rate, momentum):
 
 
 def _epoch_buffers(n_blocks, batch_size, n_classes, n_inputs, n_workers):
-    """hidden, dhidden, probs and dlogits for one batch, and each worker's pixel_ink (see _add_w1_gradient).
+    """hidden, dhidden, probs and dlogits for one batch, and each worker's pixel_ink (see
+    _add_w1_gradient_by_pixel).
     Allocated here: np.zeros inside the kernel cost ~0.2 s of compile."""
     return (aligned_zeros((n_blocks, batch_size, BLOCK)), aligned_zeros((n_blocks, batch_size, BLOCK)),
             np.empty((batch_size, n_classes), np.float32), np.empty((batch_size, n_classes), np.float32),
@@ -478,8 +485,9 @@ def _epoch_buffers(n_blocks, batch_size, n_classes, n_inputs, n_workers):
 
 # Two choices made when a kernel is compiled, not when it runs, as for `velocity`: where an argument is None,
 # Numba drops the branch that `argument is None` rules out before compiling it (any other value, None's
-# opposite included, compiles both ways). The usual case (sigmoid, batches of 16 or more) passes None for both
-# and compiles in 0.2-0.4 s less (measured alternately with the code before).
+# opposite included, compiles both ways); in the function called from Python, even before inlining the helpers
+# that branch calls. The usual case (sigmoid, batches of 16 or more) passes None for both and compiles in
+# 0.35-0.55 s less (measured alternately with the code before).
 
 
 def _relu_flag(activation: int) -> bool | None:
@@ -488,7 +496,8 @@ def _relu_flag(activation: int) -> bool | None:
 
 
 def _image_by_image(batch_size: int) -> bool | None:
-    """_add_w1_gradient's image_by_image argument: True for batches under PIXEL_MAJOR_FROM, else None."""
+    """The epoch's image_by_image argument: True for batches under PIXEL_MAJOR_FROM (W1's gradient then goes
+    in by _add_w1_gradient_by_image), else None (_add_w1_gradient_by_pixel)."""
     return True if batch_size < PIXEL_MAJOR_FROM else None
 
 
@@ -511,7 +520,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
     """
     hidden, dhidden, probs, dlogits, pixel_inks = buffers
     n_blocks = params.W1.shape[0]
-    pixel_ink = pixel_inks[worker]  # this worker's (see _add_w1_gradient)
+    pixel_ink = pixel_inks[worker]  # this worker's (see _add_w1_gradient_by_pixel)
     end = -(-order.size // batch_size)
     loss_sum, correct = 0.0, 0
     for b in range(first_batch, end + 1):
@@ -524,9 +533,13 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
                 _hidden_backward(dhidden, dlogits[:prev_rows.size], hidden, params.W2, relu, blk)
                 _backward_update(prev_rows, hidden, dhidden, dlogits[:prev_rows.size], params, velocity,
                                  learning_rate, momentum, weight_decay, blk)
-                _add_w1_gradient(params.W1[blk] if velocity is None else velocity.W1[blk], dhidden[blk], ink,
-                                 prev_rows, pixel_ink, image_by_image)
-                _move_by_velocity(params, velocity, learning_rate, blk)
+                T1 = params.W1[blk] if velocity is None else velocity.W1[blk]  # see _backward_update
+                if image_by_image is None:
+                    _add_w1_gradient_by_pixel(T1, dhidden[blk], ink, prev_rows, pixel_ink)
+                else:
+                    _add_w1_gradient_by_image(T1, dhidden[blk], ink, prev_rows)
+                if velocity is not None:
+                    _move_by_velocity(params, velocity, learning_rate, blk)
             if b < end:
                 _hidden_forward(hidden, ink, rows, params.W1, params.b1, relu, blk, min(BLOCK, n_hidden - blk * BLOCK))
         if b == end:
