@@ -376,8 +376,8 @@ def bench(args: argparse.Namespace) -> int:
     print(f"fastnet bench: {args.epochs} epoch(s) per measurement, plain SGD at lr min(1, 0.05 x batch), "
           f"each in a fresh process; {os.cpu_count()} cores")
     start = benchmarks.startup_seconds()
-    print(f"numba kernels: compile into an empty cache {start['compile_empty_cache']:.2f} s; from a warm cache "
-          f"load {start['load_warm_cache']:.2f} s, start-up in all {start['startup_warm_cache']:.2f} s")
+    print(f"numba kernels (best of 2 each): compile into an empty cache {start['compile_empty_cache']:.2f} s; "
+          f"from a warm cache load {start['load_warm_cache']:.2f} s, start-up in all {start['startup_warm_cache']:.2f} s")
     for threads in args.threads:
         rate = benchmarks.predict_images_per_second(threads)
         print(f"numba prediction over the 10,000 test images, {threads} thread(s): {rate:,.0f} images/s")
