@@ -392,7 +392,7 @@ def _move_by_velocity(params, velocity, learning_rate, blk):
 @jit
 def _backward_block(ink, rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay,
                     relu, blk, pixel_ink, image_by_image):
-    """Backward and update of block blk, the same four calls _epoch_worker makes (keep the two in step; one
+    """Backward and update of block blk, the same calls _epoch_worker makes (keep the two in step; one
     inlined helper for both cost ~0.6 s of compile): for backward(), below."""
     _hidden_backward(dhidden, dlogits, hidden, params.W2, relu, blk)
     _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay, blk)
