@@ -76,10 +76,11 @@ def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: 
         report=lambda record: None) -> list[Record]:
     """Measure numba (each thread count) and numpy (and the installed peers) at each batch size.
 
-    The Numba kernels are compiled into the cache first, so that no measured
-    process pays for compiling, in seconds or in peak memory.
+    The Numba kernels are compiled into the cache first, for each batch size
+    (batches under 16 images have an epoch kernel of their own), so that no
+    measured process pays for compiling, in seconds or in peak memory.
     """
-    _run_child(["-c", _WARM_UP], _child_environment(), "compiling the kernels")
+    _run_child(["-c", _WARM_UP, *map(str, batch_sizes)], _child_environment(), "compiling the kernels")
     records = []
     for batch_size in batch_sizes:
         systems = [("numba", t) for t in thread_counts] + [("numpy", max(thread_counts))]
@@ -113,12 +114,14 @@ def _run_child(arguments: list[str], env: dict, what: str, timeout: float | None
     return result
 
 
-# A fresh process that compiles (or loads) the Numba kernels as training does; prints the seconds that took
-# and the seconds since it started.
-_WARM_UP = ("import time; t = time.perf_counter(); "
+# A fresh process that compiles (or loads) the Numba kernels as training does, for the batch sizes given as
+# arguments (training's default if none); prints the seconds that took and the seconds since it started.
+_WARM_UP = ("import sys, time; t = time.perf_counter(); "
             "from fastnet.datasets import load_mnist; from fastnet.kernels import get_backend; "
             "from fastnet.training import TrainConfig, warm_up; images, labels = load_mnist('test'); "
-            "t0 = time.perf_counter(); warm_up(get_backend('numba'), TrainConfig(), images, labels, 10); "
+            "configs = [TrainConfig(batch_size=int(b)) for b in sys.argv[1:]] or [TrainConfig()]; "
+            "t0 = time.perf_counter(); "
+            "[warm_up(get_backend('numba'), config, images, labels, 10) for config in configs]; "
             "print(time.perf_counter() - t0, time.perf_counter() - t)")
 
 
