@@ -89,7 +89,10 @@ def test_training_steps_match_reference(n_hidden, activation, momentum, weight_d
     assert fast[3] == ref[3]
 
 
-def test_batch_size_one_and_ragged_last_batch_match_reference(mnist_train):
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_batch_size_one_and_ragged_last_batch_match_reference(momentum, mnist_train):
+    """Each way of adding W1's gradient (a kernel of its own: under 16 images image by image, else pixel by
+    pixel), with plain SGD and with momentum."""
     images, labels = mnist_train
     order = np.arange(37)
     for batch_size in (1, 5, 16, 33):  # 16 and 33: the pixel-by-pixel W1 update, 33 in two parts
@@ -98,10 +101,10 @@ def test_batch_size_one_and_ragged_last_batch_match_reference(mnist_train):
             network = new_network(100, "sigmoid")
             velocity = [np.zeros_like(p) for p in network.params]
             backend.train_epoch(network.params, velocity, backend.prepare(images), labels, order, batch_size, 0.3,
-                                0.0, 0)
+                                momentum, 0)
             results.append(network)
         for name, fast, ref in zip(("W1", "b1", "W2", "b2"), results[0].params, results[1].params):
-            assert_close(f"{name} (batch {batch_size})", fast, ref, 1e-5)
+            assert_close(f"{name} (batch {batch_size}, momentum {momentum})", fast, ref, 1e-5)
 
 
 @pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.1), (0.9, 0.1)])
