@@ -392,8 +392,10 @@ def _move_by_velocity(params, velocity, learning_rate, blk):
 @jit
 def _backward_block(ink, rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay,
                     relu, blk, pixel_ink, image_by_image):
-    """Backward and update of block blk, the same calls _epoch_worker makes (keep the two in step; one
-    inlined helper for both cost ~0.6 s of compile): for backward(), below."""
+    """Backward and update of block blk, the same calls _epoch_worker makes (keep the two in step): for
+    backward(), below. Written out twice on purpose: this function inlined into the worker compiled 0.9 s
+    slower (min of 5 alternating runs), and called from it un-inlined, fresh and cached kernels differed in
+    the last bits."""
     _hidden_backward(dhidden, dlogits, hidden, params.W2, relu, blk)
     _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay, blk)
     T1 = params.W1[blk] if velocity is None else velocity.W1[blk]
