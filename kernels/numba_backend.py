@@ -476,14 +476,18 @@ def _update_output_bias(params, velocity, dlogits, learning_rate, momentum):
 # ---------------------------------------------------------------- the epoch
 
 
-def _epoch_buffers(n_blocks, batch_size, n_classes, n_inputs, n_workers):
-    """hidden, dhidden, probs and dlogits for one batch, and each worker's pixel_ink (see
-    _add_w1_gradient_by_pixel; empty where batches add W1's gradient image by image).
+def _w1_tiles(count, n_inputs, image_by_image):
+    """count zeroed pixel_ink tiles (see _add_w1_gradient_by_pixel); empty where W1's gradient goes in image by
+    image (image_by_image True), which does not use them."""
+    return np.zeros((count, n_inputs if image_by_image is None else 0, 32), np.uint8)
+
+
+def _epoch_buffers(n_blocks, batch_size, n_classes, n_inputs, n_workers, image_by_image):
+    """hidden, dhidden, probs and dlogits for one batch, and each worker's pixel_ink tile.
     Allocated here: np.zeros inside the kernel cost ~0.2 s of compile."""
-    tile_rows = n_inputs if _image_by_image(batch_size) is None else 0
     return (aligned_zeros((n_blocks, batch_size, BLOCK)), aligned_zeros((n_blocks, batch_size, BLOCK)),
             np.empty((batch_size, n_classes), np.float32), np.empty((batch_size, n_classes), np.float32),
-            np.zeros((n_workers, tile_rows, 32), np.uint8))
+            _w1_tiles(n_workers, n_inputs, image_by_image))
 
 
 # Two choices made when a kernel is compiled, not when it runs, as for `velocity`: where an argument is None,
@@ -584,13 +588,13 @@ def train_epoch(params, velocity, data: InkIndex, labels, order, batch_size, lea
     blocked = to_blocks(params)
     blocked_velocity = to_blocks(velocity) if np.float32(momentum) != 0 else None  # None: plain SGD
     n_blocks, n_hidden = blocked.W1.shape[0], params[0].shape[1]
-    n_workers = _workers_for(batch_size, n_blocks)
+    n_workers, image_by_image = _workers_for(batch_size, n_blocks), _image_by_image(batch_size)
+    buffers = _epoch_buffers(n_blocks, batch_size, len(blocked.b2), blocked.W1.shape[1], n_workers, image_by_image)
     losses, hits, next_batches = zip(*run_workers(
         n_workers, _epoch_worker, n_workers, new_control(n_workers), new_stop_flag() if stop is None else stop, data,
-        labels, order.astype(np.int64, copy=False), blocked, blocked_velocity,
-        _epoch_buffers(n_blocks, batch_size, len(blocked.b2), blocked.W1.shape[1], n_workers), n_hidden, batch_size,
+        labels, order.astype(np.int64, copy=False), blocked, blocked_velocity, buffers, n_hidden, batch_size,
         np.float32(learning_rate), np.float32(momentum), np.float32(weight_decay), _relu_flag(activation),
-        _image_by_image(batch_size), first_batch, wait_in_threads=stop is not None))
+        image_by_image, first_batch, wait_in_threads=stop is not None))
     loss_sum, correct, next_batch = sum(losses), sum(hits), next_batches[0]
     from_blocks(blocked, params)
     if blocked_velocity is not None:
@@ -629,10 +633,11 @@ def backward(grads, hidden, probs, images, labels, params, activation):
     dlogits = np.empty_like(probs)
     _output_backward(dlogits, probs, labels.astype(np.int64), np.arange(len(probs)), 0, len(probs))
     ink, rows = prepare(images), np.arange(len(images), dtype=np.int64)
+    dhidden, relu, image_by_image = np.empty_like(hidden_blocks), _relu_flag(activation), _image_by_image(len(images))
+    pixel_ink = _w1_tiles(1, images.shape[1], image_by_image)[0]  # all zero again after each block's use
     for blk in range(blocked.W1.shape[0]):
-        _backward_block(ink, rows, hidden_blocks, np.empty_like(hidden_blocks), dlogits, blocked, gradient,
-                         np.float32(0.0), np.float32(1.0), np.float32(0.0), _relu_flag(activation), blk,
-                         np.zeros((images.shape[1], 32), np.uint8), _image_by_image(len(images)))
+        _backward_block(ink, rows, hidden_blocks, dhidden, dlogits, blocked, gradient, np.float32(0.0),
+                        np.float32(1.0), np.float32(0.0), relu, blk, pixel_ink, image_by_image)
     gradient = gradient._replace(b2=dlogits.sum(axis=0))
     from_blocks(gradient, grads)
 
