@@ -4,22 +4,29 @@ A checkpoint is an .npz file (no pickle) with the weights W1, b1, W2, b2, the
 momentum velocities v_W1, v_b1, v_W2, v_b2, and `state`, a JSON string with
 the config, the epoch and batch to continue from, the random generator's state
 at the start of that epoch (so the same shuffle is drawn again), the running
-loss and correct count of the unfinished epoch, and the history so far.
+loss and correct count of the unfinished epoch, the history so far, and a
+fingerprint of the training data (so that it is never resumed on other data).
+
+A checkpoint is untrusted input like any file: every field is checked for its
+type and range when it is loaded (load_checkpoint), and against the data when
+training resumes (Checkpoint.check_resumable), before any kernel runs.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FastnetError
+from .files import read_npz, write_atomically, write_npz
 from .model import Network
-from .parameters import WEIGHTS, checked_network, write_atomically, write_npz
+from .parameters import WEIGHTS, checked_network
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the training data's fingerprint is recorded
 
 
 @dataclass
@@ -33,6 +40,18 @@ class Checkpoint:
     loss_sum: float = 0.0  # of the batches of that epoch already done
     correct: int = 0
     history: list[dict] = field(default_factory=list)
+    data: dict | None = None  # training.data_fingerprint of the training data
+
+    def check_resumable(self, config, fingerprint: dict, n_batches: int) -> None:
+        """Refuse to continue on data other than the checkpoint's, or from a batch the data does not have."""
+        if self.data != fingerprint:
+            raise FastnetError(f"this checkpoint was made on other training data ({self.data['images']:,} images "
+                               f"of {self.data['inputs']} inputs in {self.data['classes']} classes, not these "
+                               f"{fingerprint['images']:,} of {fingerprint['inputs']} in {fingerprint['classes']}, "
+                               "or the same counts with other contents): resume with the --data it was trained on")
+        if self.next_batch >= n_batches or self.correct > self.next_batch * config.batch_size:
+            raise FastnetError(f"this checkpoint continues at batch {self.next_batch + 1} with {self.correct} images "
+                               f"right, but the data has {n_batches} batches: it is damaged")
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
@@ -45,26 +64,83 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     write_atomically(Path(path), lambda file: write_npz(file, arrays))
 
 
+STATE_KEYS = {f.name for f in fields(Checkpoint)} - {"network", "velocity"} | {"format_version", "activation"}
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint and check every field; any problem is one FastnetError saying what."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        state = json.loads(str(arrays["state"]))
-        if state.get("format_version", 0) > FORMAT_VERSION:
-            raise FastnetError(f"{path}: checkpoint format {state['format_version']} is newer than this fastnet reads")
-        W1, W2 = arrays["W1"], arrays["W2"]
-        sizes = (W1.shape + W2.shape[1:]) if W1.ndim == 2 and W2.ndim == 2 else W1.shape
-        network = checked_network(path, arrays, sizes, state["activation"])
-        velocity = [np.ascontiguousarray(arrays[f"v_{name}"], np.float32) for name in WEIGHTS]
-        fields = ("config", "epoch", "next_batch", "rng_state", "loss_sum", "correct", "history")
-        checkpoint = Checkpoint(network=network, velocity=velocity, **{key: state[key] for key in fields})
+        arrays = read_npz(path, WEIGHTS + tuple(f"v_{name}" for name in WEIGHTS) + ("state",), "checkpoint")
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such checkpoint") from None
-    except FastnetError:
-        raise
-    except Exception as error:  # a damaged or foreign file: zip, npy, JSON or key errors alike
-        raise FastnetError(f"{path}: not a readable fastnet checkpoint ({type(error).__name__}: {error})") from None
-    if any(v.shape != p.shape or not np.isfinite(v).all() for v, p in zip(velocity, network.params)):
-        raise FastnetError(f"{path}: checkpoint velocities do not match its weights or are not finite")
-    return checkpoint
+    try:
+        return _checked(path, arrays)
+    except FastnetError as error:
+        raise FastnetError(f"{path}: {error}" if not str(error).startswith(str(path)) else str(error)) from None
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError, json.JSONDecodeError) as error:
+        raise FastnetError(f"{path}: not a usable fastnet checkpoint ({type(error).__name__}: {error})") from None
+
+
+def _whole(value, name: str, low: int, high: float = math.inf) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FastnetError(f"checkpoint field {name}={value!r} must be a whole number from {low} to {high:g}")
+    return value
+
+
+def _finite(value, name: str, low: float = -math.inf, nan_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not (value >= low if math.isfinite(value) else nan_ok and math.isnan(value)):
+        raise FastnetError(f"checkpoint field {name}={value!r} must be a finite number, at least {low:g}")
+    return float(value)
+
+
+def _checked(path: Path, arrays: dict) -> Checkpoint:
+    from .training import EpochStats, TrainConfig  # training imports this module
+
+    state = json.loads(str(arrays["state"]))
+    if not isinstance(state, dict):
+        raise TypeError("state is not a JSON object")
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise FastnetError(f"checkpoint format {version!r} is {'newer than this fastnet reads: upgrade fastnet' if newer else 'from an older fastnet, which did not record its training data: start the training again'}")
+    if set(state) != STATE_KEYS:
+        unknown, missing = sorted(set(state) - STATE_KEYS), sorted(STATE_KEYS - set(state))
+        raise FastnetError(f"checkpoint state has unknown fields {unknown} or lacks {missing}")
+    if not isinstance(state["config"], dict):
+        raise TypeError("config is not a JSON object")
+    config = TrainConfig(**state["config"])  # checks every setting (an unknown one is a TypeError)
+    if state["activation"] != config.activation:
+        raise FastnetError(f"checkpoint activation {state['activation']!r} is not its config's {config.activation!r}")
+    W1 = arrays["W1"]
+    n_classes = arrays["b2"].shape[0] if arrays["b2"].ndim == 1 else 0
+    network = checked_network(path, arrays, (W1.shape[0] if W1.ndim == 2 else 0, config.hidden, n_classes),
+                              config.activation)
+    velocity = [arrays[f"v_{name}"] for name in WEIGHTS]
+    if any(v.shape != p.shape or v.dtype.kind != "f" or not np.isfinite(v).all()
+           for v, p in zip(velocity, network.params)):
+        raise FastnetError("checkpoint velocities do not match its weights or are not finite")
+    epoch = _whole(state["epoch"], "epoch", 0, config.epochs)
+    history = state["history"]
+    if not isinstance(history, list) or len(history) != epoch:
+        raise FastnetError(f"checkpoint history must list the {epoch} epochs done")
+    stat_fields = {f.name for f in fields(EpochStats)}
+    for number, entry in enumerate(history, 1):
+        if not isinstance(entry, dict) or set(entry) != stat_fields or entry["epoch"] != number:
+            raise FastnetError(f"checkpoint history entry {number} is not a record of epoch {number}")
+        for name in stat_fields - {"epoch"}:
+            _finite(entry[name], f"history[{number}].{name}", 0.0, nan_ok=name == "test_accuracy")
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng_state"]  # numpy checks its form (ValueError, TypeError, KeyError)
+    data = state["data"]
+    if not (isinstance(data, dict) and set(data) == {"images", "inputs", "classes", "digest"}
+            and all(isinstance(data[k], int) and not isinstance(data[k], bool) for k in ("images", "inputs", "classes"))
+            and isinstance(data["digest"], str)):
+        raise FastnetError("checkpoint data fingerprint is malformed")
+    if (data["inputs"], data["classes"]) != (network.layer_sizes[0], network.layer_sizes[2]):
+        raise FastnetError("checkpoint data fingerprint does not match its network's inputs and classes")
+    return Checkpoint(state["config"], network, [np.ascontiguousarray(v, np.float32) for v in velocity], epoch,
+                      _whole(state["next_batch"], "next_batch", 0), state["rng_state"],
+                      _finite(state["loss_sum"], "loss_sum", 0.0), _whole(state["correct"], "correct", 0), history,
+                      data)

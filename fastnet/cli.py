@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -18,10 +20,11 @@ import numpy as np
 from . import __version__
 from .datasets import MNIST_CLASSES, load_mnist
 from .errors import FastnetError
+from .files import check_outputs
 from .kernels import BACKENDS
 from .model import ACTIVATIONS
 from .images import IMAGE_SUFFIXES
-from .training import SCHEDULES, TrainConfig
+from .training import SCHEDULES, EpochStats, TrainConfig
 
 DRY_RUN_IMAGES = (2048, 1000)  # train and test images used by --dry-run
 STARTED = time.perf_counter()  # start-up (imports, loading kernels) is reported apart from the work
@@ -39,9 +42,10 @@ def _number(kind, minimum, *, inclusive=True, maximum=None, what=""):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}"
+                                             ) from None
         low_ok = value >= minimum if inclusive else value > minimum
-        if not low_ok or (maximum is not None and value >= maximum) or value != value:
+        if not low_ok or (maximum is not None and value >= maximum) or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text} is out of range: {what}")
         return value
     return parse
@@ -76,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=_number(int, 1, what="must be at least 1"), default=defaults.hidden,
                        help=f"hidden units (default {defaults.hidden})")
     train.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation)
-    train.add_argument("--seed", type=int, default=defaults.seed, help="seed for the initial weights and shuffling")
+    train.add_argument("--seed", type=_number(int, 0, what="must be 0 or more"), default=defaults.seed,
+                       help="seed for the initial weights and shuffling")
     _add_backend_flags(train)
     train.add_argument("--data", default="mnist",
                        help="'mnist' (the shipped files, default), a folder with the four MNIST IDX files "
@@ -125,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to put them (default ./mnist); then: train --data DIR")
     fetch.add_argument("--mirror", action="append", metavar="URL", help="a mirror to try first (repeatable)")
     fetch.add_argument("--no-default-mirrors", action="store_true", help="try only the --mirror URLs given")
-    fetch.add_argument("--timeout", type=_number(float, 0.0, inclusive=False, what="must be above 0"), default=30.0,
+    fetch.add_argument("--timeout", type=_number(float, 0.0, inclusive=False, maximum=86400.0,
+                                                 what="must be above 0 and under a day"), default=30.0,
                        help="seconds per request (default 30)")
 
     export = commands.add_parser("export", help="write the shipped MNIST as PNG folders DIR/{train,test}/<label>/")
@@ -150,9 +156,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(KeyboardInterrupt):
+    """A quitting signal (SIGTERM, SIGHUP) turned into an exception, as Python does SIGINT into
+    KeyboardInterrupt: the work in progress unwinds through its clean-up code."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def _quit_now(signum, frame):
+    """SIGQUIT, or a second stop signal: quit at once, leaving the files on disk complete and no temporary file."""
+    from .files import remove_temporaries
+
+    remove_temporaries()
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def _signal_handlers(handlers: dict[str, object]):
+    """Install handlers (by signal name, those the platform has) for the duration, from the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {name: signal.signal(getattr(signal, name), handler) for name, handler in handlers.items()
+                if hasattr(signal, name)}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+# SIGTERM and SIGHUP unwind like Ctrl-C (clean-up runs, exit 128 + signal); SIGQUIT quits at once, cleanly.
+# Training replaces these with a stop at the next batch boundary (_stop_on_signals).
+QUITTING = {"SIGTERM": _raise_stopped, "SIGHUP": _raise_stopped, "SIGQUIT": _quit_now}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda message, *details, **more: f"fastnet: warning: {message}\n"
+    with _signal_handlers(QUITTING):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "bench":
             return bench(args)
@@ -183,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except FastnetError as error:
         print(f"fastnet: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("fastnet: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(interrupt, "signum", signal.SIGINT)
     except BrokenPipeError:  # the reader went away (`fastnet predict ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -198,19 +250,11 @@ def _set_threads(threads: int | None, backend: str) -> None:
         numba.set_num_threads(threads)
 
 
-def _writable(path: Path, flag: str) -> Path:
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise FastnetError(f"{flag} {path}: cannot write there (is the folder missing or read-only?)")
-    return path
-
-
 def evaluate(parameters_path: Path, backend_name: str, confusion: Path | None = None) -> int:
     from .api import load
     from .predict import confusion_matrix, plot_confusion, score_report
 
-    if confusion is not None:
-        _writable(confusion, "--confusion")
+    check_outputs({"--confusion": confusion}, {"--parameters": parameters_path})
     model = load(parameters_path, backend_name)
     images, labels = load_mnist("test")
     if model.network.layer_sizes[0] != images.shape[1]:
@@ -254,8 +298,8 @@ def predict(args: argparse.Namespace) -> int:
     from .predict import (Prediction, confusion_matrix, find_images, plot_confusion, score_report, true_labels,
                           write_rows)
 
-    if args.confusion is not None:
-        _writable(args.confusion, "--confusion")
+    check_outputs({"--confusion": args.confusion}, {"--parameters": args.parameters,
+                                                    **{f"input {path}": path for path in args.paths}})
     model = load(args.parameters, args.backend)
     model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels now: start-up is not prediction
     startup = time.perf_counter() - STARTED
@@ -294,7 +338,7 @@ def train(args: argparse.Namespace) -> int:
     from .parameters import Parameters, save
     from .plot import plot_history
     from .kernels.threads import thread_count
-    from .training import Interrupted, train as run_training, warm_up
+    from .training import Interrupted, check_data, train as run_training, warm_up
 
     resume = load_checkpoint(args.resume) if args.resume else None
     if resume is not None:
@@ -307,9 +351,10 @@ def train(args: argparse.Namespace) -> int:
     out = args.out or (None if args.dry_run else Path("parameters.npz"))
     plot = args.plot or (None if args.dry_run else Path("error.png"))
     checkpoint = args.resume or args.checkpoint or (out.with_name(f"{out.stem}.checkpoint.npz") if out else None)
-    for path, flag in ((out, "--out"), (plot, "--plot"), (checkpoint, "--checkpoint")):
-        if path is not None:
-            _writable(path, flag)
+    check_outputs({"--out": out, "--plot": plot, "--checkpoint": checkpoint}, _dataset_files(args.data))
+    if resume is None and checkpoint is not None and checkpoint.exists():
+        raise FastnetError(f"--checkpoint {checkpoint} already exists (an interrupted run's?): continue that run with "
+                           f"--resume {checkpoint}, or delete it, or give another --checkpoint")
 
     started = time.perf_counter()
     train_set, test_set, classes, preprocessing = _load_data(args.data, args.val_split, args.strict, config.seed)
@@ -318,6 +363,9 @@ def train(args: argparse.Namespace) -> int:
         test_set = tuple(a[:DRY_RUN_IMAGES[1]] for a in test_set)
     print(f"{args.data}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images, {len(classes)} classes "
           f"(loaded in {time.perf_counter() - started:.2f} s)")
+    check_data(*train_set, len(classes))
+    check_data(*test_set, len(classes), "test")
+    _check_size(config, train_set[0], len(classes), resumed=resume is not None)
     if resume is not None and resume.network.layer_sizes != (train_set[0].shape[1], config.hidden, len(classes)):
         raise FastnetError(f"{args.resume} holds a {'-'.join(map(str, resume.network.layer_sizes))} network, but its "
                            f"settings and {args.data} make {train_set[0].shape[1]}-{config.hidden}-{len(classes)}: "
@@ -338,7 +386,7 @@ def train(args: argparse.Namespace) -> int:
               f"{s.seconds:6.2f} s  {s.images_per_second:11,.0f} img/s", flush=True)
 
     try:
-        with _stop_on_ctrl_c() as stop:
+        with _stop_on_signals() as stop:
             network, history = run_training(config, train_set, test_set, len(classes), report, resume=resume,
                                             checkpoint_path=checkpoint, stop=stop)
     except Interrupted as interrupted:
@@ -349,7 +397,8 @@ def train(args: argparse.Namespace) -> int:
                   f"resume with: python -m fastnet train --resume {interrupted.checkpoint_path}"
                   + (f" --data {args.data}" if args.data != "mnist" else "")
                   + (f" --out {out}" if out else "") + (f" --plot {plot}" if plot else ""), file=sys.stderr)
-        return 130
+        return 128 + int(stop[1])
+    _check_learned(history[-1], train_set[1], len(classes), checkpoint)
     final = history[-1].test_accuracy
     if out is not None:
         save(out, Parameters(network, classes, dict(config.as_dict(), data=str(args.data)), final, preprocessing))
@@ -370,9 +419,7 @@ def bench(args: argparse.Namespace) -> int:
 
     from . import bench as benchmarks
 
-    for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
-        if path is not None:
-            _writable(path, flag)
+    check_outputs({"--json": args.json, "--plot": args.plot})
     print(f"fastnet bench: {args.epochs} epoch(s) per measurement, plain SGD at lr min(1, 0.05 x batch), "
           f"each in a fresh process; {os.cpu_count()} cores")
     start = benchmarks.startup_seconds()
@@ -385,7 +432,7 @@ def bench(args: argparse.Namespace) -> int:
     records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers)
     print(benchmarks.format_table(records))
     if args.json is not None:
-        from .parameters import write_atomically
+        from .files import write_atomically
 
         text = json.dumps([asdict(r) for r in records], indent=1).encode()
         write_atomically(args.json, lambda file: file.write(text))
@@ -397,35 +444,95 @@ def bench(args: argparse.Namespace) -> int:
 def _load_data(data: str, val_split: float | None, strict: bool, seed: int):
     """(train set, test set, class names, preprocessing for prediction) from --data."""
     from .datasets import MNIST_FILES
-    from .folders import load_dataset
+    from .folders import has_train_and_test, load_dataset
 
-    if data == "mnist":
-        return load_mnist("train"), load_mnist("test"), list(MNIST_CLASSES), "digit"
     folder = Path(data)
-    if all((folder / name).is_file() for pair in MNIST_FILES.values() for name in pair):
-        return load_mnist("train", folder), load_mnist("test", folder), list(MNIST_CLASSES), "digit"
+    idx = data == "mnist" or all((folder / name).is_file() for pair in MNIST_FILES.values() for name in pair)
+    if val_split is not None and (idx or has_train_and_test(folder)):
+        raise FastnetError(f"--val-split: {data} comes with its own test set; --val-split is for a DIR/<class>/ "
+                           "dataset without train/ and test/ folders")
+    if idx:
+        directory = None if data == "mnist" else folder
+        return load_mnist("train", directory), load_mnist("test", directory), list(MNIST_CLASSES), "digit"
     train_set, test_set, classes = load_dataset(folder, val_split or 0.0, strict, seed)
     digits = all(name.isdigit() and len(name) == 1 for name in classes)
     return train_set, test_set, classes, "digit" if digits else "resize"
 
 
+def _dataset_files(data: str) -> dict[str, Path]:
+    """The files training reads or writes inside --data (its caches), which no output may be."""
+    from .folders import CACHE_NAME
+
+    if data == "mnist":
+        return {}
+    return {f"the dataset cache {Path(data, *sub, CACHE_NAME)}": Path(data, *sub, CACHE_NAME)
+            for sub in ((), ("train",), ("test",))}
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _check_size(config: TrainConfig, images: np.ndarray, n_classes: int, resumed: bool) -> None:
+    """Refuse, before anything is allocated, a batch larger than the data or a network that cannot fit."""
+    flag = (lambda name: f"the checkpoint's {name}") if resumed else (lambda name: f"--{name.replace('_', '-')}")
+    if config.batch_size > len(images):
+        raise FastnetError(f"{flag('batch_size')} {config.batch_size:,} is larger than the {len(images):,} training "
+                           f"images; use {len(images):,} or fewer")
+    n_inputs, hidden = images.shape[1], config.hidden
+    # Weights, velocities and their blocked copies (four of each), and the batch's hidden buffers.
+    needed = 4 * (4 * (n_inputs * hidden + hidden * n_classes) + 3 * config.batch_size * (hidden + 64))
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise FastnetError(f"{flag('hidden')} {hidden:,} with {flag('batch_size')} {config.batch_size:,} needs about "
+                           f"{needed / 2**30:,.1f} GiB of memory, more than the {available / 2**30:,.1f} GiB "
+                           "available; choose fewer hidden units")
+
+
+def _check_learned(last: EpochStats, labels: np.ndarray, n_classes: int, checkpoint: Path | None) -> None:
+    """A run that ends no better than always guessing the commonest class learned nothing: say so, and keep
+    whatever parameters file is already there."""
+    chance = np.bincount(labels, minlength=n_classes).max() / len(labels)
+    if last.train_accuracy <= chance + 0.01:
+        kept = f"; the last epoch is kept in {checkpoint}" if checkpoint is not None and checkpoint.exists() else ""
+        raise FastnetError(f"training ended at chance accuracy ({100 * last.train_accuracy:.1f}% of the training "
+                           f"images in the last epoch; always guessing the commonest class gives {100 * chance:.1f}%): "
+                           f"the learning rate is probably too high (or the momentum); try a smaller --lr. "
+                           f"Nothing was saved{kept}")
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
 @contextlib.contextmanager
-def _stop_on_ctrl_c():
-    """A stop flag raised by the first Ctrl-C (training ends at the batch boundary); a second one quits at once."""
+def _stop_on_signals():
+    """A stop flag raised by the first Ctrl-C, SIGTERM or SIGHUP (training ends at the batch boundary, and
+    stop[1] holds the signal's number); a second one quits at once, as does SIGQUIT."""
     from .kernels.threads import new_stop_flag
 
     stop = new_stop_flag()
 
-    def on_interrupt(signum, frame):
+    def on_signal(signum, frame):
         if stop[0]:
-            print("\nfastnet: interrupted again: quitting now (files on disk are complete)", file=sys.stderr)
-            os._exit(130)
-        stop[0] = 1
-        print("\nfastnet: stopping at the end of this batch (Ctrl-C again to quit at once)", file=sys.stderr)
+            _say("\nfastnet: stopped again: quitting now (files on disk are complete)")
+            _quit_now(signum, frame)
+        stop[0], stop[1] = 1, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        _say(f"\nfastnet: {name}: stopping at the end of this batch (Ctrl-C again to quit at once)")
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
+    with _signal_handlers(dict.fromkeys(STOP_SIGNALS, on_signal)):
         yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
+
+def _say(message: str) -> None:
+    """Print to stderr from a signal handler: the terminal may be gone (SIGHUP)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .datasets import MNIST_FILES
 from .errors import FastnetError
-from .parameters import write_atomically
+from .files import write_atomically
 
 # The mirrors torchvision (datasets.MNIST) and TensorFlow Datasets (mnist) download from.
 MIRRORS = (

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastnetError
-from .parameters import write_atomically, write_npz
+from .files import read_npz, write_atomically, write_npz
 from .images import decode_all, image_files
 
 CACHE_NAME = ".fastnet-cache.npz"
@@ -58,16 +58,20 @@ def _fingerprint(files: list[str], root: Path) -> str:
 
 
 def _read_cache(path: Path, key: str):
+    """The cached (images, labels, classes, skipped), or None where the cache is missing, damaged, foreign or
+    stale: then it is rebuilt. Labels are checked against the classes: the kernels do not check indices."""
     try:
-        with np.load(path, allow_pickle=False) as cache:
-            if str(cache["key"]) != key:
-                return None
-            images, labels = cache["images"], cache["labels"]
-            classes, skipped = json.loads(str(cache["classes"])), json.loads(str(cache["skipped"]))
-        if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != SIZE * SIZE or \
-                len(labels) != len(images):
+        cache = read_npz(path, ("key", "images", "labels", "classes", "skipped"), "dataset cache")
+        if str(cache["key"]) != key:
             return None
-        return np.ascontiguousarray(images), labels.astype(np.uint8), classes, skipped
+        images, labels = cache["images"], cache["labels"]
+        classes, skipped = json.loads(str(cache["classes"])), json.loads(str(cache["skipped"]))
+        valid = (images.dtype == np.uint8 and images.ndim == 2 and images.shape[1] == SIZE * SIZE
+                 and labels.dtype == np.uint8 and labels.shape == (len(images),)
+                 and isinstance(classes, list) and all(isinstance(name, str) for name in classes)
+                 and isinstance(skipped, list) and all(isinstance(line, str) for line in skipped)
+                 and (labels.size == 0 or int(labels.max()) < len(classes)))
+        return (np.ascontiguousarray(images), labels, classes, skipped) if valid else None
     except Exception:  # missing, damaged or foreign: rebuild it
         return None
 
@@ -100,8 +104,8 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     key = _fingerprint(files, root) + json.dumps([classes, strict])
     cache_path = root / CACHE_NAME
     cached = _read_cache(cache_path, key) if cache else None
-    if cached is not None:
-        images, cached_labels, classes, skipped = cached
+    if cached is not None and cached[2] == classes:
+        images, cached_labels, _, skipped = cached
         _report_skipped(root, skipped, len(images))
         return images, cached_labels, classes
     images, failures = decode_all(files, preprocessing="resize", progress=f"decoding {root}" if progress else "")
@@ -123,13 +127,18 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     return images, labels, classes
 
 
+def has_train_and_test(root: Path) -> bool:
+    """Whether root is a DIR/train/<class>/ + DIR/test/<class>/ dataset."""
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
 def load_dataset(root: str | Path, val_split: float = 0.0, strict: bool = False, seed: int = 0):
     """((train images, labels), (test images, labels), class names) of a folder dataset.
 
     With DIR/train and DIR/test both present, those; else DIR's class folders,
     with a val_split fraction held out (seeded) as the test set."""
     root = Path(root)
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    if has_train_and_test(root):
         train_images, train_labels, classes = load_folder(root / "train", strict)
         test_images, test_labels, test_classes = load_folder(root / "test", strict)
         if test_classes != classes:
@@ -142,5 +151,8 @@ def load_dataset(root: str | Path, val_split: float = 0.0, strict: bool = False,
                            "a share of its images for testing")
     order = np.random.default_rng(seed).permutation(len(images))
     held = max(1, int(round(val_split * len(images))))
+    if held >= len(images):
+        raise FastnetError(f"--val-split {val_split:g} of {root}'s {len(images)} images leaves none to train on; "
+                           "use a smaller --val-split")
     test, train = np.sort(order[:held]), np.sort(order[held:])
     return (images[train], labels[train]), (images[test], labels[test]), classes

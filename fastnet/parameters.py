@@ -17,9 +17,6 @@ Plain numpy can read it, no pickle: np.load("parameters.npz", allow_pickle=False
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +24,14 @@ import numpy as np
 
 from . import __version__
 from .errors import FastnetError
+from .files import read_npz, write_atomically, write_npz
 from .model import ACTIVATIONS, Network
 
 FORMAT_VERSION = 1
 INPUT_SCALE = 1.0 / 255.0
 WEIGHTS = ("W1", "b1", "W2", "b2")
 REQUIRED = WEIGHTS + ("format_version", "layer_sizes", "activation", "class_names")
+OPTIONAL = ("input_scale", "training", "test_accuracy", "fastnet_version", "preprocessing")
 PREPROCESSING = ("digit", "resize")
 
 
@@ -43,31 +42,6 @@ class Parameters:
     training: dict = field(default_factory=dict)
     test_accuracy: float = float("nan")
     preprocessing: str = "digit"  # how predict prepares new images: "digit" (MNIST-style) or "resize"
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside path, fsync it, then rename it over path.
-
-    Whatever happens, path holds the old complete file or the new complete one.
-    """
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save(path: str | Path, parameters: Parameters) -> None:
@@ -90,31 +64,16 @@ def save(path: str | Path, parameters: Parameters) -> None:
     write_atomically(Path(path), lambda file: write_npz(file, arrays))
 
 
-def write_npz(file, arrays: dict) -> None:
-    """What np.savez writes, but with fixed timestamps: the same parameters give the same bytes."""
-    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(entry, "w") as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-
-
 def load(path: str | Path) -> Parameters:
     """Read and check a parameters file; any problem is one FastnetError saying what and where."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in REQUIRED if key not in archive.files]
-            if missing:
-                raise FastnetError(f"{path}: not a fastnet parameters file (missing {', '.join(missing)})")
-            stored = {key: archive[key] for key in archive.files}
+        stored = read_npz(path, REQUIRED + OPTIONAL, "parameters file")
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such parameters file; train one with 'python -m fastnet train'") from None
-    except FastnetError:
-        raise
-    except Exception as error:  # untrusted bytes: zip, npy header (even tokenize) and decompression errors alike
-        raise FastnetError(f"{path}: cannot read parameters ({type(error).__name__}: {error}); "
-                           "is it a .npz file written by fastnet?") from None
+    missing = [key for key in REQUIRED if key not in stored]
+    if missing:
+        raise FastnetError(f"{path}: not a fastnet parameters file (missing {', '.join(missing)})")
     try:
         return _checked(path, stored)
     except (TypeError, ValueError, OverflowError, IndexError) as error:  # entries of the wrong kind

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from .parameters import write_atomically  # noqa: E402
+from .files import write_atomically  # noqa: E402
 from .training import EpochStats  # noqa: E402
 
 

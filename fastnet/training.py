@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -13,8 +14,8 @@ import numpy as np
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .errors import FastnetError
-from .kernels import get_backend
-from .model import Network
+from .kernels import BACKENDS, get_backend
+from .model import ACTIVATIONS, Network
 
 SCHEDULES = ("cosine", "constant")
 
@@ -32,8 +33,61 @@ class TrainConfig:
     seed: int = 0
     backend: str = "numba"
 
+    def __post_init__(self):
+        """Every setting is checked here, whoever made the config (flags, a checkpoint, the API): one bad value
+        is one FastnetError naming it."""
+        def whole(name, low):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise FastnetError(f"setting {name}={value!r}: must be a whole number, at least {low}")
+
+        def real(name, low, high=math.inf, low_inclusive=True):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or \
+                    not math.isfinite(value) or not (value >= low if low_inclusive else value > low) or value >= high:
+                limits = f"{'[' if low_inclusive else '('}{low:g}, {high:g})"
+                raise FastnetError(f"setting {name}={value!r}: must be a finite number in {limits}")
+
+        whole("epochs", 1)
+        whole("batch_size", 1)
+        whole("hidden", 1)
+        whole("seed", 0)
+        real("learning_rate", 0.0, low_inclusive=False)
+        real("momentum", 0.0, 1.0)
+        real("weight_decay", 0.0)
+        for name, choices in (("schedule", SCHEDULES), ("activation", ACTIVATIONS), ("backend", BACKENDS)):
+            if getattr(self, name) not in choices:
+                raise FastnetError(f"setting {name}={getattr(self, name)!r}: must be one of {', '.join(choices)}")
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def check_data(images: np.ndarray, labels: np.ndarray, n_classes: int, what: str = "training") -> None:
+    """The checks every dataset passes before it reaches the kernels, which do not check their indices:
+    images a C-contiguous uint8 (N, D) array, labels N integers in [0, n_classes)."""
+    if not 2 <= n_classes <= 256:
+        raise FastnetError(f"{n_classes} classes: fastnet trains 2 to 256 classes (one class cannot be learned)")
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
+            and images.flags.c_contiguous and images.shape[1] >= 1):
+        raise FastnetError(f"{what} images must be a C-contiguous uint8 array (N, D), not "
+                           f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
+    if not (isinstance(labels, np.ndarray) and labels.dtype.kind in "ui" and labels.shape == (len(images),)):
+        raise FastnetError(f"{what} labels must be {len(images)} integers, one per image, not "
+                           f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}")
+    if len(images) == 0:
+        raise FastnetError(f"no {what} images")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise FastnetError(f"{what} labels must be class numbers 0 to {n_classes - 1}; found "
+                           f"{int(labels.min())} to {int(labels.max())}")
+
+
+def data_fingerprint(images: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+    """What a checkpoint records of its training data, so that it is never resumed on other data."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(memoryview(images).cast("B"))
+    digest.update(np.ascontiguousarray(labels, np.int64).tobytes())
+    return {"images": len(images), "inputs": images.shape[1], "classes": n_classes, "digest": digest.hexdigest()}
 
 
 @dataclass
@@ -121,20 +175,26 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
     """
     backend = get_backend(config.backend)
     images, labels = train_set
+    check_data(images, labels, n_classes)
+    if test_set is not None:
+        check_data(*test_set, n_classes, "test")
+    n_batches = -(-len(images) // config.batch_size)
+    fingerprint = data_fingerprint(images, labels, n_classes) if resume is not None or checkpoint_path else None
     rng = np.random.default_rng(config.seed)
     if resume is not None:
+        resume.check_resumable(config, fingerprint, n_batches)
         network, velocity, history = resume.network, resume.velocity, [EpochStats(**h) for h in resume.history]
         rng.bit_generator.state = resume.rng_state
     else:
         network = Network.initialise(images.shape[1], config.hidden, n_classes, config.activation, rng)
         velocity, history = [np.zeros_like(p) for p in network.params], []
     data = backend.prepare(images)
-    n_batches = -(-len(images) // config.batch_size)
 
     def save(epoch, next_batch, rng_state, loss_sum=0.0, correct=0):
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, Checkpoint(config.as_dict(), network, velocity, epoch, next_batch,
-                                                        rng_state, loss_sum, correct, [asdict(h) for h in history]))
+                                                        rng_state, loss_sum, correct, [asdict(h) for h in history],
+                                                        fingerprint))
 
     for epoch in range(len(history), config.epochs):
         rng_state = rng.bit_generator.state  # before the shuffle: a resumed run draws the same order

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fastnet import parameters
+from fastnet import files, parameters
 from fastnet.errors import FastnetError
 from fastnet.parameters import Parameters, load, save
 
@@ -58,7 +58,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        parameters.write_atomically(path, explode)
+        files.write_atomically(path, explode)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]  # no temporary left behind
 
@@ -87,7 +87,7 @@ def test_bad_contents_are_rejected(tmp_path, changes, message):
 
 def test_object_arrays_are_refused(tmp_path):
     path = saved(tmp_path, W1=np.array([None, 1], dtype=object))
-    with pytest.raises(FastnetError, match="cannot read parameters"):
+    with pytest.raises(FastnetError, match="cannot read this parameters file"):
         load(path)
 
 
@@ -95,7 +95,7 @@ def test_object_arrays_are_refused(tmp_path):
 def test_truncated_or_foreign_files_are_rejected(tmp_path, content):
     path = saved(tmp_path)
     path.write_bytes(path.read_bytes()[:500] if content is None else content)
-    with pytest.raises(FastnetError, match="cannot read parameters|not a fastnet parameters file"):
+    with pytest.raises(FastnetError, match="cannot read this parameters file|not a fastnet parameters file"):
         load(path)
 
 

@@ -192,40 +192,14 @@ def test_read_only_package_folder_uses_a_user_cache(tmp_path):
     assert any(home.rglob("*.nbi")), "the kernels should have been cached under the user's home"
 
 
-def test_peak_memory_while_training_stays_under_300_mb():
+def test_peak_memory_while_training_stays_under_300_mb(tmp_path):
     """One full epoch on MNIST from a warm kernel cache (the figure the README reports)."""
-    code = ("from fastnet.cli import main; from fastnet.bench import peak_rss_mb; "
-            "main(['train', '--epochs', '1', '--out', '/dev/null', '--plot', '/dev/null']); print(peak_rss_mb())")
-    for _ in range(2):  # the first run may compile (LLVM's memory is not training's)
-        result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+    code = ("import sys; from fastnet.cli import main; from fastnet.bench import peak_rss_mb; "
+            "status = main(['train', '--epochs', '1', '--out', sys.argv[1], '--plot', sys.argv[2]]); "
+            "print(status, peak_rss_mb())")
+    for run in range(2):  # the first run may compile (LLVM's memory is not training's)
+        result = subprocess.run([sys.executable, "-c", code, tmp_path / f"p{run}.npz", tmp_path / f"e{run}.png"],
+                                env=ENV, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0 and result.stdout.split()[-2] == "0", result.stderr
     peak_mb = float(result.stdout.split()[-1])
     assert peak_mb <= 300, f"peak RSS {peak_mb:.0f} MB"
-
-
-def test_checkpoints_with_inconsistent_weights_or_other_data_are_refused(tmp_path):
-    """The kernels do not check indices: a checkpoint must not reach them with shapes that disagree."""
-    from fastnet.checkpoint import Checkpoint, save_checkpoint
-    from fastnet.errors import FastnetError
-
-    network = new_network(16)
-    velocity = [np.zeros_like(p) for p in network.params]
-    state = np.random.default_rng(0).bit_generator.state
-    good = tmp_path / "good.npz"
-    save_checkpoint(good, Checkpoint(TrainConfig(hidden=16, epochs=2).as_dict(), network, velocity, 1, 0, state))
-    network.W2 = network.W2[:, :9].copy()
-    save_checkpoint(tmp_path / "bad.npz", Checkpoint({}, network, velocity, 1, 0, state))
-    with pytest.raises(FastnetError, match="should be a float array of shape"):
-        load_checkpoint(tmp_path / "bad.npz")
-
-    data = tmp_path / "three"
-    for name in ("a", "b", "c"):
-        (data / name).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(np.full((28, 28), 60 * i, np.uint8)).save(data / name / f"{i}.png")
-    result = subprocess.run([sys.executable, "-m", "fastnet", "train", "--resume", good, "--data", data,
-                             "--val-split", "0.25", "--out", tmp_path / "p.npz", "--plot", tmp_path / "e.png"],
-                            env=ENV, capture_output=True, text=True, timeout=600)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("fastnet: error:")]
-    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr
-    assert "784-16-10 network" in errors[0] and "784-16-3" in errors[0]

@@ -1,0 +1,236 @@
+"""Reading and writing files safely: every file fastnet writes goes through here.
+
+- An output is only ever a regular file (or a new one): a device, FIFO, folder or
+  socket at that path is refused before any work starts (check_outputs), and again
+  when writing (write_atomically), so `--out /dev/null` run as root can never turn
+  the device into a file.
+- Two outputs, or an output and an input, that are the same file are refused
+  (check_outputs): one would silently destroy the other.
+- A write is atomic: a temporary file beside the target, flushed and fsynced, then
+  renamed over it; the temporary file is removed on every exit path, and a failure
+  (disk full, say) is one FastnetError that says the old file is unchanged.
+- Inputs are read only from regular files (open_regular): a FIFO named like an
+  image or a parameters file would otherwise block forever.
+- .npz archives are read entry by entry (read_npz): only the entries asked for, each
+  checked against a size limit from its header before a byte of it is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import stat
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+import numpy as np
+
+from .errors import FastnetError
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _status(path: Path) -> os.stat_result | None:
+    """os.stat of path (following links), or None where nothing is there yet."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise FastnetError(f"{path}: cannot look at it ({error.strerror})") from None
+
+
+def check_output(path: Path, flag: str) -> Path:
+    """path, after checking that a file can be written there: nothing there yet, or a regular file; its
+    folder exists and is writable. Called before any work, so that a bad path costs nothing."""
+    path = Path(path)
+    status = _status(path)
+    if status is not None and not stat.S_ISREG(status.st_mode):
+        raise FastnetError(f"{flag} {path}: is {_kind(status.st_mode)}, not a file; fastnet writes only regular "
+                           "files: give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise FastnetError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FastnetError(f"{flag} {path}: the folder {folder} is read-only; choose another path")
+    return path
+
+
+def _identity(path: Path) -> tuple:
+    """What makes two paths the same file: (device, inode) where it exists, else its resolved path."""
+    status = _status(path)
+    return (status.st_dev, status.st_ino) if status is not None else ("new", os.path.realpath(path))
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None] | None = None) -> None:
+    """Check every output (flag -> path) with check_output, and that no two of the outputs and inputs are the
+    same file. None paths are skipped."""
+    named = {flag: Path(path) for flag, path in outputs.items() if path is not None}
+    for flag, path in named.items():
+        check_output(path, flag)
+    seen: dict[tuple, str] = {}
+    for flag, path in list(named.items()) + [(f, Path(p)) for f, p in (inputs or {}).items() if p is not None]:
+        identity = _identity(path)
+        if identity in seen:
+            raise FastnetError(f"{seen[identity]} and {flag} are the same file ({path}): one would overwrite the "
+                               "other; give them different paths")
+        seen[identity] = flag
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call write(file) on a temporary file beside path, fsync it, then rename it over path.
+
+    Whatever happens, path holds the old complete file or the new complete one, and no temporary file is
+    left behind. Only a regular file (or nothing) is ever replaced; an OSError (disk full, read-only) becomes
+    a FastnetError.
+    """
+    path = Path(path)
+    if path.is_symlink():  # write the file the link points to, never replace the link with a file
+        path = Path(os.path.realpath(path))
+    status = _status(path)
+    if status is not None and not stat.S_ISREG(status.st_mode):
+        raise FastnetError(f"{path}: is {_kind(status.st_mode)}, not a file; refusing to replace it")
+    temporary = None
+    try:
+        with _signals_held():  # a quitting signal handler (remove_temporaries) sees every temporary file
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            _temporaries.add(temporary)
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        temporary = None
+    except OSError as error:
+        reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            (error.strerror or str(error))
+        kept = "the old file is unchanged" if path.exists() else "nothing was written"
+        raise FastnetError(f"cannot write {path}: {reason}; {kept}") from None
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        _temporaries.discard(temporary)
+
+
+_temporaries: set[str] = set()  # temporary files being written now
+QUIT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+                     if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold back the quitting signals in this thread for a moment (where the platform can)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, QUIT_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def remove_temporaries() -> None:
+    """Remove the temporary files of writes in progress: for a process about to quit at once (os._exit), so
+    that it leaves no .tmp file behind. The files being replaced stay as they were."""
+    for temporary in list(_temporaries):
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_npz(file: BinaryIO, arrays: dict) -> None:
+    """What np.savez writes, but with fixed timestamps: the same arrays give the same bytes."""
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(entry, "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def open_regular(path: str | Path, what: str = "file") -> BinaryIO:
+    """path opened for reading in binary, only if it is a regular file: a FIFO or device named like a data file
+    would block or never end. FileNotFoundError passes through; anything else is one FastnetError."""
+    path = Path(path)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise FastnetError(f"{path}: cannot open the {what} ({error.strerror})") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise FastnetError(f"{path}: is {_kind(mode)}, not a {what}")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
+
+
+DEFLATE_MAX_RATIO = 1032  # deflate never expands data more than this
+
+
+def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_bytes: int = 1 << 30
+             ) -> dict[str, np.ndarray]:
+    """The entries named by keys (those present) of the .npz file at path, no pickle.
+
+    Each entry's .npy header is read first, and an entry that claims more bytes than its share of the
+    file can hold (or than max_bytes) is refused before its data is read: a small file may claim, or hold
+    compressed, gigabytes. Entries not asked for are never read. Errors from untrusted bytes (zip, npy
+    header, decompression) come out as FastnetError; a missing file as FileNotFoundError.
+    """
+    path = Path(path)
+    arrays = {}
+    with open_regular(path, what) as file:
+        try:
+            with zipfile.ZipFile(file) as archive:
+                members = {info.filename: info for info in archive.infolist()}
+                for key in keys:
+                    info = members.get(f"{key}.npy")
+                    if info is None:
+                        continue
+                    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else DEFLATE_MAX_RATIO
+                    capacity = min(max_bytes, info.file_size, info.compress_size * ratio)
+                    with archive.open(info) as member:
+                        arrays[key] = _read_member(member, key, capacity, path, what)
+        except FastnetError:
+            raise
+        except Exception as error:  # zip, npy header (even tokenize) and decompression errors alike
+            raise FastnetError(f"{path}: cannot read this {what} ({type(error).__name__}: {error}); is it one "
+                               "written by fastnet?") from None
+    return arrays
+
+
+def _read_member(member, key: str, capacity: int, path: Path, what: str) -> np.ndarray:
+    version = np.lib.format.read_magic(member)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in read_header:
+        raise ValueError(f"unsupported .npy version {version} in {key}")
+    shape, fortran_order, dtype = read_header[version](member)
+    if dtype.hasobject:
+        raise ValueError(f"{key} holds Python objects, which fastnet never writes")
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size > capacity:
+        raise FastnetError(f"{path}: entry {key} claims {size:,} bytes, more than the file holds for it; "
+                           f"is it a {what} written by fastnet?")
+    data = member.read(size)
+    if len(data) != size:
+        raise ValueError(f"{key} is truncated: {len(data)} of {size} bytes")
+    array = np.frombuffer(data, dtype).copy()  # writable and owned
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
