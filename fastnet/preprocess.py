@@ -23,33 +23,60 @@ An image that is already MNIST-like (28x28, dark border) is left as it is.
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
 
 from .errors import FastnetError
+from .files import open_regular
 
 SIZE, INK_BOX = 28, 20
 WORKING_SIZE = 112  # longest side the cleaning works at (4x MNIST's)
 INVERT_CHOICES = ("auto", "yes", "no")
-Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs with a clear error, well above any photo
+MAX_PIXELS = 40_000_000  # one image's budget (a 40-megapixel photo): decoded, it is 40-160 MB, and the
+# conversions after it a few times that; a bigger image is refused from its header, before decoding, except
+# a JPEG, which is decoded at a reduced scale (1/2 to 1/8: Pillow's draft) to fit.
+Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS  # Pillow's own guard stays behind ours; its warning for images
+# between the two says less than our error does
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module="PIL")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
-    """A decoded Pillow image from a path, bytes or an Image; FastnetError if it cannot be read."""
+    """A decoded Pillow image from a path (a regular file only), bytes or an Image, within MAX_PIXELS;
+    FastnetError if it cannot be read."""
     name = "image data" if isinstance(source, (bytes, Image.Image)) else str(source)
     try:
-        image = source if isinstance(source, Image.Image) else \
-            Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        image.load()
+        if isinstance(source, Image.Image):
+            image = source
+        elif isinstance(source, bytes):
+            image = _decoded(Image.open(io.BytesIO(source)), name)
+        else:
+            with open_regular(source, "image file") as file:
+                image = _decoded(Image.open(file), name)
     except FileNotFoundError:
         raise FastnetError(f"{name}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise FastnetError(f"{name}: not a readable image ({error})") from None
     if image.width == 0 or image.height == 0:
         raise FastnetError(f"{name}: the image is empty (0 pixels)")
+    return image
+
+
+def _decoded(image: Image.Image, name: str) -> Image.Image:
+    """image (opened: only its header read so far) decoded, if its size is within MAX_PIXELS."""
+    width, height = image.size
+    if width * height > MAX_PIXELS and image.format == "JPEG":
+        scale = math.ceil(math.sqrt(width * height / MAX_PIXELS))
+        image.draft(image.mode, (max(1, width // scale), max(1, height // scale)))
+        width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise FastnetError(f"{name}: {width}x{height} pixels is over fastnet's limit of {MAX_PIXELS:,} for one image; "
+                           "shrink it first")
+    image.load()
     return image
 
 
@@ -67,7 +94,13 @@ def grayscale(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
-    return np.asarray(image.convert("L"), np.uint8)
+    if image.mode == "LAB":  # Pillow converts LAB to nothing else; its L channel is the lightness, 0-255
+        return np.asarray(image.getchannel(0), np.uint8)
+    try:
+        return np.asarray(image.convert("L") if image.mode in ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr")
+                          else image.convert("RGB").convert("L"), np.uint8)
+    except ValueError as error:  # a mode Pillow cannot convert
+        raise FastnetError(f"cannot make a grayscale image of mode {image.mode} ({error})") from None
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
