@@ -7,12 +7,13 @@ import platform
 
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import config, types
+from numba import types
 from numba.core import cgutils
-from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
-_PAUSE = "llvm.x86.sse2.pause" if platform.machine().lower() in ("x86_64", "amd64") else None
+# The architecture the kernels are compiled for (Numba compiles for the host): "x86_64", "aarch64" or other.
+# Read when a kernel is compiled, so a check can compile for another one (tests/test_portability.py).
+ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
 
 
 def _element_pointer(context, builder, signature, args):
@@ -38,13 +39,21 @@ def store_release(typingctx, counters, index, value):
     return types.void(counters, index, value), codegen
 
 
+# The CPU's spin-wait hint per architecture: (LLVM intrinsic, its immediate argument or None).
+SPIN_HINTS = {"x86_64": ("llvm.x86.sse2.pause", None), "aarch64": ("llvm.aarch64.hint", 1)}  # 1: Arm's YIELD
+
+
 @intrinsic
 def spin_pause(typingctx):
-    """The CPU's spin-wait hint (x86 PAUSE), so a waiting core yields resources to its sibling."""
+    """The CPU's spin-wait hint (x86 PAUSE, Arm YIELD), so a waiting core yields resources to its sibling and
+    saves power; elsewhere nothing."""
     def codegen(context, builder, signature, args):
-        if _PAUSE:
-            builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), _PAUSE),
-                         [])
+        if ARCH in SPIN_HINTS:
+            name, immediate = SPIN_HINTS[ARCH]
+            i32 = ir.IntType(32)
+            arguments = [] if immediate is None else [ir.Constant(i32, immediate)]
+            hint_type = ir.FunctionType(ir.VoidType(), [argument.type for argument in arguments])
+            builder.call(cgutils.get_or_insert_function(builder.module, hint_type, name), arguments)
         return context.get_dummy_value()
     return types.void(), codegen
 
@@ -91,11 +100,32 @@ def stack_floats(typingctx, size):
 
 
 def has_vector_compress() -> bool:
-    """Whether append_nonzero64 is worth using: the CPU Numba compiles for compresses vectors in one
-    instruction (AVX-512 VBMI2: vpcompressb/w; elsewhere LLVM expands it element by element, slower than a
-    plain loop), and LLVM is new enough to have the operation (19 and later)."""
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()  # as Numba
-    return "+avx512vbmi2" in features.split(",") and llvm.llvm_version_info >= (19,)
+    """Whether append_nonzero64 is worth using: the CPU Numba compiles for compresses vectors in one instruction
+    (AVX-512 VBMI2 vpcompressb; elsewhere LLVM expands it element by element, slower than a plain loop).
+
+    Decided by compiling a probe with Numba's own target machine and reading its assembly: the target, not the
+    host, decides (NUMBA_CPU_NAME and NUMBA_CPU_FEATURES may name another CPU), and an LLVM too old to know
+    the operation (before 19) says no by failing to parse it.
+    """
+    from numba.core.registry import cpu_target
+
+    module = ir.Module("vector_compress_probe")
+    bytes64 = ir.VectorType(ir.IntType(8), 64)
+    compress = ir.Function(module, ir.FunctionType(bytes64, [bytes64, ir.VectorType(ir.IntType(1), 64), bytes64]),
+                           "llvm.experimental.vector.compress.v64i8")
+    probe = ir.Function(module, ir.FunctionType(ir.VoidType(), [bytes64.as_pointer()]), "probe")
+    builder = ir.IRBuilder(probe.append_basic_block())
+    data = builder.load(probe.args[0])
+    ink = builder.icmp_unsigned("!=", data, ir.Constant(bytes64, None))
+    builder.store(builder.call(compress, [data, ink, ir.Constant(bytes64, ir.Undefined)]), probe.args[0])
+    builder.ret_void()
+    try:
+        parsed = llvm.parse_assembly(str(module))
+        parsed.verify()
+        assembly = cpu_target.target_context.codegen()._tm.emit_assembly(parsed)  # Numba internals, hence the guard
+    except (RuntimeError, AttributeError):
+        return False
+    return "vpcompressb" in assembly
 
 
 @intrinsic

@@ -44,6 +44,7 @@ Why it is fast (each point measured, see the README):
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -55,17 +56,15 @@ from numba import carray, njit
 
 from .intrinsics import (append_nonzero64, float32_from_bits, has_vector_compress, load_acquire, nonzero_bits32,
                          prefetch, stack_floats, trailing_zeros)
-from .threads import (STOP_AT, new_control, new_stop_flag, publish, run_workers, thread_count,
+from .threads import (SOLO_AT, STOP_AT, new_control, new_stop_flag, publish, run_workers, thread_count,
                       wait_for)
 
 SIGMOID, RELU = 0, 1
 INPUT_SCALE = np.float32(1.0 / 255.0)
 BLOCK = 64
+SOLO_EVERY = 4  # worker 0 goes on alone once it has napped in more than one batch in this many (_epoch_worker)
 PIXEL_MAJOR_FROM = 16  # batches of this many images or more add their W1 gradient pixel by pixel (measured:
 # image by image was faster at 4-12, as fast at 16-24, slower at 32: 0.066 vs 0.062 s an epoch)
-# True where prediction lists ink by vector compress (intrinsics.append_nonzero64), else None: Numba decides
-# `is None` on an argument at compile time, so elsewhere the intrinsic is never even compiled.
-VECTOR_COMPRESS = True if has_vector_compress() else None
 
 jit = njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
 # Helpers are inlined (in Numba's IR) into the functions called from Python, so each of those
@@ -119,13 +118,13 @@ class Blocked(NamedTuple):
     b2: np.ndarray  # (K,)
 
 
-CACHE_LINE = 64  # bytes
+CACHE_LINE = 128  # bytes: Apple's Arm cores' line; two of x86's 64-byte lines (fetched in pairs)
 
 
 def aligned_zeros(shape) -> np.ndarray:
-    """float32 zeros whose data starts on a cache line, so that every BLOCK-float row is exactly four
-    16-float vectors in four lines. numpy aligns to 16 bytes and Numba to 32: at those, every vector
-    load and store straddled two lines (measured: 1.6x slower forward, 1.2-1.4x slower update)."""
+    """float32 zeros whose data starts on a cache line, so that every BLOCK-float row (256 bytes) is whole
+    vectors in whole lines, and blocks owned by different threads never share a line. numpy aligns to 16 bytes
+    and Numba to 32: at those, every vector load and store straddled two lines (1.6x slower forward)."""
     size = int(np.prod(shape))
     raw = np.zeros(size + CACHE_LINE // 4, np.float32)
     first = (-raw.ctypes.data % CACHE_LINE) // 4
@@ -524,18 +523,25 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
     batch after the one it has just done, before publishing 2b+2, so that every
     worker finishes that batch and stops there. (loss and correct are this
     worker's images'.)
+    On a busy machine a worker that has lost its core holds up the others at
+    every meeting. When worker 0 has had to nap (see threads.wait_for) more than
+    SOLO_NAPS times per batch, it sets control[SOLO_AT] the same way: the others
+    stop after that batch and worker 0 carries on with all the blocks and images.
+    Each block and image is computed the same way whoever computes it, so the
+    weights stay bit-identical.
     """
     hidden, dhidden, probs, dlogits, pixel_inks = buffers
     n_blocks = params.W1.shape[0]
     pixel_ink = pixel_inks[worker]  # this worker's (see _add_w1_gradient_by_pixel)
     end = -(-order.size // batch_size)
     loss_sum, correct = 0.0, 0
+    active, naps = n_workers, 0  # workers sharing the batches (1 once worker 0 goes on alone); worker's naps
     for b in range(first_batch, end + 1):
         prev_rows = order[max(b - 1, 0) * batch_size:b * batch_size]
         rows = order[b * batch_size:(b + 1) * batch_size]
         for image in order[(b + 1) * batch_size:(b + 2) * batch_size]:  # ask for the batch after this one
             _prefetch_image(ink, image)
-        for blk in range(worker, n_blocks, n_workers):
+        for blk in range(worker, n_blocks, active):
             if b > first_batch:
                 _hidden_backward(dhidden, dlogits[:prev_rows.size], hidden, params.W2, relu, blk)
                 _backward_update(prev_rows, hidden, dhidden, dlogits[:prev_rows.size], params, velocity,
@@ -552,22 +558,30 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
         if b == end:
             break
         publish(control, worker + 1, 2 * b + 1)
-        for other in range(n_workers):
-            wait_for(control, other + 1, 2 * b + 1)
-        lo, hi = rows.size * worker // n_workers, rows.size * (worker + 1) // n_workers
+        for other in range(active):
+            naps += wait_for(control, other + 1, 2 * b + 1)
+        lo, hi = rows.size * worker // active, rows.size * (worker + 1) // active
         _output_forward(probs, hidden, params.W2, params.b2, lo, hi)
         loss, hits = _output_backward(dlogits, probs, labels, rows, lo, hi)
         loss_sum += loss
         correct += hits
-        if worker == 0 and load_acquire(stop, 0) != 0:
-            control[STOP_AT] = b + 1
+        if worker == 0:
+            if load_acquire(stop, 0) != 0:
+                control[STOP_AT] = b + 1
+            done = b + 1 - first_batch  # a few batches first: the threads start some microseconds apart
+            if active > 1 and done >= 16 and naps * SOLO_EVERY > done:
+                control[SOLO_AT] = b + 1
         publish(control, worker + 1, 2 * b + 2)
-        for other in range(n_workers):
-            wait_for(control, other + 1, 2 * b + 2)
+        for other in range(active):
+            naps += wait_for(control, other + 1, 2 * b + 2)
         if worker == 0:
             _update_output_bias(params, velocity, dlogits[:rows.size], learning_rate, momentum)
         if control[STOP_AT] >= 0:
             end = control[STOP_AT]
+        if control[SOLO_AT] >= 0 and active > 1:
+            if worker != 0:
+                return loss_sum, correct, end
+            active = 1
     return loss_sum, correct, end
 
 
@@ -718,6 +732,14 @@ def _predict_rows(probs, images, params, n_hidden, relu, lo, hi, hidden, vector_
         _output_forward(probs[first:last], hidden, params.W2, params.b2, 0, last - first)
 
 
+@functools.cache
+def _vector_compress() -> bool | None:
+    """True where prediction lists ink by vector compress (intrinsics.append_nonzero64), else None: Numba decides
+    `is None` on an argument at compile time, so elsewhere the intrinsic is never even compiled. Asked once, when
+    first predicting: the probe takes some 40 ms that training need not pay."""
+    return True if has_vector_compress() else None
+
+
 def predict(probs, images, params, activation):
     """probs (N, K) for images (N, D) uint8; threads take contiguous ranges of images."""
     images = np.ascontiguousarray(images)
@@ -728,7 +750,7 @@ def predict(probs, images, params, activation):
     def work(worker):
         hidden = aligned_zeros((blocked.W1.shape[0], 64, BLOCK))
         _predict_rows(probs, images, blocked, n_hidden, relu, bounds[worker], bounds[worker + 1], hidden,
-                      VECTOR_COMPRESS)
+                      _vector_compress())
 
     run_workers(n_workers, work)
 
