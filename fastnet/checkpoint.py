@@ -103,8 +103,10 @@ def _checked(path: Path, arrays: dict) -> Checkpoint:
         raise TypeError("state is not a JSON object")
     version = state.get("format_version")
     if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise FastnetError(f"checkpoint format {version!r} is {'newer than this fastnet reads: upgrade fastnet' if newer else 'from an older fastnet, which did not record its training data: start the training again'}")
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise FastnetError(f"checkpoint format {version} is newer than this fastnet reads: upgrade fastnet")
+        raise FastnetError(f"checkpoint format {version!r} is from an older fastnet, which did not record its "
+                           "training data: start the training again")
     if set(state) != STATE_KEYS:
         unknown, missing = sorted(set(state) - STATE_KEYS), sorted(STATE_KEYS - set(state))
         raise FastnetError(f"checkpoint state has unknown fields {unknown} or lacks {missing}")

@@ -389,6 +389,11 @@ def train(args: argparse.Namespace) -> int:
         with _stop_on_signals() as stop:
             network, history = run_training(config, train_set, test_set, len(classes), report, resume=resume,
                                             checkpoint_path=checkpoint, stop=stop)
+        _check_learned(history[-1], train_set[1], test_set[1], len(classes))
+    except FastnetError:
+        if resume is None and checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)  # this run's own, and it led nowhere: no leftover to refuse next time
+        raise
     except Interrupted as interrupted:
         if interrupted.checkpoint_path is None:
             print(f"fastnet: interrupted ({interrupted}); nothing saved", file=sys.stderr)
@@ -398,7 +403,6 @@ def train(args: argparse.Namespace) -> int:
                   + (f" --data {args.data}" if args.data != "mnist" else "")
                   + (f" --out {out}" if out else "") + (f" --plot {plot}" if plot else ""), file=sys.stderr)
         return 128 + int(stop[1])
-    _check_learned(history[-1], train_set[1], len(classes), checkpoint)
     final = history[-1].test_accuracy
     if out is not None:
         save(out, Parameters(network, classes, dict(config.as_dict(), data=str(args.data)), final, preprocessing))
@@ -497,16 +501,19 @@ def _check_size(config: TrainConfig, images: np.ndarray, n_classes: int, resumed
                            "available; choose fewer hidden units")
 
 
-def _check_learned(last: EpochStats, labels: np.ndarray, n_classes: int, checkpoint: Path | None) -> None:
-    """A run that ends no better than always guessing the commonest class learned nothing: say so, and keep
-    whatever parameters file is already there."""
+def _check_learned(last: EpochStats, train_labels: np.ndarray, test_labels: np.ndarray, n_classes: int) -> None:
+    """A run that ends no better than always guessing the commonest class learned nothing: say so, rather than
+    replace whatever parameters file is there. Judged on the test set when it has 100 images or more (enough to
+    tell), else on the training images of the last epoch."""
+    if len(test_labels) >= 100:
+        labels, accuracy, where = test_labels, last.test_accuracy, "test"
+    else:
+        labels, accuracy, where = train_labels, last.train_accuracy, "training"
     chance = np.bincount(labels, minlength=n_classes).max() / len(labels)
-    if last.train_accuracy <= chance + 0.01:
-        kept = f"; the last epoch is kept in {checkpoint}" if checkpoint is not None and checkpoint.exists() else ""
-        raise FastnetError(f"training ended at chance accuracy ({100 * last.train_accuracy:.1f}% of the training "
-                           f"images in the last epoch; always guessing the commonest class gives {100 * chance:.1f}%): "
-                           f"the learning rate is probably too high (or the momentum); try a smaller --lr. "
-                           f"Nothing was saved{kept}")
+    if accuracy <= chance + 0.01:
+        raise FastnetError(f"training ended at chance accuracy ({100 * accuracy:.1f}% of the {where} images; "
+                           f"always guessing the commonest class gives {100 * chance:.1f}%): the learning rate (or "
+                           "momentum) is probably too high; try a smaller --lr. Nothing was saved")
 
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")

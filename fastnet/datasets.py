@@ -40,7 +40,9 @@ def load_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.
     if len(images) != len(labels):
         raise FastnetError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; "
                            "they must be a matching pair")
-    return images.reshape(len(images), -1), labels
+    if len(images) == 0:
+        raise FastnetError(f"{images_path}: holds no images; replace it with a good copy")
+    return images.reshape(len(images), images.shape[1] * images.shape[2]), labels
 
 
 def load_mnist(split: str, directory: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -213,7 +213,7 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
         loss_sum, correct = loss_sum + loss, correct + hits
         done = min((next_batch - first_batch) * config.batch_size, len(images))
         if not (math.isfinite(loss_sum) and network.all_finite()) or loss / max(done, 1) > diverged_loss(n_classes):
-            raise Diverged(epoch + 1, learning_rate, checkpoint_path)
+            raise Diverged(epoch + 1, learning_rate)
         if next_batch < n_batches:
             save(epoch, next_batch, rng_state, loss_sum, correct)
             raise Interrupted(epoch + 1, next_batch, checkpoint_path)
@@ -236,12 +236,10 @@ def diverged_loss(n_classes: int) -> float:
 
 
 class Diverged(FastnetError):
-    def __init__(self, epoch: int, learning_rate: float, checkpoint_path: Path | None):
-        kept = (f"; the last good epoch is kept in {checkpoint_path}"
-                if checkpoint_path is not None and checkpoint_path.exists() else "")
+    def __init__(self, epoch: int, learning_rate: float):
         super().__init__(f"training diverged in epoch {epoch} at learning rate {learning_rate:g} (the loss or "
-                         f"weights became NaN or infinite, or the loss far worse than guessing); nothing was "
-                         f"saved{kept}; try a smaller --lr")
+                         "weights became NaN or infinite, or the loss far worse than guessing); nothing was saved; "
+                         "try a smaller --lr")
 
 
 class Interrupted(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -87,12 +88,73 @@ def test_shipped_parameters_evaluate_at_98_3_percent_or_better():
     (["--threads", "999"], "--threads"),
     (["--activation", "tanh"], "--activation"),
     (["--epochs", "ten"], "--epochs"),
+    (["--seed", "-1"], "--seed"),
+    (["--batch-size", "1e20"], "--batch-size"),
+    (["--lr", "inf"], "--lr"),
+    (["--weight-decay", "inf"], "--weight-decay"),
 ])
 def test_bad_flags_get_one_line_naming_the_flag(flags, named):
     result = fastnet("train", *flags)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.stderr
+
+
+def test_fetch_timeout_must_be_finite():
+    result = fastnet("fetch", "--timeout", "inf")
+    assert result.returncode == 2 and "--timeout" in result.stderr and result.stderr.count("\n") == 1
+
+
+def folder_dataset(root: Path, classes: int, per_class: int) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("case", ["batch larger than the data", "network larger than memory",
+                                  "val-split leaving nothing", "val-split with MNIST", "one class"])
+def test_impossible_runs_are_refused_before_training_with_the_flag_named(case, tmp_path):
+    """Each was a traceback, a 477 GiB allocation attempt, or (one class) a meaningless 100%."""
+    data = folder_dataset(tmp_path / "data", 1 if case == "one class" else 2, 25)
+    args, named = {
+        "batch larger than the data": (["--batch-size", "1000000000"], "--batch-size"),
+        "network larger than memory": (["--hidden", "100000000"], "--hidden"),
+        "val-split leaving nothing": (["--data", data, "--val-split", "0.9999"], "--val-split"),
+        "val-split with MNIST": (["--val-split", "0.1"], "--val-split"),
+        "one class": (["--data", data, "--val-split", "0.2"], "class"),
+    }[case]
+    result = fastnet("train", *args, "--out", tmp_path / "p.npz", "--plot", tmp_path / "e.png")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fastnet: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert named in errors[0] and "epoch" not in result.stdout
+    assert not (tmp_path / "p.npz").exists()
+
+
+def test_an_idx_folder_with_no_images_is_one_error(tmp_path):
+    from fastnet.datasets import MNIST_FILES
+
+    header = {3: b"\0\0\x08\x03" + (0).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2,
+              1: b"\0\0\x08\x01" + (0).to_bytes(4, "big")}
+    for images, labels in MNIST_FILES.values():
+        (tmp_path / images).write_bytes(gzip.compress(header[3]))
+        (tmp_path / labels).write_bytes(gzip.compress(header[1]))
+    result = fastnet("train", "--data", tmp_path, "--out", tmp_path / "p.npz", "--plot", tmp_path / "e.png")
+    assert result.returncode == 1 and result.stderr.startswith("fastnet: error:"), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_run_that_ends_at_chance_says_so_and_saves_nothing(tmp_path):
+    """--activation relu --lr 3 --momentum 0.99 ended at 8.7% with exit 0 and replaced the parameters."""
+    out = tmp_path / "p.npz"
+    result = fastnet("train", "--dry-run", "--activation", "relu", "--lr", "3", "--momentum", "0.99", "--out", out,
+                     "--plot", tmp_path / "e.png")
+    assert result.returncode == 1, result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fastnet: error:")]
+    assert len(errors) == 1 and ("chance" in errors[0] or "diverged" in errors[0]) and "smaller --lr" in errors[0]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_output_is_refused_before_training(tmp_path):

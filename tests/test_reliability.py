@@ -113,6 +113,20 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reproduces_an_unbroken_run(tmp_pat
     assert not checkpoint.exists(), "a finished run should remove its checkpoint"
 
 
+@pytest.mark.parametrize("name,status", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_and_sighup_stop_like_ctrl_c(name, status, tmp_path):
+    """They ended training at once, with no checkpoint of the epoch in progress."""
+    process = start_training("--epochs", "8", "--out", tmp_path / "p.npz", "--plot", tmp_path / "e.png", cwd=tmp_path)
+    wait_for_line(process, "epoch   1/")
+    process.send_signal(getattr(signal, name))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == status, stderr
+    assert f"{name}: stopping at the end of this batch" in stderr and "resume with:" in stderr
+    assert "Traceback" not in stderr
+    assert load_checkpoint(tmp_path / "p.checkpoint.npz").epoch >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.checkpoint.npz"]
+
+
 def test_second_ctrl_c_quits_at_once_leaving_only_complete_files(tmp_path):
     out = tmp_path / "parameters.npz"
     out.write_bytes((ROOT / "parameters.npz").read_bytes())
