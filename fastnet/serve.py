@@ -7,12 +7,15 @@ upload button, the top-3 classes as bars, and the 28x28 image the network saw.
 
     GET  /          the page
     POST /predict   body: a PNG or JPEG image -> {"top": [{"label", "probability"} x3], "digit": 784 ints}
-                    413 if the body is over MAX_BODY, 400 (JSON error) if it is not an image
+                    411 without a Content-Length, 400 if it is invalid (negative, not a number, several
+                    that differ) or the body is not an image, 413 if it is over MAX_BODY (the body is not
+                    read); every error is JSON {"error": ...}
 """
 
 from __future__ import annotations
 
 import json
+import re
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -43,16 +46,49 @@ def make_handler(model: Model, page: bytes):
         def log_message(self, format, *args):  # quiet: one line per request is noise here
             pass
 
+        def send_error(self, code, message=None, explain=None):  # http.server's own errors: JSON too, not HTML
+            self._refuse(code, message or HTTPStatus(code).phrase)
+
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
         def _json(self, status: int, payload: dict) -> None:
             self._send(status, json.dumps(payload).encode(), "application/json")
+
+        def _refuse(self, status: int, message: str) -> None:
+            self.close_connection = True  # the body is not read: this connection cannot carry another
+            self._json(status, {"error": message})
+
+        def body_length(self) -> int | None:
+            """The Content-Length, or None after answering why it will not be read."""
+            if "Transfer-Encoding" in self.headers:
+                self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length, not chunked")
+                return None
+            values = {v.strip() for field in self.headers.get_all("Content-Length", []) for v in field.split(",")}
+            if not values:
+                self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length")
+                return None
+            if len(values) > 1 or not re.fullmatch(r"[0-9]{1,20}", next(iter(values))):
+                self._refuse(HTTPStatus.BAD_REQUEST, f"invalid Content-Length: {', '.join(sorted(values))[:100]}")
+                return None
+            length = int(values.pop())
+            if length > MAX_BODY:
+                self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                             f"image of {length} bytes is over the limit of {MAX_BODY}")
+                return None
+            return length
+
+        def handle_expect_100(self):
+            # Refuse a bad length before the client sends the body, not after.
+            return (self.command != "POST" or self.path != "/predict" or self.body_length() is not None) \
+                and super().handle_expect_100()
 
         def do_GET(self):
             if self.path in ("/", "/index.html"):
@@ -62,20 +98,15 @@ def make_handler(model: Model, page: bytes):
 
         def do_POST(self):
             if self.path != "/predict":
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+                self._refuse(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path}")
                 return
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self.close_connection = True
-                self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the image with a Content-Length"})
-                return
-            if length > MAX_BODY:
-                self.close_connection = True  # the body is not read: this connection cannot carry another
-                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           {"error": f"image of {length} bytes is over the limit of {MAX_BODY}"})
+            length = self.body_length()
+            if length is None:
                 return
             body = self.rfile.read(length)
+            if len(body) < length:
+                self.close_connection = True  # the client closed its side early: nobody to answer
+                return
             try:
                 self._json(HTTPStatus.OK, prediction(model, body))
             except FastnetError as error:

@@ -1,4 +1,5 @@
-"""`fastnet serve`: the JSON endpoint, bad requests, a bounded load test, and a real headless Chromium."""
+"""`fastnet serve`: the JSON endpoint, bad requests, hostile clients (bad lengths), a bounded load test,
+and a real headless Chromium. Every loop here is bounded in count and time."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import http.client
 import io
 import json
 import shutil
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,16 @@ def request(address, method, path, body=b"", headers=None):
         return response.status, response.read()
     finally:
         connection.close()
+
+
+def raw_exchange(address, data: bytes, seconds: float = 10) -> tuple[int, dict]:
+    """Send bytes as they are (the request need not be valid or complete) and read one response: (status, JSON).
+    The socket timeout turns a server that never answers into a failure, not a hang."""
+    with socket.create_connection(address, timeout=seconds) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())
 
 
 def png(array: np.ndarray) -> bytes:
@@ -100,6 +112,26 @@ def test_load_1000_requests_from_8_clients(server, mnist_test):
     assert all(label == expected[i] for i, _, label in answers)
     p99 = np.percentile(latencies, 99) * 1000
     print(f"\nserve load: 1000 requests, 8 clients: {1000 / seconds:,.0f} requests/s, p99 {p99:.1f} ms")
+
+
+@pytest.mark.parametrize("lengths", [["-1"], ["-5"], ["abc"], ["+5"], ["1e3"], [""], ["5", "6"], ["5, 6"]])
+def test_an_invalid_content_length_gets_400_and_the_body_is_not_read(server, lengths, capfd):
+    headers = "".join(f"Content-Length: {length}\r\n" for length in lengths)
+    # A body follows, and the connection stays open: a server reading "to the end" would never answer.
+    status, answer = raw_exchange(server, f"POST /predict HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode() + b"x" * 5000)
+    assert status == 400 and "Content-Length" in answer["error"]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_sent(server):
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {100 << 20}\r\n"
+    status, answer = raw_exchange(server, (head + "\r\n").encode())  # no body sent: 413 must come anyway
+    assert status == 413 and "over the limit" in answer["error"]
+    with socket.create_connection(server, timeout=10) as sock:  # a client that asks first hears no "go on"
+        sock.sendall((head + "Expect: 100-continue\r\n\r\n").encode())
+        assert sock.makefile("rb").readline().split()[1] == b"413"
+    status, answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 411 and "Content-Length" in answer["error"]
 
 
 def strokes(digit: np.ndarray, scale: int = 10):
