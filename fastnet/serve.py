@@ -1,7 +1,7 @@
 """`fastnet serve`: draw a digit in the browser and watch the network read it.
 
 The standard library's ThreadingHTTPServer does the HTTP (no hand-written
-parsing, no dependency; a thread per request, which the nogil kernels allow).
+parsing, no dependency; a thread per connection, which the nogil kernels allow).
 One page, everything inline (no CDN): a canvas for mouse or touch, Clear, an
 upload button, the top-3 classes as bars, and the 28x28 image the network saw.
 
@@ -115,11 +115,17 @@ def make_handler(model: Model, page: bytes):
     return Handler
 
 
-def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+class Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer for many clients at once."""
+
+    daemon_threads = True
+    block_on_close = False  # server_close() does not wait for open connections (a browser keeps one open)
+    request_queue_size = 128  # the listen backlog: a burst of clients waits to be accepted, not reset
+
+
+def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000) -> Server:
     model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels before the first request
-    server = ThreadingHTTPServer((host, port), make_handler(model, PAGE.encode()))
-    server.daemon_threads = True
-    return server
+    return Server((host, port), make_handler(model, PAGE.encode()))
 
 
 PAGE = """<!doctype html>

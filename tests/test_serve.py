@@ -134,6 +134,22 @@ def test_a_body_over_the_limit_is_refused_before_it_is_sent(server):
     assert status == 411 and "Content-Length" in answer["error"]
 
 
+def test_50_concurrent_clients_all_get_right_answers(server, mnist_test):
+    images, _ = mnist_test
+    bodies = [png(images[i].reshape(28, 28)) for i in range(50)]
+    expected = fastnet.load(ROOT / "parameters.npz").predict(images[:50])
+    start = threading.Barrier(50, timeout=30)
+
+    def client(i):
+        start.wait()  # all connect at once: the listen backlog must hold them
+        status, body = request(server, "POST", "/predict", bodies[i])
+        return status, json.loads(body)["top"][0]["label"]
+
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(client, range(50)))  # a reset raises here
+    assert answers == [(200, label) for label in expected]
+
+
 def strokes(digit: np.ndarray, scale: int = 10):
     """The digit as horizontal pen strokes, one per run of ink in each row, in canvas coordinates."""
     for row in range(28):
