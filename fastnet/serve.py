@@ -9,13 +9,19 @@ upload button, the top-3 classes as bars, and the 28x28 image the network saw.
     POST /predict   body: a PNG or JPEG image -> {"top": [{"label", "probability"} x3], "digit": 784 ints}
                     411 without a Content-Length, 400 if it is invalid (negative, not a number, several
                     that differ) or the body is not an image, 413 if it is over MAX_BODY (the body is not
-                    read); every error is JSON {"error": ...}
+                    read), 408 if the request does not arrive in time; every error is JSON {"error": ...}
+
+Untrusted clients cannot hold it: every wait on a socket ends after `timeout`
+seconds, and a request must arrive whole (headers and body) within
+`request_timeout` of its first byte, so a slowloris is cut off too.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -36,7 +42,42 @@ def prediction(model: Model, body: bytes) -> dict:
                     for k in order], "digit": digit.tolist()}
 
 
-def make_handler(model: Model, page: bytes):
+class LateRequest(Exception):
+    """A request began but did not arrive in time; answered 408. (Not a TimeoutError: http.server closes the
+    connection on those without a word, which is right only for a client idle between requests.)"""
+
+
+class _Arrival(io.RawIOBase):
+    """A connection's incoming bytes: each wait at most `timeout`, and a request's bytes due within
+    `limit` of its first (`deadline` is reset to None between requests)."""
+
+    def __init__(self, sock, timeout: float, limit: float):
+        self.sock, self.timeout, self.limit, self.deadline = sock, timeout, limit, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wait = self.timeout
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - time.monotonic())
+            if wait <= 0:
+                raise LateRequest(f"the request took over {self.limit:g} s to arrive")
+        self.sock.settimeout(wait)
+        try:
+            received = self.sock.recv_into(buffer)
+        except TimeoutError:
+            if self.deadline is None:
+                raise  # idle between requests: the connection is closed quietly
+            raise LateRequest(f"nothing arrived for {wait:g} s") from None
+        finally:
+            self.sock.settimeout(self.timeout)  # writes get the full timeout
+        if received and self.deadline is None:
+            self.deadline = time.monotonic() + self.limit
+        return received
+
+
+def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: float):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # Headers and body go out as two writes; with Nagle's algorithm on, a keep-alive client's delayed ACK
@@ -46,8 +87,37 @@ def make_handler(model: Model, page: bytes):
         def log_message(self, format, *args):  # quiet: one line per request is noise here
             pass
 
+        def setup(self):
+            super().setup()
+            self.rfile.close()  # the plain socket file: replaced by one that keeps the time limits
+            self.rfile = io.BufferedReader(_Arrival(self.connection, timeout, request_timeout))
+
+        def handle_one_request(self):
+            """One request; a slow one gets 408, and a client gone away a closed connection."""
+            self.rfile.raw.deadline, self.answered = None, False
+            self.command = self.path = self.requestline = ""  # parse_request sets them; _fail may come first
+            self.request_version = self.protocol_version
+            try:
+                super().handle_one_request()  # an idle client's timeout is handled in there: closed quietly
+            except LateRequest as error:
+                self._fail(HTTPStatus.REQUEST_TIMEOUT, str(error))
+            except OSError:  # reset, broken pipe, a write that timed out: nobody to answer
+                self.close_connection = True
+
+        def _fail(self, status: int, message: str) -> None:
+            self.close_connection = True  # the rest of the request, if any, was not read
+            if not self.answered:
+                try:
+                    self._json(status, {"error": message})
+                except OSError:
+                    pass
+
         def send_error(self, code, message=None, explain=None):  # http.server's own errors: JSON too, not HTML
             self._refuse(code, message or HTTPStatus(code).phrase)
+
+        def send_response(self, *args, **kwargs):
+            self.answered = True
+            super().send_response(*args, **kwargs)
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -123,9 +193,13 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128  # the listen backlog: a burst of clients waits to be accepted, not reset
 
 
-def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000) -> Server:
+def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000, *, timeout: float = 10.0,
+                request_timeout: float = 30.0) -> Server:
+    """A server for `model`, not yet serving (call serve_forever). timeout: the longest wait on a socket
+    (idle keep-alive too); request_timeout: the longest a request may take to arrive, from its first byte."""
     model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels before the first request
-    return Server((host, port), make_handler(model, PAGE.encode()))
+    handler = make_handler(model, PAGE.encode(), timeout=timeout, request_timeout=request_timeout)
+    return Server((host, port), handler)
 
 
 PAGE = """<!doctype html>

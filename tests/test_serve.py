@@ -1,11 +1,13 @@
-"""`fastnet serve`: the JSON endpoint, bad requests, hostile clients (bad lengths), a bounded load test,
-and a real headless Chromium. Every loop here is bounded in count and time."""
+"""`fastnet serve`: the JSON endpoint, bad requests, hostile clients (bad lengths, idle and slow connections),
+a bounded load test, and a real headless Chromium. Every loop here is bounded in count and time."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
+import select
 import shutil
 import socket
 import threading
@@ -25,12 +27,26 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def server():
-    server = make_server(fastnet.load(ROOT / "parameters.npz"), "127.0.0.1", 0)
+def model():
+    return fastnet.load(ROOT / "parameters.npz")
+
+
+@contextlib.contextmanager
+def serving(model, **options):
+    """A server on a free port, serving in a thread, as its (host, port)."""
+    server = make_server(model, "127.0.0.1", 0, **options)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server.server_address
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with serving(model) as address:  # the default limits, as people get them
+        yield address
 
 
 def request(address, method, path, body=b"", headers=None):
@@ -51,6 +67,17 @@ def raw_exchange(address, data: bytes, seconds: float = 10) -> tuple[int, dict]:
         response = http.client.HTTPResponse(sock)
         response.begin()
         return response.status, json.loads(response.read())
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has answered or closed this connection (without waiting)."""
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        sock.recv(1 << 16)
+    except OSError:
+        pass
+    return True
 
 
 def png(array: np.ndarray) -> bytes:
@@ -132,6 +159,56 @@ def test_a_body_over_the_limit_is_refused_before_it_is_sent(server):
         assert sock.makefile("rb").readline().split()[1] == b"413"
     status, answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 411 and "Content-Length" in answer["error"]
+
+
+def test_idle_and_half_sent_connections_are_closed_after_the_timeout(model):
+    with serving(model, timeout=1, request_timeout=3) as address:
+        idle = [socket.create_connection(address, timeout=10) for _ in range(5)]
+        half_line = [socket.create_connection(address, timeout=10) for _ in range(5)]
+        half_body = [socket.create_connection(address, timeout=10) for _ in range(5)]
+        for sock in half_line:
+            sock.sendall(b"POST /pred")
+        for sock in half_body:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        try:
+            # recv waits up to 10 s (the socket timeout) for each: the server's 1 s must end them all first.
+            assert all(sock.recv(100) == b"" for sock in idle)  # idle between requests: closed without a word
+            for sock in half_line + half_body:  # a request begun: told why
+                assert sock.recv(100).startswith(b"HTTP/1.1 408 ")
+        finally:
+            for sock in idle + half_line + half_body:
+                sock.close()
+
+
+def test_a_slowloris_is_cut_off_and_does_not_delay_other_clients(model, mnist_test):
+    images, labels = mnist_test
+    # Each slow client pauses less than `timeout`, so only the whole-request limit can end it.
+    with serving(model, timeout=2, request_timeout=3) as address:
+        slow = [socket.create_connection(address, timeout=10) for _ in range(40)]
+        try:
+            for sock in slow:
+                sock.sendall(b"POST /predict HTTP/1.1\r\n")
+            open_ = list(slow)
+            start = time.monotonic()
+            for step in range(40):  # one byte each every 0.4 s, for at most 16 s: over 5x the limit
+                open_ = [sock for sock in open_ if not closed_by_server(sock)]
+                if not open_:
+                    break
+                for sock in open_:
+                    try:
+                        sock.send(b"X")
+                    except OSError:
+                        pass
+                if step == 2:  # while they all hold on: a normal request is answered at once
+                    asked = time.monotonic()
+                    status, body = request(address, "POST", "/predict", png(images[0].reshape(28, 28)))
+                    assert status == 200 and json.loads(body)["top"][0]["label"] == str(labels[0])
+                    assert time.monotonic() - asked < 2.0  # generous: a hang or a queue behind them fails
+                time.sleep(0.4)
+            assert not open_, f"{len(open_)} of 40 slow clients still held after {time.monotonic() - start:.0f} s"
+        finally:
+            for sock in slow:
+                sock.close()
 
 
 def test_50_concurrent_clients_all_get_right_answers(server, mnist_test):
