@@ -9,18 +9,29 @@ upload button, the top-3 classes as bars, and the 28x28 image the network saw.
     POST /predict   body: a PNG or JPEG image -> {"top": [{"label", "probability"} x3], "digit": 784 ints}
                     411 without a Content-Length, 400 if it is invalid (negative, not a number, several
                     that differ) or the body is not an image, 413 if it is over MAX_BODY (the body is not
-                    read), 408 if the request does not arrive in time; every error is JSON {"error": ...}
+                    read), 408 if the request does not arrive in time, 503 if max_connections are open;
+                    every error is JSON {"error": ...}
 
 Untrusted clients cannot hold it: every wait on a socket ends after `timeout`
 seconds, and a request must arrive whole (headers and body) within
-`request_timeout` of its first byte, so a slowloris is cut off too.
+`request_timeout` of its first byte, so a slowloris is cut off too. Memory is
+bounded by two caps: at most max_connections bodies of at most MAX_BODY bytes
+are held, and at most `workers` images are decoded at once, each within
+preprocess.MAX_PIXELS and taking at most about 16 bytes a pixel (an RGBA image
+with transparency, decoded and composited). So requests take at most about
+
+    max_connections * MAX_BODY + workers * 16 * MAX_PIXELS bytes
+
+which is 64 * 8 MB + 4 * 640 MB, about 3 GB, with the defaults (1.8 GB on 2 cores).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +43,7 @@ from .errors import FastnetError
 from .preprocess import load_digit
 
 MAX_BODY = 8 << 20  # 8 MB: any photo of a digit, not a denial of service
+BUSY = json.dumps({"error": "the server is busy: try again in a moment"}).encode()
 
 
 def prediction(model: Model, body: bytes) -> dict:
@@ -77,7 +89,9 @@ class _Arrival(io.RawIOBase):
         return received
 
 
-def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: float):
+def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: float, workers: int):
+    computing = threading.BoundedSemaphore(workers)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # Headers and body go out as two writes; with Nagle's algorithm on, a keep-alive client's delayed ACK
@@ -178,28 +192,61 @@ def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: 
                 self.close_connection = True  # the client closed its side early: nobody to answer
                 return
             try:
-                self._json(HTTPStatus.OK, prediction(model, body))
+                with computing:
+                    answer = prediction(model, body)
             except FastnetError as error:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+            else:
+                self._json(HTTPStatus.OK, answer)
 
     return Handler
 
 
 class Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer for many clients at once."""
+    """ThreadingHTTPServer with at most max_connections open; the next ones get a quick 503."""
 
     daemon_threads = True
     block_on_close = False  # server_close() does not wait for open connections (a browser keeps one open)
     request_queue_size = 128  # the listen backlog: a burst of clients waits to be accepted, not reset
 
+    def __init__(self, address, handler, max_connections: int):
+        self.connections = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self.connections.acquire(blocking=False):
+            try:  # answered here, in the accepting thread: a fresh socket's buffer takes it without waiting
+                request.setblocking(False)
+                request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+                             % (len(BUSY), BUSY))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
 
 def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000, *, timeout: float = 10.0,
-                request_timeout: float = 30.0) -> Server:
+                request_timeout: float = 30.0, max_connections: int = 64, workers: int | None = None) -> Server:
     """A server for `model`, not yet serving (call serve_forever). timeout: the longest wait on a socket
-    (idle keep-alive too); request_timeout: the longest a request may take to arrive, from its first byte."""
+    (idle keep-alive too); request_timeout: the longest a request may take to arrive, from its first byte;
+    max_connections: open at once; workers: images decoded and predicted at once (default: the cores, at most 4)."""
     model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels before the first request
-    handler = make_handler(model, PAGE.encode(), timeout=timeout, request_timeout=request_timeout)
-    return Server((host, port), handler)
+    if workers is None:
+        workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    handler = make_handler(model, PAGE.encode(), timeout=timeout, request_timeout=request_timeout, workers=workers)
+    return Server((host, port), handler, max_connections)
 
 
 PAGE = """<!doctype html>

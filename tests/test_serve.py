@@ -1,5 +1,5 @@
-"""`fastnet serve`: the JSON endpoint, bad requests, hostile clients (bad lengths, idle and slow connections),
-a bounded load test, and a real headless Chromium. Every loop here is bounded in count and time."""
+"""`fastnet serve`: the JSON endpoint, bad requests, hostile clients (bad lengths, idle and slow connections,
+floods), a bounded load test, and a real headless Chromium. Every loop here is bounded in count and time."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import fastnet
+import fastnet.serve
 from fastnet.serve import MAX_BODY, make_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,6 +226,48 @@ def test_50_concurrent_clients_all_get_right_answers(server, mnist_test):
     with ThreadPoolExecutor(50) as pool:
         answers = list(pool.map(client, range(50)))  # a reset raises here
     assert answers == [(200, label) for label in expected]
+
+
+def test_connections_over_the_cap_get_503_at_once(model, mnist_test):
+    body = png(mnist_test[0][0].reshape(28, 28))
+    with serving(model, max_connections=3, timeout=10) as address:
+        held = [socket.create_connection(address, timeout=10) for _ in range(3)]
+        try:
+            asked = time.monotonic()
+            status, answer = request(address, "POST", "/predict", body)
+            assert status == 503 and "busy" in json.loads(answer)["error"]
+            assert time.monotonic() - asked < 5.0  # not after the held connections time out (10 s)
+        finally:
+            for sock in held:
+                sock.close()
+        for _ in range(50):  # their slots come back as the server sees them closed
+            status, _ = request(address, "POST", "/predict", body)
+            if status == 200:
+                break
+            time.sleep(0.1)
+        assert status == 200
+
+
+def test_at_most_workers_images_are_decoded_at_once(model, mnist_test, monkeypatch):
+    body = png(mnist_test[0][0].reshape(28, 28))
+    lock, busy, peak = threading.Lock(), [0], [0]
+    real_prediction = fastnet.serve.prediction
+
+    def counted_prediction(model, body):
+        with lock:
+            busy[0] += 1
+            peak[0] = max(peak[0], busy[0])
+        try:
+            time.sleep(0.2)  # long enough for all 8 requests to be waiting at once
+            return real_prediction(model, body)
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    monkeypatch.setattr(fastnet.serve, "prediction", counted_prediction)
+    with serving(model, workers=2) as address, ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: request(address, "POST", "/predict", body)[0], range(8)))
+    assert statuses == [200] * 8 and peak[0] == 2
 
 
 def strokes(digit: np.ndarray, scale: int = 10):
