@@ -9,8 +9,8 @@ upload button, the top-3 classes as bars, and the 28x28 image the network saw.
     POST /predict   body: a PNG or JPEG image -> {"top": [{"label", "probability"} x3], "digit": 784 ints}
                     411 without a Content-Length, 400 if it is invalid (negative, not a number, several
                     that differ) or the body is not an image, 413 if it is over MAX_BODY (the body is not
-                    read), 408 if the request does not arrive in time, 503 if max_connections are open;
-                    every error is JSON {"error": ...}
+                    read), 408 if the request does not arrive in time, 503 if max_connections are open,
+                    500 for a bug (one line on stderr); every error is JSON {"error": ...}
 
 Untrusted clients cannot hold it: every wait on a socket ends after `timeout`
 seconds, and a request must arrive whole (headers and body) within
@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -89,6 +90,10 @@ class _Arrival(io.RawIOBase):
         return received
 
 
+def _log(message: str) -> None:
+    print(f"fastnet serve: {message}", file=sys.stderr, flush=True)
+
+
 def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: float, workers: int):
     computing = threading.BoundedSemaphore(workers)
 
@@ -107,7 +112,7 @@ def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: 
             self.rfile = io.BufferedReader(_Arrival(self.connection, timeout, request_timeout))
 
         def handle_one_request(self):
-            """One request; a slow one gets 408, and a client gone away a closed connection."""
+            """One request; a slow one gets 408, a bug 500, and a client gone away a closed connection."""
             self.rfile.raw.deadline, self.answered = None, False
             self.command = self.path = self.requestline = ""  # parse_request sets them; _fail may come first
             self.request_version = self.protocol_version
@@ -117,6 +122,9 @@ def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: 
                 self._fail(HTTPStatus.REQUEST_TIMEOUT, str(error))
             except OSError:  # reset, broken pipe, a write that timed out: nobody to answer
                 self.close_connection = True
+            except Exception as error:
+                _log(f"{self.command} {self.path}: {type(error).__name__}: {error}")
+                self._fail(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(error).__name__})")
 
         def _fail(self, status: int, message: str) -> None:
             self.close_connection = True  # the rest of the request, if any, was not read
@@ -235,6 +243,11 @@ class Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.connections.release()
+
+    def handle_error(self, request, client_address):
+        """One line, not a traceback: what escaped the handler (it answers everything it can)."""
+        error = sys.exc_info()[1]
+        _log(f"{client_address[0]}: {type(error).__name__}: {error}")
 
 
 def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000, *, timeout: float = 10.0,

@@ -270,6 +270,28 @@ def test_at_most_workers_images_are_decoded_at_once(model, mnist_test, monkeypat
     assert statuses == [200] * 8 and peak[0] == 2
 
 
+def test_a_lab_tiff_gets_an_answer_not_a_closed_connection(server, mnist_test):
+    buffer = io.BytesIO()
+    Image.new("LAB", (40, 40)).save(buffer, "TIFF")
+    status, body = request(server, "POST", "/predict", buffer.getvalue())
+    answer = json.loads(body)  # made grayscale (a blank digit) or refused: either way, said in JSON
+    assert (status, "top" in answer) == (200, True) or (status, "error" in answer) == (400, True)
+    assert request(server, "POST", "/predict", png(mnist_test[0][0].reshape(28, 28)))[0] == 200
+
+
+def test_an_unexpected_error_is_a_500_in_one_line_and_the_server_goes_on(server, mnist_test, monkeypatch, capfd):
+    def broken(model, body):
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fastnet.serve, "prediction", broken)
+        status, body = request(server, "POST", "/predict", png(mnist_test[0][0].reshape(28, 28)))
+    assert status == 500 and "RuntimeError" in json.loads(body)["error"]
+    err = capfd.readouterr().err
+    assert "RuntimeError: a bug" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert request(server, "POST", "/predict", png(mnist_test[0][0].reshape(28, 28)))[0] == 200
+
+
 def strokes(digit: np.ndarray, scale: int = 10):
     """The digit as horizontal pen strokes, one per run of ink in each row, in canvas coordinates."""
     for row in range(28):
