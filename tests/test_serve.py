@@ -131,15 +131,14 @@ def test_load_1000_requests_from_8_clients(server, mnist_test):
         connection.close()
         return answers
 
-    start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         answers = [a for part in pool.map(client, range(8)) for a in part]
-    seconds = time.perf_counter() - start
     assert len(answers) == 1000 and all(status == 200 for _, status, _ in answers)
     expected = fastnet.load(ROOT / "parameters.npz").predict(images[:100])
     assert all(label == expected[i] for i, _, label in answers)
-    p99 = np.percentile(latencies, 99) * 1000
-    print(f"\nserve load: 1000 requests, 8 clients: {1000 / seconds:,.0f} requests/s, p99 {p99:.1f} ms")
+    # A bound that catches a stall (a lost wakeup, a lock held across requests), not a benchmark: the machine
+    # running the tests is shared. Throughput belongs in a benchmark (bench/), not in a test.
+    assert np.percentile(latencies, 99) < 2.0
 
 
 @pytest.mark.parametrize("lengths", [["-1"], ["-5"], ["abc"], ["+5"], ["1e3"], [""], ["5", "6"], ["5, 6"]])
