@@ -1,18 +1,39 @@
 """`fastnet serve`: draw a digit in the browser and watch the network read it.
 
 The standard library's ThreadingHTTPServer does the HTTP (no hand-written
-parsing, no dependency; a thread per request, which the nogil kernels allow).
+parsing, no dependency; a thread per connection, which the nogil kernels allow).
 One page, everything inline (no CDN): a canvas for mouse or touch, Clear, an
 upload button, the top-3 classes as bars, and the 28x28 image the network saw.
 
     GET  /          the page
     POST /predict   body: a PNG or JPEG image -> {"top": [{"label", "probability"} x3], "digit": 784 ints}
-                    413 if the body is over MAX_BODY, 400 (JSON error) if it is not an image
+                    411 without a Content-Length, 400 if it is invalid (negative, not a number, several
+                    that differ) or the body is not an image, 413 if it is over MAX_BODY (the body is not
+                    read), 408 if the request does not arrive in time, 503 if max_connections are open,
+                    500 for a bug (one line on stderr); every error is JSON {"error": ...}
+
+Untrusted clients cannot hold it: every wait on a socket ends after `timeout`
+seconds, and a request must arrive whole (headers and body) within
+`request_timeout` of its first byte, so a slowloris is cut off too. Memory is
+bounded by two caps: at most max_connections bodies of at most MAX_BODY bytes
+are held, and at most `workers` images are decoded at once, each within
+preprocess.MAX_PIXELS and taking at most about 16 bytes a pixel (an RGBA image
+with transparency, decoded and composited). So requests take at most about
+
+    max_connections * MAX_BODY + workers * 16 * MAX_PIXELS bytes
+
+which is 64 * 8 MB + 4 * 640 MB, about 3 GB, with the defaults (1.8 GB on 2 cores).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
+import sys
+import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +44,7 @@ from .errors import FastnetError
 from .preprocess import load_digit
 
 MAX_BODY = 8 << 20  # 8 MB: any photo of a digit, not a denial of service
+BUSY = json.dumps({"error": "the server is busy: try again in a moment"}).encode()
 
 
 def prediction(model: Model, body: bytes) -> dict:
@@ -33,26 +55,132 @@ def prediction(model: Model, body: bytes) -> dict:
                     for k in order], "digit": digit.tolist()}
 
 
-def make_handler(model: Model, page: bytes):
+class LateRequest(Exception):
+    """A request began but did not arrive in time; answered 408. (Not a TimeoutError: http.server closes the
+    connection on those without a word, which is right only for a client idle between requests.)"""
+
+
+class _Arrival(io.RawIOBase):
+    """A connection's incoming bytes: each wait at most `timeout`, and a request's bytes due within
+    `limit` of its first (`deadline` is reset to None between requests)."""
+
+    def __init__(self, sock, timeout: float, limit: float):
+        self.sock, self.timeout, self.limit, self.deadline = sock, timeout, limit, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wait = self.timeout
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - time.monotonic())
+            if wait <= 0:
+                raise LateRequest(f"the request took over {self.limit:g} s to arrive")
+        self.sock.settimeout(wait)
+        try:
+            received = self.sock.recv_into(buffer)
+        except TimeoutError:
+            if self.deadline is None:
+                raise  # idle between requests: the connection is closed quietly
+            raise LateRequest(f"nothing arrived for {wait:g} s") from None
+        finally:
+            self.sock.settimeout(self.timeout)  # writes get the full timeout
+        if received and self.deadline is None:
+            self.deadline = time.monotonic() + self.limit
+        return received
+
+
+def _log(message: str) -> None:
+    print(f"fastnet serve: {message}", file=sys.stderr, flush=True)
+
+
+def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: float, workers: int):
+    computing = threading.BoundedSemaphore(workers)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        # Headers and body go out as two writes; with Nagle's algorithm on, a keep-alive client's delayed ACK
-        # held the body back ~40 ms: the load test ran at 181 requests/s, p99 49 ms; now 889/s, p99 18 ms.
+        # Headers and body go out as two writes: with Nagle's algorithm on, a keep-alive client's delayed
+        # ACK holds the body back for tens of milliseconds.
         disable_nagle_algorithm = True
 
         def log_message(self, format, *args):  # quiet: one line per request is noise here
             pass
+
+        def setup(self):
+            super().setup()
+            self.rfile.close()  # the plain socket file: replaced by one that keeps the time limits
+            self.rfile = io.BufferedReader(_Arrival(self.connection, timeout, request_timeout))
+
+        def handle_one_request(self):
+            """One request; a slow one gets 408, a bug 500, and a client gone away a closed connection."""
+            self.rfile.raw.deadline, self.answered = None, False
+            self.command = self.path = self.requestline = ""  # parse_request sets them; _fail may come first
+            self.request_version = self.protocol_version
+            try:
+                super().handle_one_request()  # an idle client's timeout is handled in there: closed quietly
+            except LateRequest as error:
+                self._fail(HTTPStatus.REQUEST_TIMEOUT, str(error))
+            except OSError:  # reset, broken pipe, a write that timed out: nobody to answer
+                self.close_connection = True
+            except Exception as error:
+                _log(f"{self.command} {self.path}: {type(error).__name__}: {error}")
+                self._fail(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(error).__name__})")
+
+        def _fail(self, status: int, message: str) -> None:
+            self.close_connection = True  # the rest of the request, if any, was not read
+            if not self.answered:
+                try:
+                    self._json(status, {"error": message})
+                except OSError:
+                    pass
+
+        def send_error(self, code, message=None, explain=None):  # http.server's own errors: JSON too, not HTML
+            self._refuse(code, message or HTTPStatus(code).phrase)
+
+        def send_response(self, *args, **kwargs):
+            self.answered = True
+            super().send_response(*args, **kwargs)
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
         def _json(self, status: int, payload: dict) -> None:
             self._send(status, json.dumps(payload).encode(), "application/json")
+
+        def _refuse(self, status: int, message: str) -> None:
+            self.close_connection = True  # the body is not read: this connection cannot carry another
+            self._json(status, {"error": message})
+
+        def body_length(self) -> int | None:
+            """The Content-Length, or None after answering why it will not be read."""
+            if "Transfer-Encoding" in self.headers:
+                self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length, not chunked")
+                return None
+            values = {v.strip() for field in self.headers.get_all("Content-Length", []) for v in field.split(",")}
+            if not values:
+                self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length")
+                return None
+            if len(values) > 1 or not re.fullmatch(r"[0-9]{1,20}", next(iter(values))):
+                self._refuse(HTTPStatus.BAD_REQUEST, f"invalid Content-Length: {', '.join(sorted(values))[:100]}")
+                return None
+            length = int(values.pop())
+            if length > MAX_BODY:
+                self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                             f"image of {length} bytes is over the limit of {MAX_BODY}")
+                return None
+            return length
+
+        def handle_expect_100(self):
+            # Refuse a bad length before the client sends the body, not after.
+            return (self.command != "POST" or self.path != "/predict" or self.body_length() is not None) \
+                and super().handle_expect_100()
 
         def do_GET(self):
             if self.path in ("/", "/index.html"):
@@ -62,33 +190,76 @@ def make_handler(model: Model, page: bytes):
 
         def do_POST(self):
             if self.path != "/predict":
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+                self._refuse(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path}")
                 return
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self.close_connection = True
-                self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the image with a Content-Length"})
-                return
-            if length > MAX_BODY:
-                self.close_connection = True  # the body is not read: this connection cannot carry another
-                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           {"error": f"image of {length} bytes is over the limit of {MAX_BODY}"})
+            length = self.body_length()
+            if length is None:
                 return
             body = self.rfile.read(length)
+            if len(body) < length:
+                self.close_connection = True  # the client closed its side early: nobody to answer
+                return
             try:
-                self._json(HTTPStatus.OK, prediction(model, body))
+                with computing:
+                    answer = prediction(model, body)
             except FastnetError as error:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+            else:
+                self._json(HTTPStatus.OK, answer)
 
     return Handler
 
 
-def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+class Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most max_connections open; the next ones get a quick 503."""
+
+    daemon_threads = True
+    block_on_close = False  # server_close() does not wait for open connections (a browser keeps one open)
+    request_queue_size = 128  # the listen backlog: a burst of clients waits to be accepted, not reset
+
+    def __init__(self, address, handler, max_connections: int):
+        self.connections = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self.connections.acquire(blocking=False):
+            try:  # answered here, in the accepting thread: a fresh socket's buffer takes it without waiting
+                request.setblocking(False)
+                request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+                             % (len(BUSY), BUSY))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    def handle_error(self, request, client_address):
+        """One line, not a traceback: what escaped the handler (it answers everything it can)."""
+        error = sys.exc_info()[1]
+        _log(f"{client_address[0]}: {type(error).__name__}: {error}")
+
+
+def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000, *, timeout: float = 10.0,
+                request_timeout: float = 30.0, max_connections: int = 64, workers: int | None = None) -> Server:
+    """A server for `model`, not yet serving (call serve_forever). timeout: the longest wait on a socket
+    (idle keep-alive too); request_timeout: the longest a request may take to arrive, from its first byte;
+    max_connections: open at once; workers: images decoded and predicted at once (default: the cores, at most 4)."""
     model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels before the first request
-    server = ThreadingHTTPServer((host, port), make_handler(model, PAGE.encode()))
-    server.daemon_threads = True
-    return server
+    if workers is None:
+        workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    handler = make_handler(model, PAGE.encode(), timeout=timeout, request_timeout=request_timeout, workers=workers)
+    return Server((host, port), handler, max_connections)
 
 
 PAGE = """<!doctype html>
