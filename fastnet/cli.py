@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--mirror", action="append", metavar="URL", help="a mirror to try first (repeatable)")
     fetch.add_argument("--no-default-mirrors", action="store_true", help="try only the --mirror URLs given")
     fetch.add_argument("--timeout", type=_number(float, 0.0, inclusive=False, maximum=86400.0,
-                                                 what="must be above 0 and under a day"), default=30.0,
-                       help="seconds per request (default 30)")
+                                                 what="must be above 0 and under a day"), default=300.0,
+                       help="seconds one file's whole download from a mirror may take before the next mirror is "
+                            "tried (default 300)")
 
     export = commands.add_parser("export", help="write the shipped MNIST as PNG folders DIR/{train,test}/<label>/")
     export.add_argument("folder", type=Path, metavar="DIR", help="a new folder to create")

@@ -1,17 +1,23 @@
 """`fastnet export DIR`: the shipped MNIST as DIR/train/<label>/*.png and DIR/test/<label>/*.png.
 
-Written in parallel into a temporary folder beside DIR, renamed to DIR only
-when complete: an interrupted export leaves no half-written dataset.
+Written in parallel into a staging folder beside DIR, renamed to DIR only when
+complete: an export that fails or is interrupted (Ctrl-C, SIGTERM) stops its
+worker processes and removes the staging folder, leaving no half-written
+dataset. The rename never replaces a DIR that appeared meanwhile (another
+export's, say): that export keeps its folder and this one ends with an error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +25,9 @@ from PIL import Image
 
 from .datasets import MNIST_CLASSES, load_mnist
 from .errors import FastnetError
+from .files import QUIT_SIGNALS
+
+JOB_IMAGES = 1000  # images per job: each job reports progress when done
 
 
 def _write_pngs(folder: str, names: list[str], images: np.ndarray) -> int:
@@ -27,14 +36,98 @@ def _write_pngs(folder: str, names: list[str], images: np.ndarray) -> int:
     return len(names)
 
 
-def export(destination: Path, splits=("train", "test"), workers: int | None = None) -> int:
+@contextlib.contextmanager
+def _signals_blocked():
+    """Hold back the quitting signals in this thread for a moment (where the platform can)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, QUIT_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _worker(jobs: list[tuple[str, list[str], np.ndarray]], results) -> None:
+    """Write jobs, sending each one's image count (or one error message) to the exporting process."""
+    # Only the exporting process acts on a signal: it stops the workers and removes the staging folder.
+    # Ctrl-C reaches the whole process group, so it is ignored here; SIGTERM and SIGHUP (from the exporting
+    # process, or to the group) end a worker at once, without the KeyboardInterrupt traceback that the
+    # inherited Python handlers would print. The signals were blocked across the fork until these were set.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, QUIT_SIGNALS)
+    try:
+        try:
+            for folder, names, images in jobs:
+                results.send(_write_pngs(folder, names, images))
+        except OSError as error:
+            results.send(f"cannot write {error.filename or 'a PNG file'}: {error.strerror or error}")
+        except Exception as error:
+            results.send(f"{type(error).__name__}: {error}")
+    except OSError:  # the exporting process is gone: no one to tell
+        pass
+
+
+def _write_all(jobs: list[tuple[str, list[str], np.ndarray]], workers: int) -> int:
+    """Run jobs in worker processes; returns the images written. Any exception (FastnetError for a failed
+    worker, KeyboardInterrupt for Ctrl-C or SIGTERM) leaves no worker running."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None  # fork: no copy of the data
+    context = multiprocessing.get_context(method)
+    total = sum(len(names) for _, names, _ in jobs)
+    running: dict = {}  # each worker's end of the results pipe -> its process
+    written = 0
+    try:
+        for share in range(workers):
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=_worker, args=(jobs[share::workers], sender), daemon=True)
+            with _signals_blocked():  # the child starts with them blocked, until _worker sets its handlers
+                process.start()
+                running[receiver] = process  # before a signal held back meanwhile can strike
+                sender.close()  # the worker holds the only sending end now: its exit reads as EOF
+        while running:
+            for receiver in multiprocessing.connection.wait(list(running)):
+                try:
+                    message = receiver.recv()
+                except EOFError:
+                    process = running.pop(receiver)
+                    process.join()
+                    if process.exitcode != 0:
+                        how = (f"was killed by signal {-process.exitcode}" if process.exitcode < 0
+                               else f"ended with status {process.exitcode}")
+                        raise FastnetError(f"an export worker process {how}; the export stopped and nothing "
+                                           "of it was kept") from None
+                    continue
+                if isinstance(message, str):
+                    raise FastnetError(f"{message}; the export stopped and nothing of it was kept")
+                written += message
+                print(f"\rexport: {written:,}/{total:,} images", end="", file=sys.stderr, flush=True)
+    finally:
+        with _signals_blocked():  # a second Ctrl-C must not leave a worker behind
+            for receiver, process in running.items():
+                process.kill()
+                process.join()
+                receiver.close()
+        if written:
+            print(file=sys.stderr)
+    return written
+
+
+def export(destination: str | Path, splits: tuple[str, ...] = ("train", "test"), workers: int | None = None) -> int:
     """Write the splits as PNG folders under destination (which must not exist); returns images written."""
     destination = Path(destination)
-    if destination.exists():
+    if os.path.lexists(destination):
         raise FastnetError(f"{destination} already exists; choose a new folder (nothing was written)")
     if not destination.parent.is_dir():
         raise FastnetError(f"{destination.parent}: no such folder")
-    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial"))
+    try:
+        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial"))
+    except OSError as error:
+        raise FastnetError(f"cannot write in {destination.parent} ({error.strerror}); nothing was written") from None
     try:
         jobs = []
         for split in splits:
@@ -42,18 +135,24 @@ def export(destination: Path, splits=("train", "test"), workers: int | None = No
             for label, name in enumerate(MNIST_CLASSES):
                 (staging / split / name).mkdir(parents=True)
                 rows = np.flatnonzero(labels == label)
-                for start in range(0, len(rows), 1000):
-                    chunk = rows[start:start + 1000]
+                for start in range(0, len(rows), JOB_IMAGES):
+                    chunk = rows[start:start + JOB_IMAGES]
                     jobs.append((str(staging / split / name), [f"{i:05d}.png" for i in chunk], images[chunk]))
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        written, total = 0, sum(len(j[1]) for j in jobs)
-        with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context(method)) as pool:
-            for count in pool.map(_write_pngs, *zip(*jobs)):
-                written += count
-                print(f"\rexport: {written:,}/{total:,} images", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-        os.replace(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        written = _write_all(jobs, max(1, min(workers or os.cpu_count() or 1, len(jobs))))
+        try:
+            # rename, not a copy: DIR appears complete or not at all. It fails where DIR exists with anything
+            # in it (another export finished first), so that one is never replaced.
+            os.rename(staging, destination)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise FastnetError(f"{destination} appeared while exporting (another export into it?); it is left "
+                                   "as it is, and nothing of this export was kept") from None
+            raise
+    except BaseException as error:  # Ctrl-C and SIGTERM (cli.Stopped) too: the workers are stopped by now
+        with _signals_blocked():  # a second signal must not cut the removal short
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise FastnetError(f"cannot export to {destination} ({error.strerror or error}); nothing was "
+                               "written") from None
         raise
     return written

@@ -30,35 +30,10 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory):  # a copy of tests/test_export.py's (module-scoped: made once per module anyway)
     folder = tmp_path_factory.mktemp("export") / "mnist"
     export(folder, splits=("test",))
     return folder
-
-
-def test_export_round_trip_is_bit_identical(exported):
-    images, labels = load_mnist("test")
-    loaded, loaded_labels, classes = load_folder(exported / "test", progress=False)
-    assert classes == [str(d) for d in range(10)]
-    order = np.concatenate([np.flatnonzero(labels == d) for d in range(10)])  # class folders, files by index
-    np.testing.assert_array_equal(loaded, images[order])
-    np.testing.assert_array_equal(loaded_labels, labels[order])
-    assert loaded.flags.c_contiguous and loaded.dtype == np.uint8
-
-
-def failing_write(*args):  # module level: the export's worker processes must be able to unpickle it
-    raise OSError("disk full")
-
-
-def test_export_refuses_an_existing_folder_and_leaves_nothing_when_it_fails(tmp_path, monkeypatch):
-    (tmp_path / "taken").mkdir()
-    with pytest.raises(FastnetError, match="already exists"):
-        export(tmp_path / "taken")
-
-    monkeypatch.setattr(export_module, "_write_pngs", failing_write)
-    with pytest.raises(OSError):
-        export(tmp_path / "new", splits=("test",), workers=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no half-written dataset, no staging folder
 
 
 def test_cache_is_used_and_invalidated(exported, tmp_path):
@@ -159,53 +134,3 @@ def test_train_and_predict_on_a_folder_dataset_with_named_classes(tmp_path):
     assert predicted.returncode == 0, predicted.stderr
     accuracy = float(predicted.stdout.split("accuracy ")[1].split("%")[0])
     assert accuracy >= 90 and " ring " in predicted.stdout.replace("\n", " ")
-
-
-# ---------------------------------------------------------------- fetch, against servers on 127.0.0.1
-
-
-@pytest.fixture(scope="module")
-def mirrors(tmp_path_factory):
-    """Local mirrors: good copies, corrupted files, truncated files, an empty one (404), and one that hangs."""
-    base = tmp_path_factory.mktemp("mirrors")
-    names = [name for pair in MNIST_FILES.values() for name in pair]
-    for kind in ("good", "corrupt", "truncated", "missing"):
-        (base / kind).mkdir()
-    for name in names:
-        data = (mnist_dir() / name).read_bytes()
-        (base / "good" / name).write_bytes(gzip.compress(gzip.decompress(data)))  # other gz bytes, same content
-        content = bytearray(gzip.decompress(data))
-        content[len(content) // 2] ^= 0xFF
-        (base / "corrupt" / name).write_bytes(gzip.compress(bytes(content)))
-        (base / "truncated" / name).write_bytes(data[:len(data) // 2])
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(base))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    silent = socket.socket()  # accepts connections, never answers
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
-    yield {kind: url + kind + "/" for kind in ("good", "corrupt", "truncated", "missing")} | {
-        "hanging": f"http://127.0.0.1:{silent.getsockname()[1]}/"}
-    server.shutdown()
-    silent.close()
-
-
-def test_fetch_tries_mirrors_until_one_verifies(mirrors, tmp_path):
-    order = [mirrors[k] for k in ("hanging", "missing", "truncated", "corrupt", "good")]
-    paths = fetch(tmp_path / "mnist", order, timeout=0.5, report=lambda line: None)
-    assert len(paths) == 4
-    images, labels = load_mnist("test", tmp_path / "mnist")
-    np.testing.assert_array_equal(images, load_mnist("test")[0])
-    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(p.name for p in paths)  # no temporaries
-
-
-def test_fetch_with_no_good_mirror_is_one_clear_error(mirrors, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fastnet", "fetch", tmp_path / "mnist", "--timeout", "0.5",
-                             "--mirror", mirrors["corrupt"], "--mirror", mirrors["missing"],
-                             "--mirror", "http://127.0.0.1:9/", "--no-default-mirrors"], env=ENV,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert "could not download" in result.stderr and "offline" in result.stderr
-    assert not any((tmp_path / "mnist").glob("*.gz"))

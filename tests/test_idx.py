@@ -10,20 +10,23 @@ import pytest
 
 from fastnet.datasets import MNIST_FILES, load_idx_pair, load_mnist, mnist_dir
 from fastnet.errors import FastnetError
+from fastnet.fetch import SHA256, SIZES
 from fastnet.idx import read_idx
 
-CANONICAL_SHA256 = {  # of the decompressed files (DEVELOPERS.md)
-    "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
+NAMES = [name for pair in MNIST_FILES.values() for name in pair]
 
 
-@pytest.mark.parametrize("name", sorted(CANONICAL_SHA256))
+@pytest.mark.parametrize("name", NAMES)
 def test_shipped_files_are_canonical_mnist(name):
+    """The size and SHA-256 of each decompressed file are those fetch verifies downloads against
+    (fastnet.fetch.SIZES and fastnet.fetch.SHA256)."""
     content = gzip.decompress((mnist_dir() / name).read_bytes())
-    assert hashlib.sha256(content).hexdigest() == CANONICAL_SHA256[name]
+    assert len(content) == SIZES[name]
+    assert hashlib.sha256(content).hexdigest() == SHA256[name]
+
+
+def test_fetch_verifies_exactly_the_files_load_mnist_reads():
+    assert sorted(SHA256) == sorted(SIZES) == sorted(NAMES)
 
 
 @pytest.mark.parametrize("split,count", [("train", 60000), ("test", 10000)])
@@ -77,7 +80,3 @@ def test_count_mismatch_between_images_and_labels(tmp_path):
     (tmp_path / "labels").write_bytes(idx_bytes(np.zeros(4, np.uint8)))
     with pytest.raises(FastnetError, match="5 images but .* 4 labels"):
         load_idx_pair(tmp_path / "images", tmp_path / "labels")
-
-
-def test_mnist_file_names_cover_both_splits():
-    assert set(MNIST_FILES) == {"train", "test"}

@@ -1,0 +1,167 @@
+"""export: the PNG folders read back bit for bit, and an export that fails, loses a race or is stopped by a
+signal leaves nothing of its own behind, no worker process and no traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastnet import export as export_module
+from fastnet.datasets import load_mnist
+from fastnet.errors import FastnetError
+from fastnet.export import export
+from fastnet.folders import load_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export") / "mnist"
+    export(folder, splits=("test",))
+    return folder
+
+
+def test_export_round_trip_is_bit_identical(exported):
+    images, labels = load_mnist("test")
+    loaded, loaded_labels, classes = load_folder(exported / "test", progress=False)
+    assert classes == [str(d) for d in range(10)]
+    order = np.concatenate([np.flatnonzero(labels == d) for d in range(10)])  # class folders, files by index
+    np.testing.assert_array_equal(loaded, images[order])
+    np.testing.assert_array_equal(loaded_labels, labels[order])
+    assert loaded.flags.c_contiguous and loaded.dtype == np.uint8
+
+
+def failing_write(*args):  # module level: the export's worker processes must be able to unpickle it
+    raise OSError(28, "No space left on device")
+
+
+def dying_write(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_export_refuses_an_existing_folder_and_leaves_nothing_when_it_fails(tmp_path, monkeypatch):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FastnetError, match="already exists"):
+        export(tmp_path / "taken")
+
+    monkeypatch.setattr(export_module, "_write_pngs", failing_write)
+    with pytest.raises(FastnetError, match="No space left on device; the export stopped and nothing of it was kept"):
+        export(tmp_path / "new", splits=("test",), workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no half-written dataset, no staging folder
+
+    monkeypatch.setattr(export_module, "_write_pngs", dying_write)  # the out-of-memory killer, say
+    with pytest.raises(FastnetError, match="an export worker process was killed by signal 9"):
+        export(tmp_path / "new", splits=("test",), workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+    with pytest.raises(FastnetError, match="no such folder"):
+        export(tmp_path / "missing" / "new")
+
+
+def test_an_export_that_loses_the_race_keeps_the_winners_folder(tmp_path, monkeypatch):
+    """Another export finishes first while this one writes: this one ends with one error, and removes only its
+    own staging folder."""
+    destination = tmp_path / "mnist"
+    real_load = export_module.load_mnist
+
+    def other_export_finishes_first(split):
+        (destination / "test" / "0").mkdir(parents=True, exist_ok=True)
+        (destination / "test" / "0" / "00003.png").write_bytes(b"the winner's")
+        return real_load(split)
+
+    monkeypatch.setattr(export_module, "load_mnist", other_export_finishes_first)
+    with pytest.raises(FastnetError, match="appeared while exporting"):
+        export(destination, splits=("test",))
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "mnist", "mnist/test", "mnist/test/0", "mnist/test/0/00003.png"]
+    assert (destination / "test" / "0" / "00003.png").read_bytes() == b"the winner's"
+
+
+def test_concurrent_exports_into_one_folder(tmp_path):
+    """Two exports started together: one makes the folder, the other gets one error line, and no staging
+    folder is left."""
+    command = [sys.executable, "-m", "fastnet", "export", str(tmp_path / "mnist"), "--split", "test"]
+    processes = [subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    results = [(p.returncode, err) for p in processes for _, err in [p.communicate(timeout=600)]]
+    assert sorted(code for code, _ in results) == [0, 1], results
+    error = next(err for code, err in results if code == 1)
+    assert "Traceback" not in error and error.strip().splitlines()[-1].startswith("fastnet: error: ")
+    assert "already exists" in error or "appeared while exporting" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]
+    assert len(list((tmp_path / "mnist").rglob("*.png"))) == 10_000
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# `python -m fastnet export DIR`, but writing a PNG every 50 ms: finishing the export would take half an hour.
+SLOW_EXPORT = """
+import sys, time
+import fastnet.export as export
+write = export._write_pngs
+def slow_write(folder, names, images):
+    for i in range(len(names)):
+        write(folder, names[i:i + 1], images[i:i + 1])
+        time.sleep(0.05)
+    return len(names)
+export._write_pngs = slow_write
+from fastnet.__main__ import run
+sys.argv = ["fastnet", "export", sys.argv[1]]
+sys.exit(run())
+"""
+
+
+@pytest.mark.parametrize("signum,to_group,slow", [
+    (signal.SIGTERM, False, False), (signal.SIGTERM, False, True), (signal.SIGTERM, True, False),
+    (signal.SIGINT, True, False), (signal.SIGHUP, True, False)],
+    ids=["SIGTERM", "SIGTERM-slow-writes", "SIGTERM-to-group", "Ctrl-C", "SIGHUP-to-group"])
+def test_a_signal_stops_the_export_and_removes_the_staging_folder(tmp_path, signum, to_group, slow):
+    """Signalled once it is writing PNGs (to the process, or to its process group as a terminal or a service
+    manager does): its workers stop at once, exit 128 + signal, no traceback, no staging folder, no process
+    left."""
+    command = ["-c", SLOW_EXPORT] if slow else ["-m", "fastnet", "export"]
+    process = subprocess.Popen([sys.executable, *command, str(tmp_path / "mnist")], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    group = process.pid  # its own session: a signal to the group reaches its workers, not pytest
+    try:
+        deadline = time.monotonic() + 300
+        while not any(tmp_path.glob(".mnist.*.partial/*/*/*.png")) and process.poll() is None:
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.05)
+        assert process.poll() is None, process.communicate()
+        if to_group:
+            os.killpg(group, signum)
+        else:
+            process.send_signal(signum)
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running a minute after the signal: its workers went on writing")
+        assert process.returncode == 128 + signum, err
+        assert "Traceback" not in err and err.splitlines()[-1] == "fastnet: interrupted", err
+        assert list(tmp_path.iterdir()) == []  # no staging folder, no half-written dataset
+        deadline = time.monotonic() + 30
+        while group_alive(group) and time.monotonic() < deadline:  # the workers are gone too
+            time.sleep(0.1)
+        assert not group_alive(group), "worker processes were left running"
+    finally:
+        if group_alive(group):  # only the processes this test started
+            os.killpg(group, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
