@@ -8,6 +8,7 @@ the fastest epoch measured; test accuracy is after the last one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import subprocess
@@ -58,6 +59,7 @@ class Record:
     peak_rss_mb: float
     speedup_over_numpy: float | None = None
     note: str = ""
+    busy: int = 0  # competing busy processes while it was measured (bench --busy)
 
 
 def measure(system: str, batch_size: int, threads: int, epochs: int, timeout: float = 3600) -> Record | None:
@@ -72,8 +74,21 @@ def measure(system: str, batch_size: int, threads: int, epochs: int, timeout: fl
     return Record(**json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+@contextlib.contextmanager
+def busy_processes(count: int):
+    """count processes that each keep a core busy, for the duration: a busy machine, as shared ones are."""
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.wait()
+
+
 def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: bool = False,
-        report=lambda record: None) -> list[Record]:
+        report=lambda record: None, busy: int = 0) -> list[Record]:
     """Measure numba (each thread count) and numpy (and the installed peers) at each batch size.
 
     The Numba kernels are compiled into the cache first, for each batch size
@@ -81,6 +96,11 @@ def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: 
     measured process pays for compiling, in seconds or in peak memory.
     """
     _run_child(["-c", _WARM_UP, *map(str, batch_sizes)], _child_environment(), "compiling the kernels")
+    with busy_processes(busy):
+        return _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy)
+
+
+def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy) -> list[Record]:
     records = []
     for batch_size in batch_sizes:
         systems = [("numba", t) for t in thread_counts] + [("numpy", max(thread_counts))]
@@ -91,6 +111,7 @@ def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: 
             record = measure(system, batch_size, threads, epochs)
             if record is None:
                 continue
+            record.busy = busy
             if system == "numpy":
                 numpy_seconds = record.seconds_per_epoch
             records.append(record)

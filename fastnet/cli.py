@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs per measurement (the fastest is reported; default 1)")
     bench.add_argument("--peers", action="store_true",
                        help="also time PyTorch, scikit-learn and JAX where installed (optional extras)")
+    bench.add_argument("--busy", type=_number(int, 0, maximum=65, what="must be 0 to 64"), default=0, metavar="N",
+                       help="measure with N competing processes each keeping a core busy, as on a shared machine")
     bench.add_argument("--json", type=Path, help="write the records as a JSON list")
     bench.add_argument("--plot", type=Path, help="draw seconds per epoch as a PNG")
 
@@ -426,7 +428,8 @@ def bench(args: argparse.Namespace) -> int:
 
     check_outputs({"--json": args.json, "--plot": args.plot})
     print(f"fastnet bench: {args.epochs} epoch(s) per measurement, plain SGD at lr min(1, 0.05 x batch), "
-          f"each in a fresh process; {os.cpu_count()} cores")
+          f"each in a fresh process; {os.cpu_count()} cores"
+          + (f"; {args.busy} competing busy process(es) during the epochs" if args.busy else ""))
     start = benchmarks.startup_seconds()
     print(f"numba kernels (best of 2 each): compile into an empty cache {start['compile_empty_cache']:.2f} s; "
           f"from a warm cache load {start['load_warm_cache']:.2f} s, start-up in all {start['startup_warm_cache']:.2f} s")
@@ -434,7 +437,7 @@ def bench(args: argparse.Namespace) -> int:
         rate = benchmarks.predict_images_per_second(threads)
         print(f"numba prediction over the 10,000 test images, {threads} thread(s): {rate:,.0f} images/s")
     print()
-    records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers)
+    records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers, busy=args.busy)
     print(benchmarks.format_table(records))
     if args.json is not None:
         from .files import write_atomically

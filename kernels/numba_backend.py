@@ -559,7 +559,8 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
             break
         publish(control, worker + 1, 2 * b + 1)
         for other in range(active):
-            naps += wait_for(control, other + 1, 2 * b + 1)
+            slept = wait_for(control, other + 1, 2 * b + 1)
+            naps += slept if b > first_batch else 0  # the first meeting waits for the threads to start
         lo, hi = rows.size * worker // active, rows.size * (worker + 1) // active
         _output_forward(probs, hidden, params.W2, params.b2, lo, hi)
         loss, hits = _output_backward(dlogits, probs, labels, rows, lo, hi)
@@ -568,12 +569,13 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
         if worker == 0:
             if load_acquire(stop, 0) != 0:
                 control[STOP_AT] = b + 1
-            done = b + 1 - first_batch  # a few batches first: the threads start some microseconds apart
-            if active > 1 and done >= 16 and naps * SOLO_EVERY > done:
+            done = b - first_batch
+            if active > 1 and done >= SOLO_EVERY and naps * SOLO_EVERY > done:
                 control[SOLO_AT] = b + 1
         publish(control, worker + 1, 2 * b + 2)
         for other in range(active):
-            naps += wait_for(control, other + 1, 2 * b + 2)
+            slept = wait_for(control, other + 1, 2 * b + 2)
+            naps += slept if b > first_batch else 0  # the first meeting waits for the threads to start
         if worker == 0:
             _update_output_bias(params, velocity, dlogits[:rows.size], learning_rate, momentum)
         if control[STOP_AT] >= 0:
