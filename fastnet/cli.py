@@ -247,10 +247,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _set_threads(threads: int | None, backend: str) -> None:
-    if threads is not None and backend == "numba":
+    """--threads: Numba's worker threads, or for the numpy backend the BLAS library's (OpenBLAS, MKL), which
+    otherwise start one per core whatever the flag says: on a busy machine those fight for the cores."""
+    if threads is None:
+        return
+    if backend == "numba":
         import numba
 
         numba.set_num_threads(threads)
+    else:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
 
 
 def evaluate(parameters_path: Path, backend_name: str, confusion: Path | None = None) -> int:

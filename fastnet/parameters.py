@@ -44,6 +44,24 @@ class Parameters:
     preprocessing: str = "digit"  # how predict prepares new images: "digit" (MNIST-style) or "resize"
 
 
+def shipped_path() -> Path:
+    """The trained parameters.npz fastnet ships: inside the installed package, or at the top of a source
+    checkout (where `python -m fastnet train` writes it)."""
+    package = Path(__file__).parent
+    for candidate in (package / "parameters.npz", package.parent / "parameters.npz"):
+        if candidate.is_file():
+            return candidate
+    raise FastnetError(f"the shipped parameters.npz is missing (looked in {package} and {package.parent}); "
+                       "reinstall fastnet, or train one with 'python -m fastnet train'")
+
+
+def default_path() -> Path:
+    """The parameters used when none are named: parameters.npz in the current folder (what train writes there),
+    else the shipped ones."""
+    local = Path("parameters.npz")
+    return local if local.exists() else shipped_path()
+
+
 def save(path: str | Path, parameters: Parameters) -> None:
     """Write parameters to path (.npz) atomically."""
     network = parameters.network

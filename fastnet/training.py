@@ -138,25 +138,28 @@ def warm_up(backend, config: TrainConfig, images: np.ndarray, labels: np.ndarray
 
 
 class ProgressBar:
-    """A progress line on stderr that appears only once an epoch has run for a second."""
+    """A progress line on a terminal that appears only once an epoch has run for a second. Not in logs: where
+    the stream is no terminal it stays silent, and the one line per epoch says it all."""
 
-    def __init__(self, total: int, label: str):
+    def __init__(self, total: int, label: str, stream=None):
         self.total, self.label = total, label
+        self.stream = stream if stream is not None else sys.stderr
         self.start = self.last = time.perf_counter()
         self.shown = False
+        self.enabled = self.stream.isatty()
 
     def __call__(self, done: int) -> None:
         now = time.perf_counter()
-        if now - self.start < 1.0 or now - self.last < 0.2:
+        if not self.enabled or now - self.start < 1.0 or now - self.last < 0.2:
             return
         self.last, self.shown = now, True
         filled = 30 * done // self.total
         print(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} "
-              f"{done / (now - self.start):,.0f} img/s", end="", file=sys.stderr, flush=True)
+              f"{done / (now - self.start):,.0f} img/s", end="", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.shown:
-            print(file=sys.stderr, flush=True)
+            print(file=self.stream, flush=True)
 
 
 def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],

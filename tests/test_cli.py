@@ -169,3 +169,26 @@ def test_bad_parameters_file_is_one_line_and_nonzero(tmp_path):
     result = fastnet("evaluate", "--parameters", tmp_path / "broken.npz")
     assert result.returncode == 1
     assert result.stderr.startswith("fastnet: error:") and result.stderr.count("\n") == 1
+
+
+BLAS_THREADS = """
+import numpy
+from threadpoolctl import threadpool_info
+from fastnet.cli import _set_threads
+def blas_threads():
+    return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+before = blas_threads()
+_set_threads(1, "numpy")
+print(before, blas_threads())
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to limit")
+def test_threads_limits_the_blas_threads_of_the_numpy_backend():
+    """--threads did not limit OpenBLAS: on a busy machine the numpy backend took 17 s an epoch, 1.15 s on one."""
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", BLAS_THREADS], env=dict(env, PYTHONPATH=str(ROOT)),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, after = map(int, result.stdout.split())
+    assert before > 1 and after == 1

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fastnet.training import TrainConfig, learning_rate_at, train
+from fastnet.training import ProgressBar, TrainConfig, learning_rate_at, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,3 +99,30 @@ def test_same_seed_same_weights_other_seed_other_weights(mnist_train, mnist_test
     other, _ = train(TrainConfig(epochs=1, seed=4), small, mnist_test, 10)
     assert all(np.array_equal(a, b) for a, b in zip(first.params, again.params))
     assert not np.array_equal(first.W1, other.W1)
+
+
+class FakeStream:
+    def __init__(self, terminal: bool):
+        self.terminal, self.text = terminal, ""
+
+    def isatty(self):
+        return self.terminal
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_progress_bar_shows_on_a_terminal_only(terminal, monkeypatch):
+    """A log file got a progress bar's carriage returns mixed into its lines (and, on a busy machine, before
+    the error line a test looked for)."""
+    clock = iter([0.0, 5.0, 5.0])
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    stream = FakeStream(terminal)
+    bar = ProgressBar(1000, "epoch 1", stream)
+    bar(500)
+    bar.close()
+    assert ("epoch 1 [" in stream.text) == terminal and (stream.text == "") != terminal
