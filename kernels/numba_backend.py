@@ -5,41 +5,12 @@ loops over hidden units vectorise, cache=True so the compile is paid once.
 
 Dimension legend: N batch, D inputs (784), H hidden units, K classes.
 
-Why it is fast (each point measured, see the README):
-- ~80% of MNIST pixels are zero. ``prepare`` lists once where each image has
-  ink, and their uint8 values beside them; forward and the W1 update touch only
-  those rows of W1 (forward: four ink pixels per pass over a row of hidden
-  units) and scale the values by 1/255 on the fly: there is no float copy.
-- The W1 update goes pixel by pixel: a batch of 32 images has ink on ~480
-  distinct pixels but ~4,800 (image, pixel) pairs, so each ink row's gradient
-  is summed over the images in registers and added to the row once: a tenth
-  of the reads and writes of W1 rows that adding image by image costs (which
-  batches under PIXEL_MAJOR_FROM images still do).
-- A shuffled batch jumps about memory; while a batch is computed, the next
-  batch's ink entries are prefetched, rather than waited for one cache miss at
-  a time.
-- Running sums over a block's 64 units (an image's in the forward and hidden
-  backward, a row's gradient in the W1, W2 and b1 updates) live in a scratch
-  row on the stack (intrinsics.stack_floats), which LLVM keeps in four vector
-  registers throughout. In an ordinary array they were loaded and stored again
-  every few pixels, since LLVM could not rule out that they alias the weights.
-- The sigmoid vectorises (see _sigmoid), and error_model="numpy" drops the
-  zero-divisor check on every float division, which kept such loops scalar.
-- Prediction lists each image's ink with one vector compress per 64 pixels
-  where the CPU has one (AVX-512 VBMI2; intrinsics.append_nonzero64).
-- A whole epoch runs in one compiled call per thread: no Python per batch.
-- Hidden units are split into blocks of BLOCK=64 (four 16-float vectors), each
-  stored contiguously: W1 as (blocks, D, BLOCK), W2 transposed as
-  (blocks, K, BLOCK). Threads own whole blocks, so no two threads ever write the
-  same cache line (with the plain (D, H) layout they fought over one line per
-  row and ran 9x slower), and every weight is updated by one thread with the
-  same operations in the same order whatever the thread count: training is
-  race-free and bit-identical for 1 or 2 threads.
-- Threads are plain Python threads running one nogil compiled worker each
-  (threads.py), meeting twice per batch: each finishes batch b-1 (backward +
-  update of its blocks) and begins batch b (hidden layer of its blocks); then
-  each runs the output layer (K=10 logits and softmax) for its share of the
-  batch's images.
+Why it is fast, and what each choice bought, is in docs/design.md; the docstrings
+below say what a reader of each function needs. In short: the first layer reads
+only each image's ink (prepare), hidden units live in cache-line-aligned blocks of
+BLOCK that each thread owns whole (no races, bit-identical for any thread count),
+running sums stay in registers (intrinsics.stack_floats), and a whole epoch is one
+compiled call per thread, the threads meeting twice per batch (threads.py).
 """
 
 from __future__ import annotations
@@ -63,8 +34,8 @@ SIGMOID, RELU = 0, 1
 INPUT_SCALE = np.float32(1.0 / 255.0)
 BLOCK = 64
 SOLO_EVERY = 4  # worker 0 goes on alone once it has napped in more than one batch in this many (_epoch_worker)
-PIXEL_MAJOR_FROM = 16  # batches of this many images or more add their W1 gradient pixel by pixel (measured:
-# image by image was faster at 4-12, as fast at 16-24, slower at 32: 0.066 vs 0.062 s an epoch)
+PIXEL_MAJOR_FROM = 16  # batches of this many images or more add their W1 gradient pixel by pixel; image by
+# image is as fast or faster in smaller ones
 
 jit = njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
 # Helpers are inlined (in Numba's IR) into the functions called from Python, so each of those
@@ -124,7 +95,7 @@ CACHE_LINE = 128  # bytes: Apple's Arm cores' line; two of x86's 64-byte lines (
 def aligned_zeros(shape) -> np.ndarray:
     """float32 zeros whose data starts on a cache line, so that every BLOCK-float row (256 bytes) is whole
     vectors in whole lines, and blocks owned by different threads never share a line. numpy aligns to 16 bytes
-    and Numba to 32: at those, every vector load and store straddled two lines (1.6x slower forward)."""
+    and Numba to 32: at those, every vector load and store straddled two lines."""
     size = int(np.prod(shape))
     raw = np.zeros(size + CACHE_LINE // 4, np.float32)
     first = (-raw.ctypes.data % CACHE_LINE) // 4
@@ -289,13 +260,13 @@ def _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_
     the weights. dhidden[blk] is left scaled for W1's gradient. Weight decay
     (W1 and W2 only) is the one dense step, and runs only when asked for.
     Separate functions rather than one because Numba's inlining costs more than
-    in proportion to a function's size: as one, they took ~0.6 s more to compile.
+    in proportion to a function's size (compile time: docs/design.md).
     """
     # The block's W1, W2 and b1, each a 2-D view (b1's a single row), so that the dense steps are one
-    # loop for all three (ravel() would have added ~0.15 s of compile).
+    # loop for all three (ravel() would compile a generic function of its own).
     weights = (params.W1[blk], params.W2[blk], params.b1[blk:blk + 1])
     # velocity is None for plain SGD: Numba then compiles none of the momentum code (`is None` on an
-    # argument is decided at compile time); warm_up on an empty cache went from 8.0-9.3 s to 5.9-6.4 s.
+    # argument is decided at compile time), which keeps the usual kernel's compile short.
     if velocity is None:  # w = (1 - learning_rate * weight_decay) * w (- the gradient, below)
         scale, target = -learning_rate, params
         for i in range(2 if weight_decay != np.float32(0.0) else 0):  # no decay on biases
@@ -392,9 +363,8 @@ def _move_by_velocity(params, velocity, learning_rate, blk):
 def _backward_block(ink, rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay,
                     relu, blk, pixel_ink, image_by_image):
     """Backward and update of block blk, the same calls _epoch_worker makes (keep the two in step): for
-    backward(), below. Written out twice on purpose: this function inlined into the worker compiled 0.9 s
-    slower (min of 5 alternating runs), and called from it un-inlined, fresh and cached kernels differed in
-    the last bits."""
+    backward(), below. Written out twice on purpose: inlined into the worker, this function made its compile
+    markedly slower, and called from it un-inlined, fresh and cached kernels differed in the last bits."""
     _hidden_backward(dhidden, dlogits, hidden, params.W2, relu, blk)
     _backward_update(rows, hidden, dhidden, dlogits, params, velocity, learning_rate, momentum, weight_decay, blk)
     T1 = params.W1[blk] if velocity is None else velocity.W1[blk]
@@ -421,7 +391,7 @@ def _output_forward(probs, hidden, W2, b2, lo, hi):
                 for j in range(BLOCK):
                     logit += hidden[blk, n, j] * W2[blk, k, j]
             p[k] = logit
-        largest = p[0]  # a loop, not p.max(): Numba compiles its generic max for ~0.4 s
+        largest = p[0]  # a loop, not p.max(): Numba would compile its generic max for this kernel
         for k in range(1, n_classes):
             largest = max(largest, p[k])
         total = np.float32(0.0)
@@ -445,7 +415,7 @@ def _output_backward(dlogits, probs, labels, rows, lo, hi):
         label = labels[rows[n]]
         p = probs[n]
         loss -= np.log(max(p[label], tiny))
-        best = 0  # np.argmax's first largest, as a loop (np.argmax costs ~0.2 s of compile)
+        best = 0  # np.argmax's first largest, as a loop (np.argmax would compile a generic function)
         for k in range(1, n_classes):
             if p[k] > p[best]:
                 best = k
@@ -483,7 +453,7 @@ def _w1_tiles(count, n_inputs, image_by_image):
 
 def _epoch_buffers(n_blocks, batch_size, n_classes, n_inputs, n_workers, image_by_image):
     """hidden, dhidden, probs and dlogits for one batch, and each worker's pixel_ink tile.
-    Allocated here: np.zeros inside the kernel cost ~0.2 s of compile."""
+    Allocated here: np.zeros inside the kernel would lengthen its compile."""
     return (aligned_zeros((n_blocks, batch_size, BLOCK)), aligned_zeros((n_blocks, batch_size, BLOCK)),
             np.empty((batch_size, n_classes), np.float32), np.empty((batch_size, n_classes), np.float32),
             _w1_tiles(n_workers, n_inputs, image_by_image))
@@ -492,8 +462,8 @@ def _epoch_buffers(n_blocks, batch_size, n_classes, n_inputs, n_workers, image_b
 # Two choices made when a kernel is compiled, not when it runs, as for `velocity`: where an argument is None,
 # Numba drops the branch that `argument is None` rules out before compiling it (any other value, None's
 # opposite included, compiles both ways); in the function called from Python, even before inlining the helpers
-# that branch calls. The usual case (sigmoid, batches of 16 or more) passes None for both and compiles in
-# 0.35-0.55 s less (measured alternately with the code before).
+# that branch calls. The usual case (sigmoid, batches of 16 or more) passes None for both and so compiles
+# only the code it runs.
 
 
 def _relu_flag(activation: int) -> bool | None:
@@ -525,7 +495,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
     worker's images'.)
     On a busy machine a worker that has lost its core holds up the others at
     every meeting. When worker 0 has had to nap (see threads.wait_for) more than
-    SOLO_NAPS times per batch, it sets control[SOLO_AT] the same way: the others
+    one batch in SOLO_EVERY, it sets control[SOLO_AT] the same way: the others
     stop after that batch and worker 0 carries on with all the blocks and images.
     Each block and image is computed the same way whoever computes it, so the
     weights stay bit-identical.
@@ -719,7 +689,7 @@ def _predict_rows(probs, images, params, n_hidden, relu, lo, hi, hidden, vector_
     start = np.empty(group + 1, np.int64)
     pixels = np.empty(group * n_inputs + 64, np.uint16)
     values = np.empty(group * n_inputs + 64, np.uint8)
-    rows = np.empty(group, np.int64)  # 0, 1, ... (np.arange costs ~0.2 s of compile)
+    rows = np.empty(group, np.int64)  # 0, 1, ... (np.arange would compile a generic function)
     for n in range(group):
         rows[n] = n
     for first in range(lo, hi, group):
