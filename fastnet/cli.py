@@ -30,8 +30,21 @@ DRY_RUN_IMAGES = (2048, 1000)  # train and test images used by --dry-run
 STARTED = time.perf_counter()  # start-up (imports, loading kernels) is reported apart from the work
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its real default, except where the default is None or False: there the
+    help says in words what happens."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line ('fastnet train: error: ...'), exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -53,9 +66,13 @@ def _number(kind, minimum, *, inclusive=True, maximum=None, what=""):
 
 def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
     cores = os.cpu_count() or 1
-    parser.add_argument("--backend", choices=BACKENDS, default="numba", help="compute backend (default: numba)")
+    parser.add_argument("--backend", choices=BACKENDS, default="numba", help="compute backend")
     parser.add_argument("--threads", type=_number(int, 1, maximum=cores + 1, what=f"must be 1 to {cores}, the cores"),
-                        help=f"threads for the numba backend (default: all {cores} cores)")
+                        help=f"threads for the numba backend, or the BLAS library's for numpy (default: all {cores} "
+                             "cores)")
+
+
+PARAMETERS_HELP = "trained parameters to use (default: ./parameters.npz if there is one, else the model fastnet ships)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,32 +83,35 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
 
     train = commands.add_parser("train", help="train (on the shipped MNIST by default); save parameters and plot")
-    train.add_argument("--epochs", type=_number(int, 1, what="must be at least 1"), default=defaults.epochs)
+    train.add_argument("--epochs", type=_number(int, 1, what="must be at least 1"), default=defaults.epochs,
+                       help="passes over the training images")
     train.add_argument("--batch-size", type=_number(int, 1, what="must be at least 1"), default=defaults.batch_size,
-                       help=f"images per SGD step; 1 is the original's per-image training (default {defaults.batch_size})")
+                       help="images per SGD step; 1 is the original's per-image training")
     train.add_argument("--lr", type=_number(float, 0.0, inclusive=False, what="must be above 0"),
-                       default=defaults.learning_rate, help=f"base learning rate (default {defaults.learning_rate})")
+                       default=defaults.learning_rate, help="base learning rate")
     train.add_argument("--momentum", type=_number(float, 0.0, maximum=1.0, what="must be in [0, 1)"),
-                       default=defaults.momentum, help="SGD momentum (default 0: plain SGD)")
+                       default=defaults.momentum, help="SGD momentum (0: plain SGD)")
     train.add_argument("--weight-decay", type=_number(float, 0.0, what="must be 0 or more"),
-                       default=defaults.weight_decay, help="L2 weight decay on W1 and W2 (default 0)")
+                       default=defaults.weight_decay, help="L2 weight decay on the weights (not the biases)")
     train.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
                        help="learning rate over the epochs: cosine decay towards 0, or constant")
     train.add_argument("--hidden", type=_number(int, 1, what="must be at least 1"), default=defaults.hidden,
-                       help=f"hidden units (default {defaults.hidden})")
-    train.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation)
+                       help="hidden units")
+    train.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation,
+                       help="activation of the hidden units")
     train.add_argument("--seed", type=_number(int, 0, what="must be 0 or more"), default=defaults.seed,
-                       help="seed for the initial weights and shuffling")
+                       help="seed for the initial weights, the shuffles and --val-split")
     _add_backend_flags(train)
     train.add_argument("--data", default="mnist",
-                       help="'mnist' (the shipped files, default), a folder with the four MNIST IDX files "
-                            "(see fetch), or an image folder: DIR/train/<class>/ and DIR/test/<class>/, or "
-                            "DIR/<class>/ with --val-split")
+                       help="'mnist' (the shipped files), a folder with the four MNIST IDX files (see fetch), or an "
+                            "image folder: DIR/train/<class>/ and DIR/test/<class>/, or DIR/<class>/ with --val-split")
     train.add_argument("--val-split", type=_number(float, 0.0, inclusive=False, maximum=1.0, what="must be in (0, 1)"),
                        help="share of a DIR/<class>/ dataset held out as its test set")
     train.add_argument("--strict", action="store_true", help="an unreadable image in --data is an error, not a skip")
-    train.add_argument("--out", type=Path, help="where to save the parameters (default parameters.npz)")
-    train.add_argument("--plot", type=Path, help="where to save the error plot PNG (default error.png)")
+    train.add_argument("--out", type=Path, help="where to save the parameters (default: parameters.npz; with "
+                                                "--dry-run, nowhere)")
+    train.add_argument("--plot", type=Path, help="where to save the error plot PNG (default: error.png; with "
+                                                 "--dry-run, nowhere)")
     train.add_argument("--checkpoint", type=Path,
                        help="where to keep the checkpoint, written after every epoch and on Ctrl-C, removed at the "
                             "end (default: beside --out, e.g. parameters.checkpoint.npz)")
@@ -100,20 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "(its settings are used; the training flags are ignored)")
     train.add_argument("--no-training", action="store_true",
                        help="do not train: report the accuracy of the stored --parameters, as the original did")
-    train.add_argument("--parameters", type=Path, default=Path("parameters.npz"),
-                       help="parameters for --no-training (default parameters.npz)")
+    train.add_argument("--parameters", type=Path, help=f"with --no-training: the {PARAMETERS_HELP[:1].lower()}"
+                                                       f"{PARAMETERS_HELP[1:]}")
     train.add_argument("--dry-run", action="store_true",
                        help=f"a quick check: 1 epoch on {DRY_RUN_IMAGES[0]} images; saves only where --out/--plot say")
 
     bench = commands.add_parser("bench", help="time training and prediction: numba vs numpy (and peers)")
     cores = os.cpu_count() or 1
     bench.add_argument("--batch-sizes", type=_number(int, 1, what="must be at least 1"), nargs="+",
-                       default=[1, 32, 128], metavar="N", help="batch sizes to time (default 1 32 128)")
+                       default=[1, 32, 128], metavar="N", help="batch sizes to time")
     bench.add_argument("--threads", type=_number(int, 1, maximum=cores + 1, what=f"must be 1 to {cores}"),
                        nargs="+", default=sorted({1, cores}), metavar="N",
-                       help=f"numba thread counts to time (default 1 {cores}); numpy and peers use the largest")
+                       help="numba thread counts to time; numpy and peers use the largest")
     bench.add_argument("--epochs", type=_number(int, 1, what="must be at least 1"), default=1,
-                       help="epochs per measurement (the fastest is reported; default 1)")
+                       help="epochs per measurement (the fastest is reported)")
     bench.add_argument("--peers", action="store_true",
                        help="also time PyTorch, scikit-learn and JAX where installed (optional extras)")
     bench.add_argument("--busy", type=_number(int, 0, maximum=65, what="must be 0 to 64"), default=0, metavar="N",
@@ -122,38 +142,39 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", type=Path, help="draw seconds per epoch as a PNG")
 
     serve = commands.add_parser("serve", help="a page to draw digits on and watch the network read them")
-    serve.add_argument("--parameters", type=Path, default=Path("parameters.npz"))
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=_number(int, 0, maximum=65536, what="must be 0 to 65535"), default=8000)
+    serve.add_argument("--parameters", type=Path, help=PARAMETERS_HELP)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_number(int, 0, maximum=65536, what="must be 0 to 65535"), default=8000,
+                       help="port to listen on (0: any free one)")
     _add_backend_flags(serve)
 
     fetch = commands.add_parser("fetch", help="download the MNIST IDX files from public mirrors, verified")
     fetch.add_argument("folder", type=Path, nargs="?", default=Path("mnist"), metavar="DIR",
-                       help="where to put them (default ./mnist); then: train --data DIR")
+                       help="where to put them; then: train --data DIR")
     fetch.add_argument("--mirror", action="append", metavar="URL", help="a mirror to try first (repeatable)")
     fetch.add_argument("--no-default-mirrors", action="store_true", help="try only the --mirror URLs given")
     fetch.add_argument("--timeout", type=_number(float, 0.0, inclusive=False, maximum=86400.0,
                                                  what="must be above 0 and under a day"), default=300.0,
                        help="seconds one file's whole download from a mirror may take before the next mirror is "
-                            "tried (default 300)")
+                            "tried")
 
     export = commands.add_parser("export", help="write the shipped MNIST as PNG folders DIR/{train,test}/<label>/")
     export.add_argument("folder", type=Path, metavar="DIR", help="a new folder to create")
-    export.add_argument("--split", choices=("train", "test", "both"), default="both")
+    export.add_argument("--split", choices=("train", "test", "both"), default="both", help="which images to write")
 
     evaluate = commands.add_parser("evaluate", help="accuracy of stored parameters on the MNIST test set")
-    evaluate.add_argument("--parameters", type=Path, default=Path("parameters.npz"))
+    evaluate.add_argument("--parameters", type=Path, help=PARAMETERS_HELP)
     evaluate.add_argument("--confusion", type=Path, metavar="PNG", help="also draw the confusion matrix")
     _add_backend_flags(evaluate)
 
     predict = commands.add_parser("predict", help="classify image files and folders (labelled folders are scored)")
     predict.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files and folders (recursive)")
-    predict.add_argument("--parameters", type=Path, default=Path("parameters.npz"))
-    predict.add_argument("--format", choices=("table", "csv", "json"), default="table", help="rows as (default table)")
+    predict.add_argument("--parameters", type=Path, help=PARAMETERS_HELP)
+    predict.add_argument("--format", choices=("table", "csv", "json"), default="table", help="rows as")
     predict.add_argument("--top", type=_number(int, 1, what="must be at least 1"), default=1,
-                         help="show the K most probable classes (default 1)")
+                         help="show the K most probable classes")
     predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                         help="dark ink on light paper is inverted to MNIST's light on dark: auto-detect (default)")
+                         help="dark ink on light paper is inverted to MNIST's light on dark (auto: detect it)")
     predict.add_argument("--confusion", type=Path, metavar="PNG", help="draw the confusion matrix of labelled images")
     _add_backend_flags(predict)
     return parser
@@ -228,6 +249,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {count:,} PNG images to {args.folder} in {time.perf_counter() - started:.1f} s")
             return 0
         _set_threads(args.threads, args.backend)
+        if getattr(args, "parameters", None) is None and (args.command != "train" or args.no_training):
+            from .parameters import default_path
+
+            args.parameters = default_path()
         if args.command == "predict":
             return predict(args)
         if args.command == "serve":
@@ -280,6 +305,7 @@ def evaluate(parameters_path: Path, backend_name: str, confusion: Path | None = 
     print(score_report(matrix, model.class_names).split("\n", 1)[1])
     if confusion is not None:
         plot_confusion(matrix, model.class_names, confusion)
+        print(f"confusion matrix: {confusion}")
     return 0
 
 
@@ -293,7 +319,7 @@ def serve(args: argparse.Namespace) -> int:
         raise FastnetError(f"cannot listen on {args.host}:{args.port} ({error.strerror or error}); "
                            "try another --port") from None
     host, port = server.server_address[:2]
-    print(f"fastnet serve: open http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    print(f"fastnet serve: {args.parameters}; open http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -343,6 +369,13 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The settings a `train` run uses, from its flags."""
+    return TrainConfig(epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                       hidden=args.hidden, activation=args.activation, seed=args.seed, backend=args.backend)
+
+
 def train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .kernels import get_backend
@@ -352,13 +385,7 @@ def train(args: argparse.Namespace) -> int:
     from .training import Interrupted, check_data, train as run_training, warm_up
 
     resume = load_checkpoint(args.resume) if args.resume else None
-    if resume is not None:
-        config = TrainConfig(**resume.config)
-    else:
-        config = TrainConfig(epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size,
-                             learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                             schedule=args.schedule, hidden=args.hidden, activation=args.activation, seed=args.seed,
-                             backend=args.backend)
+    config = TrainConfig(**resume.config) if resume is not None else train_config(args)
     out = args.out or (None if args.dry_run else Path("parameters.npz"))
     plot = args.plot or (None if args.dry_run else Path("error.png"))
     checkpoint = args.resume or args.checkpoint or (out.with_name(f"{out.stem}.checkpoint.npz") if out else None)

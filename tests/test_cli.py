@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +34,15 @@ def test_train_evaluate_and_no_training(tmp_path):
     with np.load(out, allow_pickle=False) as archive:
         assert list(archive["layer_sizes"]) == [784, 128, 10]
 
+    reports = []
     for command in (["evaluate", "--parameters", out], ["train", "--no-training", "--parameters", out]):
         result = fastnet(*command)
         assert result.returncode == 0, result.stderr
-        assert "MNIST test accuracy" in result.stdout and "(" in result.stdout
+        first = result.stdout.splitlines()[0]
+        percent, correct, total = re.search(r"MNIST test accuracy ([\d.]+)% \((\d+)/(\d+)\)", first).groups()
+        assert int(total) == 10000 and float(percent) == round(100 * int(correct) / 10000, 2) and int(correct) > 5000
+        reports.append(result.stdout)
+    assert reports[0] == reports[1], "--no-training is evaluate, as the original spelled it"
 
 
 def test_bench_prints_the_table_and_writes_json_and_plot(tmp_path):
@@ -192,3 +199,40 @@ def test_threads_limits_the_blas_threads_of_the_numpy_backend():
     assert result.returncode == 0, result.stderr
     before, after = map(int, result.stdout.split())
     assert before > 1 and after == 1
+
+
+def subcommands(parser):
+    return next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
+
+
+def test_every_option_has_help_and_train_shows_the_defaults_a_run_uses():
+    """`train --help` said `--weight-decay (default 0)` while runs used 5e-05, and several options had no help."""
+    from fastnet.cli import HelpFormatter, build_parser, train_config
+
+    parser = build_parser()
+    for name, command in subcommands(parser).items():
+        for action in command._actions:
+            assert action.help, f"{name} {'/'.join(action.option_strings) or action.dest} has no help"
+    train = subcommands(parser)["train"]
+    config = train_config(parser.parse_args(["train"]))
+    fields = {"--epochs": "epochs", "--batch-size": "batch_size", "--lr": "learning_rate", "--momentum": "momentum",
+              "--weight-decay": "weight_decay", "--schedule": "schedule", "--hidden": "hidden",
+              "--activation": "activation", "--seed": "seed", "--backend": "backend"}
+    formatter = HelpFormatter("fastnet train")
+    for action in train._actions:
+        if action.option_strings and action.option_strings[0] in fields:
+            shown = formatter._get_help_string(action) % {"default": action.default}
+            assert shown.endswith(f"(default: {getattr(config, fields[action.option_strings[0]])})"), shown
+    assert "(default: 5e-05)" in " ".join(fastnet("train", "--help").stdout.split())
+
+
+def test_with_no_parameters_named_the_shipped_model_is_used_and_named(tmp_path):
+    """Outside the checkout, `predict x.png` failed: the trained model was not installed, nor looked for."""
+    from fastnet.parameters import shipped_path
+
+    result = fastnet("evaluate", "--confusion", tmp_path / "c.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{shipped_path()}: 784-128-10")
+    assert f"confusion matrix: {tmp_path / 'c.png'}" in result.stdout and (tmp_path / "c.png").exists()
+    (tmp_path / "parameters.npz").write_bytes(shipped_path().read_bytes())
+    assert fastnet("evaluate", cwd=tmp_path).stdout.startswith("parameters.npz: 784-128-10")

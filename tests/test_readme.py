@@ -7,6 +7,8 @@ import io
 import re
 from pathlib import Path
 
+from fastnet.parameters import load
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,5 +39,8 @@ def test_python_api_example_runs_and_prints_what_it_says(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(output):
         exec(compile(code, "README.md", "exec"), {})
     printed = output.getvalue().split("\n")
-    assert printed[0] == "0.9834" and printed[1] == "['7']"
+    stored = load(ROOT / "parameters.npz").test_accuracy  # measured when the shipped model was trained
+    assert f"# {stored:.4f}" in code, "the README's comment should say the shipped model's accuracy"
+    # On a CPU of another vector width the sums round differently: a near-tie among 10,000 digits may flip.
+    assert abs(float(printed[0]) - stored) <= 3e-4 and printed[1] == "['7']", printed
     assert (tmp_path / "small.npz").exists()
