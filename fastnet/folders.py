@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import FastnetError
 from .files import read_npz, write_atomically, write_npz
-from .images import decode_all, image_files
+from .images import decode_all, image_files, path_text, plural, skip_line
 
 CACHE_NAME = ".fastnet-cache.npz"
 SIZE = 28  # images are SIZE x SIZE (fastnet.preprocess.to_28x28)
@@ -53,13 +53,14 @@ def _fingerprint(files: list[str], root: Path) -> str:
     skip = len(str(root)) + 1
     for path in files:
         status = os.stat(path)
-        digest.update(f"{path[skip:]}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(path[skip:]) + f"\0{status.st_size}\0{status.st_mtime_ns}\n".encode())  # any bytes
     return digest.hexdigest()
 
 
 def _read_cache(path: Path, key: str):
     """The cached (images, labels, classes, skipped), or None where the cache is missing, damaged, foreign or
-    stale: then it is rebuilt. Labels are checked against the classes: the kernels do not check indices."""
+    stale: then it is rebuilt; skipped holds [path, reason] of each image that did not decode. Labels are checked
+    against the classes: the kernels do not check indices."""
     try:
         cache = read_npz(path, ("key", "images", "labels", "classes", "skipped"), "dataset cache")
         if str(cache["key"]) != key:
@@ -69,19 +70,20 @@ def _read_cache(path: Path, key: str):
         valid = (images.dtype == np.uint8 and images.ndim == 2 and images.shape[1] == SIZE * SIZE
                  and labels.dtype == np.uint8 and labels.shape == (len(images),)
                  and isinstance(classes, list) and all(isinstance(name, str) for name in classes)
-                 and isinstance(skipped, list) and all(isinstance(line, str) for line in skipped)
+                 and isinstance(skipped, list) and all(isinstance(item, list) and len(item) == 2
+                                                       and all(isinstance(x, str) for x in item) for item in skipped)
                  and (labels.size == 0 or int(labels.max()) < len(classes)))
         return (np.ascontiguousarray(images), labels, classes, skipped) if valid else None
     except Exception:  # missing, damaged or foreign: rebuild it
         return None
 
 
-def _report_skipped(root: Path, skipped: list[str], loaded: int) -> None:
-    """The summary of unreadable images, on every load (a cached one too: the files are still there)."""
-    for line in skipped:
-        print(f"skipped {line}", file=sys.stderr)
+def _report_skipped(root: Path, skipped: list[tuple[str, str]], loaded: int) -> None:
+    """The list of what was skipped, on every load (a cached one too: the files are still there)."""
+    for path, reason in skipped:
+        print(skip_line(path, reason), file=sys.stderr)
     if skipped:
-        print(f"{root}: {len(skipped)} unreadable images skipped, {loaded} loaded", file=sys.stderr)
+        print(f"{root}: {len(skipped):,} skipped (listed above), {plural(loaded, 'image')} loaded", file=sys.stderr)
 
 
 def load_folder(root: str | Path, strict: bool = False, cache: bool = True, progress: bool = True
@@ -89,7 +91,7 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     """images (N, 784) uint8, labels (N,) uint8 and class names of a class-per-folder dataset."""
     root = Path(root)
     folders = class_folders(root)
-    classes = [folder.name for folder in folders]
+    classes = [path_text(folder.name) for folder in folders]  # a class name is text, whatever the folder's bytes
     if len(classes) > 256:
         raise FastnetError(f"{root}: {len(classes)} class folders; fastnet handles at most 256 classes")
     files, labels = [], []
@@ -110,12 +112,13 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
         return images, cached_labels, classes
     images, failures = decode_all(files, preprocessing="resize", progress=f"decoding {root}" if progress else "")
     if failures and strict:
-        raise FastnetError(f"{root}: {len(failures)} unreadable images, e.g. {failures[0][1]} (without --strict "
-                           "they are skipped)")
+        path, reason = failures[0]
+        raise FastnetError(f"{root}: {len(failures):,} unreadable images, e.g. {path_text(path)}: {reason} (without "
+                           "--strict they are skipped)")
     failed = {path for path, _ in failures}
     keep = np.array([path not in failed for path in files], bool)
     images, labels = np.ascontiguousarray(images[keep]), np.asarray(labels, np.uint8)[keep]
-    skipped = [reason for _, reason in failures]
+    skipped = [[path, reason] for path, reason in failures]
     _report_skipped(root, skipped, len(images))
     if cache:
         try:

@@ -1,6 +1,8 @@
 """Finding image files and decoding them into 784-pixel rows, one process per core.
 
-Shared by `predict` (MNIST-style digits) and folder datasets (plain 28x28).
+Shared by `predict` (MNIST-style digits) and folder datasets (plain 28x28). An image that does not decode is
+skipped and returned as (path, reason), the reason never repeating the path: skip_line makes the line users
+see, path_text the way every output names a file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,24 @@ from .errors import FastnetError
 from .preprocess import load_digit
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
+
+
+def path_text(path: str | os.PathLike) -> str:
+    """path as text that can always be written: each byte of its name that is not UTF-8 (Linux allows any) as
+    \\xNN, as Python writes such names on stderr. Every output (table, csv, json, skipped lines) names files
+    this way, so they stay valid UTF-8 and agree with each other; only a name holding a backslash, 'x' and two
+    hex digits as such could read the same."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def skip_line(path: str | os.PathLike, reason: str) -> str:
+    """The line that lists a skipped file or folder."""
+    return f"skipped {path_text(path)}: {reason}"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def image_files(folder: str | Path) -> list[str]:
@@ -44,8 +64,10 @@ def _decode_chunk(paths: list[str], invert: str, preprocessing: str) -> tuple[np
     for i, path in enumerate(paths):
         try:
             rows[i] = load_digit(path, invert, preprocessing)
-        except FastnetError as error:
-            failures.append((i, str(error)))
+        except Exception as error:  # Pillow's decoders raise many kinds on odd bytes: one image, not the run
+            reason = str(error) if isinstance(error, FastnetError) else \
+                f"not a readable image ({type(error).__name__}: {error})"
+            failures.append((i, reason.removeprefix(f"{path}: ")))  # the caller names the file, once
     return rows, failures
 
 

@@ -1,7 +1,8 @@
 """`fastnet predict`: classify image files and folders; with labelled folders, also score the model.
 
 Folders are searched recursively; hidden files and files that are not images
-(by extension) are passed over; unreadable images are reported and skipped.
+(by extension) are passed over; unreadable images are listed and skipped. Paths
+are written as fastnet.images.path_text makes them, in every format.
 An image whose parent folder is named after a class (`test/3/x.png`) is
 labelled with that class, and then accuracy, per-class accuracy and the
 confusion matrix are reported too. Decoding and preprocessing run in one
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastnetError
-from .images import image_files
+from .images import image_files, path_text
 
 FORMATS = ("table", "csv", "json")
 
@@ -45,15 +46,17 @@ class Prediction:
 
 
 def true_labels(paths: list[Path], class_names: list[str]) -> list[str | None]:
+    """Each path's class, where its folder is named after one (as fastnet.folders names classes), else None."""
     known = set(class_names)
-    return [p.parent.name if p.parent.name in known else None for p in paths]
+    return [name if (name := path_text(p.parent.name)) in known else None for p in paths]
 
 
 def write_rows(predictions: list[Prediction], class_names: list[str], fmt: str, top: int, out=sys.stdout) -> None:
+    """The predictions as a table, csv or json, paths written by path_text (valid UTF-8, whatever the name)."""
     names = np.asarray(class_names)
     ranked = [(p, np.argsort(-p.probabilities, kind="stable")[:top]) for p in predictions]
     if fmt == "json":
-        json.dump([{"path": str(p.path), "label": str(names[order[0]]),
+        json.dump([{"path": path_text(p.path), "label": str(names[order[0]]),
                     "probability": round(float(p.probabilities[order[0]]), 6),
                     "top": [{"label": str(names[k]), "probability": round(float(p.probabilities[k]), 6)}
                             for k in order], **({"true_label": p.label} if p.label is not None else {})}
@@ -64,13 +67,13 @@ def write_rows(predictions: list[Prediction], class_names: list[str], fmt: str, 
         extra = [column for k in range(2, top + 1) for column in (f"label_{k}", f"probability_{k}")]
         writer.writerow(["path", "label", "probability", *extra, "true_label"])
         for p, order in ranked:
-            writer.writerow([str(p.path)] + [value for k in order for value in
+            writer.writerow([path_text(p.path)] + [value for k in order for value in
                                              (names[k], f"{p.probabilities[k]:.6f}")] + [p.label or ""])
     else:
-        width = max([len(str(p.path)) for p in predictions] + [4])
+        width = max([len(path_text(p.path)) for p in predictions] + [4])
         for p, order in ranked:
             best = "  ".join(f"{names[k]} {100 * p.probabilities[k]:5.1f}%" for k in order)
-            out.write(f"{str(p.path):<{width}}  {best}\n")
+            out.write(f"{path_text(p.path):<{width}}  {best}\n")
 
 
 def confusion_matrix(true: list[int], predicted: list[int], n_classes: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import io
 import os
 import shutil
 import socket
@@ -120,6 +121,28 @@ def test_any_format_mode_and_size_with_any_class_names(tmp_path, capsys):
     assert "broken.png" in capsys.readouterr().err
     with pytest.raises(FastnetError, match="unreadable"):
         load_folder(tmp_path, strict=True, cache=False, progress=False)
+
+
+def digit_png_bytes(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((28, 28), value, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux file names are any bytes; others' are Unicode")
+def test_file_names_that_are_not_utf8_load_and_are_listed(tmp_path, capsys):
+    """Names as Latin-1 bytes crashed the cache key; a class folder's becomes a class name in text (\\xNN)."""
+    folder = os.fsencode(tmp_path)
+    for name in (b"a", b"\xe9t\xe9"):
+        os.mkdir(folder + b"/" + name)
+        with open(folder + b"/" + name + b"/caf\xe9.png", "wb") as file:
+            file.write(digit_png_bytes(100))
+    with open(folder + b"/a/\xff.png", "wb") as file:
+        file.write(b"\x89PNG broken")
+    for _ in range(2):  # decoded, then from the cache
+        images, labels, classes = load_folder(tmp_path, progress=False)
+        assert len(images) == 2 and classes == ["a", "\\xe9t\\xe9"]
+        assert f"skipped {tmp_path}/a/\\xff.png: not a readable image" in capsys.readouterr().err
 
 
 def test_layout_errors_and_warnings(tmp_path):
