@@ -304,13 +304,14 @@ def predict(args: argparse.Namespace) -> int:
     model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels now: start-up is not prediction
     startup = time.perf_counter() - STARTED
     started = time.perf_counter()
-    paths = find_images(args.paths)
+    paths, skipped = find_images(args.paths)
     inputs = ", ".join(map(path_text, args.paths))
-    if not paths:
+    if not paths and not skipped:
         raise FastnetError(f"no images found in {inputs} "
                            f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))} files, hidden ones skipped)")
-    digits, skipped = decode_all(paths, args.invert, preprocessing=model.preprocessing)
-    failed = {path for path, _ in skipped}
+    digits, failures = decode_all(paths, args.invert, preprocessing=model.preprocessing)
+    failed = {path for path, _ in failures}
+    skipped += failures
     keep = [i for i, path in enumerate(paths) if path not in failed]
     probabilities = model.predict_proba(digits[keep])
     labels = true_labels([paths[i] for i in keep], model.class_names)

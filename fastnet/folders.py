@@ -9,7 +9,9 @@ converted to 8-bit gray (fastnet.preprocess.grayscale); other sizes are resized
 to 28x28 with Pillow's area-averaging BOX filter when shrinking and bicubic when
 growing, without keeping the aspect ratio. Nothing else is changed: the images
 train as they are, like MNIST's. Hidden files and non-images are passed over;
-unreadable images are skipped and listed (strict=True makes them an error).
+what cannot be read (unreadable images, a FIFO named like one, a folder that
+cannot be listed, a link that loops) is skipped and listed on every load
+(strict=True makes it an error).
 
 Decoding runs in one process per core, and the result is cached in one file
 beside the dataset (.fastnet-cache.npz), keyed on every file's name, size and
@@ -40,7 +42,11 @@ def class_folders(root: Path) -> list[Path]:
     """The class subfolders of root, sorted by name; a clear error if there are none."""
     if not root.is_dir():
         raise FastnetError(f"{root}: no such folder")
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    try:
+        folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: p.name)
+    except OSError as error:
+        raise FastnetError(f"{root}: cannot list the folder ({error.strerror or error})") from None
     if not folders:
         raise FastnetError(f"{root}: no class folders; expected {root}/<class>/<image files> "
                            f"(or {root}/train/<class>/ and {root}/test/<class>/)")
@@ -86,6 +92,14 @@ def _report_skipped(root: Path, skipped: list[tuple[str, str]], loaded: int) -> 
         print(f"{root}: {len(skipped):,} skipped (listed above), {plural(loaded, 'image')} loaded", file=sys.stderr)
 
 
+def _refuse_if_strict(root: Path, skipped: list[tuple[str, str]], strict: bool) -> None:
+    """With strict, anything skipped is an error."""
+    if skipped and strict:
+        path, reason = skipped[0]
+        raise FastnetError(f"{root}: {len(skipped):,} unreadable, e.g. {path_text(path)}: {reason} (without --strict "
+                           "they are skipped)")
+
+
 def load_folder(root: str | Path, strict: bool = False, cache: bool = True, progress: bool = True
                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """images (N, 784) uint8, labels (N,) uint8 and class names of a class-per-folder dataset."""
@@ -94,37 +108,37 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     classes = [path_text(folder.name) for folder in folders]  # a class name is text, whatever the folder's bytes
     if len(classes) > 256:
         raise FastnetError(f"{root}: {len(classes)} class folders; fastnet handles at most 256 classes")
-    files, labels = [], []
+    files, labels, skipped = [], [], []
     for label, folder in enumerate(folders):
-        found = image_files(folder)
+        found, unreadable = image_files(folder)
         if not found:
-            warnings.warn(f"{folder}: empty class folder (no images)", stacklevel=2)
+            warnings.warn(f"{folder}: empty class folder (no images"
+                          + (f"; {len(unreadable):,} skipped)" if unreadable else ")"), stacklevel=2)
         files += found
         labels += [label] * len(found)
+        skipped += unreadable
+    _refuse_if_strict(root, skipped, strict)  # before the work of decoding
     if not files:
+        _report_skipped(root, skipped, 0)
         raise FastnetError(f"{root}: no images in its class folders ({', '.join(classes)})")
     key = _fingerprint(files, root) + json.dumps([classes, strict])
     cache_path = root / CACHE_NAME
     cached = _read_cache(cache_path, key) if cache else None
     if cached is not None and cached[2] == classes:
-        images, cached_labels, _, skipped = cached
-        _report_skipped(root, skipped, len(images))
+        images, cached_labels, _, failures = cached
+        _report_skipped(root, skipped + failures, len(images))
         return images, cached_labels, classes
     images, failures = decode_all(files, preprocessing="resize", progress=f"decoding {root}" if progress else "")
-    if failures and strict:
-        path, reason = failures[0]
-        raise FastnetError(f"{root}: {len(failures):,} unreadable images, e.g. {path_text(path)}: {reason} (without "
-                           "--strict they are skipped)")
+    _refuse_if_strict(root, failures, strict)
     failed = {path for path, _ in failures}
     keep = np.array([path not in failed for path in files], bool)
     images, labels = np.ascontiguousarray(images[keep]), np.asarray(labels, np.uint8)[keep]
-    skipped = [[path, reason] for path, reason in failures]
-    _report_skipped(root, skipped, len(images))
+    _report_skipped(root, skipped + failures, len(images))
     if cache:
         try:
             write_atomically(cache_path, lambda file: write_npz(file, {
                 "key": np.str_(key), "images": images, "labels": labels, "classes": np.str_(json.dumps(classes)),
-                "skipped": np.str_(json.dumps(skipped))}))
+                "skipped": np.str_(json.dumps(failures))}))
         except OSError:
             pass  # a read-only dataset still loads; it just is not cached
     return images, labels, classes

@@ -1,8 +1,9 @@
 """`fastnet predict`: classify image files and folders; with labelled folders, also score the model.
 
 Folders are searched recursively; hidden files and files that are not images
-(by extension) are passed over; unreadable images are listed and skipped. Paths
-are written as fastnet.images.path_text makes them, in every format.
+(by extension) are passed over; what cannot be read (unreadable images, a FIFO,
+a folder that cannot be listed) is listed and skipped. Paths are written as
+fastnet.images.path_text makes them, in every format.
 An image whose parent folder is named after a class (`test/3/x.png`) is
 labelled with that class, and then accuracy, per-class accuracy and the
 confusion matrix are reported too. Decoding and preprocessing run in one
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,22 +23,32 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastnetError
-from .images import image_files, path_text
+from .images import image_files, not_a_file, path_text
 
 FORMATS = ("table", "csv", "json")
 
 
-def find_images(paths: list[Path]) -> list[Path]:
-    """The image files named or found (recursively, hidden ones passed over) under paths, in a stable order."""
-    found = []
+def find_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files named or found (recursively, hidden ones passed over) under paths, in a stable order,
+    and (path, reason) for each named or found that cannot be read. A path that is not there is an error."""
+    found, skipped = [], []
     for path in paths:
-        if path.is_file():
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise FastnetError(f"{path_text(path)}: no such file or folder") from None
+        except OSError as error:  # a link that loops, a folder we may not enter
+            skipped.append((path, f"cannot look at it ({error.strerror or error})"))
+            continue
+        if stat.S_ISDIR(mode):
+            files, unreadable = image_files(path)
+            found += map(Path, files)
+            skipped += [(Path(name), reason) for name, reason in unreadable]
+        elif stat.S_ISREG(mode):
             found.append(path)
-        elif path.is_dir():
-            found += map(Path, image_files(path))
         else:
-            raise FastnetError(f"{path}: no such file or folder")
-    return found
+            skipped.append((path, not_a_file(path)))
+    return found, skipped
 
 
 @dataclass

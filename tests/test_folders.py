@@ -145,6 +145,16 @@ def test_file_names_that_are_not_utf8_load_and_are_listed(tmp_path, capsys):
         assert f"skipped {tmp_path}/a/\\xff.png: not a readable image" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_strict_refuses_what_cannot_be_read_before_decoding(tmp_path, monkeypatch):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "good.png").write_bytes(digit_png_bytes(100))
+    os.mkfifo(tmp_path / "b" / "pipe.png")
+    monkeypatch.setattr(folders, "decode_all", not_decoding)
+    with pytest.raises(FastnetError, match="pipe.png: is a FIFO"):
+        load_folder(tmp_path, strict=True, progress=False)
+
 def test_layout_errors_and_warnings(tmp_path):
     with pytest.raises(FastnetError, match="no class folders; expected"):
         load_folder(tmp_path)

@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastnet.folders import load_folder
 from fastnet.images import decode_all
 
 from .test_predict import fastnet_cli
+
+needs_posix = pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/proc/self/stat").exists(),
+                                 reason="FIFOs, symbolic links and /proc are POSIX (Linux) features")
 
 
 def digit_png(path: Path, value: int = 255) -> Path:
@@ -25,6 +29,85 @@ def digit_png(path: Path, value: int = 255) -> Path:
 
 def skip_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("skipped ")]
+
+
+@needs_posix
+def test_a_fifo_named_like_an_image_is_listed_as_skipped_and_never_opened(tmp_path, monkeypatch, capsys):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        digit_png(tmp_path / name / "good.png")
+    os.mkfifo(tmp_path / "a" / "pipe.png")
+    opened = []
+    real_open = os.open
+
+    def recording_open(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    images, labels, classes = load_folder(tmp_path, cache=False, progress=False)
+    monkeypatch.undo()
+    assert len(images) == 2 and classes == ["a", "b"]
+    assert not [path for path in opened if path.endswith("pipe.png")]  # a reader would wait for a writer forever
+    lines = skip_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "pipe.png" in lines[0] and "FIFO" in lines[0]
+
+    result = fastnet_cli("predict", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))]) == 2
+    lines = skip_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].count("pipe.png") == 1 and "FIFO" in lines[0]
+
+
+@needs_posix
+def test_link_loops_are_followed_once_and_unreadable_folders_are_listed(tmp_path, monkeypatch, capsys):
+    for name in ("3", "4"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        digit_png(tmp_path / name / "x.png")
+        digit_png(tmp_path / name / "sub" / "y.png")
+    os.symlink("..", tmp_path / "3" / "sub" / "up")  # 3/sub/up/sub/up/... never ends
+    os.symlink("self.png", tmp_path / "3" / "self.png")  # a link to itself: ELOOP
+    (tmp_path / "4" / "locked").mkdir()
+    digit_png(tmp_path / "4" / "locked" / "z.png")
+
+    result = fastnet_cli("predict", tmp_path)  # everything is readable here but self.png
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    rows = [line.split()[0] for line in result.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert len(rows) == len(set(rows)) == 5  # x, y in 3 and 4, and 4/locked/z: each once
+    lines = skip_lines(result.stderr)
+    assert len(lines) == 1 and "self.png" in lines[0] and "symbolic links" in lines[0]
+
+    # root reads a folder whatever its mode: make 4/locked unreadable the way a user's would be
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    images, labels, classes = load_folder(tmp_path, cache=False, progress=False)
+    assert len(images) == 4 and labels.tolist() == [0, 0, 1, 1]
+    lines = skip_lines(capsys.readouterr().err)
+    assert sorted(line.split(":")[0] for line in lines) == [f"skipped {tmp_path}/3/self.png",
+                                                           f"skipped {tmp_path}/4/locked"]
+    assert any("Permission denied" in line for line in lines)
+
+
+@needs_posix
+def test_a_folder_without_read_permission_is_listed(tmp_path, capsys):
+    (tmp_path / "a" / "locked").mkdir(parents=True)
+    digit_png(tmp_path / "a" / "x.png")
+    digit_png(tmp_path / "a" / "locked" / "y.png")
+    (tmp_path / "a" / "locked").chmod(0)
+    try:
+        if os.access(tmp_path / "a" / "locked", os.R_OK):
+            pytest.skip("this user (root) reads a folder whatever its mode")
+        images, _, _ = load_folder(tmp_path, cache=False, progress=False)
+    finally:
+        (tmp_path / "a" / "locked").chmod(0o755)
+    assert len(images) == 1
+    assert any("locked" in line and "Permission denied" in line for line in skip_lines(capsys.readouterr().err))
 
 
 def lab_tiff(path: Path) -> Path:

@@ -222,6 +222,12 @@ def test_predict_with_every_input_skipped_is_an_error(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 2 and lines[0].startswith("skipped ") and "broken.png" in lines[0]
     assert lines[1].startswith("fastnet: error: ") and result.stdout == ""
+    if hasattr(os, "mkfifo"):  # a FIFO named on the command line: listed, not read, and nothing else to read
+        os.mkfifo(tmp_path / "pipe.png")
+        result = fastnet_cli("predict", tmp_path / "pipe.png")
+        lines = result.stderr.splitlines()
+        assert result.returncode == 1 and len(lines) == 2 and "FIFO" in lines[0], result.stderr
+        assert lines[1].startswith("fastnet: error: ")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux file names are any bytes; others' are Unicode")
