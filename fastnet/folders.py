@@ -14,9 +14,12 @@ cannot be listed, a link that loops) is skipped and listed on every load
 (strict=True makes it an error).
 
 Decoding runs in one process per core, and the result is cached in one file
-beside the dataset (.fastnet-cache.npz), keyed on every file's name, size and
-modification time: adding, removing or changing any image rebuilds it; a
-damaged cache is rebuilt too.
+beside the dataset (.fastnet-cache.npz), keyed on every file's name, size,
+modification time, mode and owner: adding, removing or changing any image, or
+who may read it, rebuilds it; a damaged cache is rebuilt too. What else decides
+whether a file reads (an ACL, a file mended in place with its time kept) the key
+cannot see, so the skipped images are tried again on every load, and the cache
+rebuilt when one reads now.
 """
 
 from __future__ import annotations
@@ -54,32 +57,38 @@ def class_folders(root: Path) -> list[Path]:
 
 
 def _fingerprint(files: list[str], root: Path) -> str:
-    """A digest of every file's path (relative to root), size and modification time."""
+    """A digest of every file's path (relative to root), size, modification time, mode and owner: what
+    decides what it holds and whether it can be read."""
     digest = hashlib.sha256()
     skip = len(str(root)) + 1
     for path in files:
-        status = os.stat(path)
-        digest.update(os.fsencode(path[skip:]) + f"\0{status.st_size}\0{status.st_mtime_ns}\n".encode())  # any bytes
+        try:
+            status = os.stat(path)
+            facts = f"{status.st_size}\0{status.st_mtime_ns}\0{status.st_mode}\0{status.st_uid}\0{status.st_gid}"
+        except OSError as error:  # gone or unreachable since it was listed: decoding will skip it
+            facts = f"error {error.errno}"
+        digest.update(os.fsencode(path[skip:]) + f"\0{facts}\n".encode())  # any bytes: names need not be UTF-8
     return digest.hexdigest()
 
 
-def _read_cache(path: Path, key: str):
-    """The cached (images, labels, classes, skipped), or None where the cache is missing, damaged, foreign or
-    stale: then it is rebuilt; skipped holds [path, reason] of each image that did not decode. Labels are checked
-    against the classes: the kernels do not check indices."""
+def _read_cache(path: Path, key: str, n_files: int):
+    """The cached (images, labels, classes, failed), failed being [index in the files, reason] of each image
+    that did not decode, or None where the cache is missing, damaged, foreign or stale: then it is rebuilt.
+    Labels are checked against the classes: the kernels do not check indices."""
     try:
         cache = read_npz(path, ("key", "images", "labels", "classes", "skipped"), "dataset cache")
         if str(cache["key"]) != key:
             return None
         images, labels = cache["images"], cache["labels"]
-        classes, skipped = json.loads(str(cache["classes"])), json.loads(str(cache["skipped"]))
+        classes, failed = json.loads(str(cache["classes"])), json.loads(str(cache["skipped"]))
         valid = (images.dtype == np.uint8 and images.ndim == 2 and images.shape[1] == SIZE * SIZE
                  and labels.dtype == np.uint8 and labels.shape == (len(images),)
                  and isinstance(classes, list) and all(isinstance(name, str) for name in classes)
-                 and isinstance(skipped, list) and all(isinstance(item, list) and len(item) == 2
-                                                       and all(isinstance(x, str) for x in item) for item in skipped)
+                 and isinstance(failed, list) and len(images) + len(failed) == n_files
+                 and all(isinstance(item, list) and len(item) == 2 and type(item[0]) is int
+                         and 0 <= item[0] < n_files and isinstance(item[1], str) for item in failed)
                  and (labels.size == 0 or int(labels.max()) < len(classes)))
-        return (np.ascontiguousarray(images), labels, classes, skipped) if valid else None
+        return (np.ascontiguousarray(images), labels, classes, failed) if valid else None
     except Exception:  # missing, damaged or foreign: rebuild it
         return None
 
@@ -123,22 +132,27 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
         raise FastnetError(f"{root}: no images in its class folders ({', '.join(classes)})")
     key = _fingerprint(files, root) + json.dumps([classes, strict])
     cache_path = root / CACHE_NAME
-    cached = _read_cache(cache_path, key) if cache else None
+    cached = _read_cache(cache_path, key, len(files)) if cache else None
     if cached is not None and cached[2] == classes:
-        images, cached_labels, _, failures = cached
-        _report_skipped(root, skipped + failures, len(images))
-        return images, cached_labels, classes
+        images, cached_labels, _, failed = cached
+        retried = [files[i] for i, _ in failed]
+        failures = decode_all(retried, preprocessing="resize")[1] if retried else []
+        if len(failures) == len(retried):  # nothing reads that did not: the cache holds
+            _report_skipped(root, skipped + failures, len(images))
+            return images, cached_labels, classes
     images, failures = decode_all(files, preprocessing="resize", progress=f"decoding {root}" if progress else "")
     _refuse_if_strict(root, failures, strict)
-    failed = {path for path, _ in failures}
-    keep = np.array([path not in failed for path in files], bool)
+    position = {path: i for i, path in enumerate(files)}
+    failed = [[position[path], reason] for path, reason in failures]
+    keep = np.ones(len(files), bool)
+    keep[[i for i, _ in failed]] = False
     images, labels = np.ascontiguousarray(images[keep]), np.asarray(labels, np.uint8)[keep]
     _report_skipped(root, skipped + failures, len(images))
     if cache:
         try:
             write_atomically(cache_path, lambda file: write_npz(file, {
                 "key": np.str_(key), "images": images, "labels": labels, "classes": np.str_(json.dumps(classes)),
-                "skipped": np.str_(json.dumps(failures))}))
+                "skipped": np.str_(json.dumps(failed))}))
         except OSError:
             pass  # a read-only dataset still loads; it just is not cached
     return images, labels, classes

@@ -25,6 +25,7 @@ from fastnet.errors import FastnetError
 from fastnet.export import export
 from fastnet.fetch import fetch
 from fastnet.folders import CACHE_NAME, load_dataset, load_folder
+from fastnet.images import decode_all
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -127,6 +128,47 @@ def digit_png_bytes(value: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((28, 28), value, np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_a_skipped_image_is_tried_again_when_it_may_have_become_readable(tmp_path, monkeypatch, capsys):
+    """The cache key sees names, sizes, times, modes and owners, not everything that decides whether a file
+    reads: a skipped image is tried again on every load, and the dataset reloaded when it reads now."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "good.png").write_bytes(digit_png_bytes(100))
+    fixed = digit_png_bytes(200)
+    later = tmp_path / "b" / "later.png"
+    later.write_bytes(b"\x89PNG broken".ljust(len(fixed), b"\0"))  # the same size as once it is fixed
+    assert len(load_folder(tmp_path, progress=False)[0]) == 2
+    assert "later.png" in capsys.readouterr().err
+    with monkeypatch.context() as patched:  # unchanged: only the skipped image is decoded again
+        tried = []
+        patched.setattr(folders, "decode_all", lambda paths, **kw: tried.extend(paths) or decode_all(paths, **kw))
+        assert len(load_folder(tmp_path, progress=False)[0]) == 2
+    assert tried == [str(later)] and "later.png" in capsys.readouterr().err
+
+    status = later.stat()
+    later.write_bytes(fixed)  # mended in place, its size and time kept (cp --preserve, a restore): the key is
+    os.utime(later, ns=(status.st_atime_ns, status.st_mtime_ns))  # unchanged
+    images, labels, _ = load_folder(tmp_path, progress=False)
+    assert len(images) == 3 and labels.tolist() == [0, 1, 1] and "later.png" not in capsys.readouterr().err
+
+
+def test_the_cache_key_changes_with_what_makes_a_file_readable(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.png").write_bytes(digit_png_bytes(100))
+    image = tmp_path / "a" / "x.png"
+    mode, key = image.stat().st_mode, folders._fingerprint([str(image)], tmp_path)
+    image.chmod(0)
+    try:
+        assert folders._fingerprint([str(image)], tmp_path) != key
+        if not os.access(image, os.R_OK):  # not root, who reads it anyway
+            assert len(load_folder(tmp_path, progress=False)[0]) == 1
+    finally:
+        image.chmod(mode)
+    assert folders._fingerprint([str(image)], tmp_path) == key
+    assert len(load_folder(tmp_path, progress=False)[0]) == 2
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux file names are any bytes; others' are Unicode")
