@@ -4,17 +4,25 @@ a decoder, and interruption while decoding. Only regular files are read; what ca
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fastnet import images
+from fastnet.errors import FastnetError
 from fastnet.folders import load_folder
 from fastnet.images import decode_all
+from fastnet.preprocess import load_digit
 
-from .test_predict import fastnet_cli
+from .test_predict import ENV, ROOT, fastnet_cli
 
 needs_posix = pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/proc/self/stat").exists(),
                                  reason="FIFOs, symbolic links and /proc are POSIX (Linux) features")
@@ -136,6 +144,22 @@ def test_an_image_that_breaks_the_decoder_is_skipped_not_fatal(tmp_path, workers
     assert rows[2].any() and (rows[3:] == rows[2]).all()
 
 
+def dying_on_crash_png(path, *args):
+    """load_digit, but the process dies (as if killed for memory) on crash.png."""
+    if str(path).endswith("crash.png"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return load_digit(path, *args)
+
+
+def test_a_decoding_process_that_dies_is_one_error_not_a_hang(tmp_path, monkeypatch):
+    good = digit_png(tmp_path / "good.png")
+    paths = [good] * 150 + [good.rename(tmp_path / "crash.png")] + [digit_png(good)] * 150
+    monkeypatch.setattr(images, "load_digit", dying_on_crash_png)  # the forked workers have it too
+    with pytest.raises(FastnetError, match=r"a decoding process died \(killed by SIGKILL\) on one of the 64 images"):
+        decode_all(paths, workers=2)
+    assert multiprocessing.active_children() == []  # every worker ended and reaped
+
+
 def test_predict_skips_an_image_that_breaks_the_decoder(tmp_path):
     digit_png(tmp_path / "good.png")
     lab_tiff(tmp_path / "lab.tif")
@@ -145,3 +169,46 @@ def test_predict_skips_an_image_that_breaks_the_decoder(tmp_path):
     assert "good.png" in result.stdout and "lab.tif" in result.stdout
     lines = skip_lines(result.stderr)
     assert len(lines) == 1 and "exif.png" in lines[0]
+
+
+def processes_in_group(group: int) -> list[int]:
+    """The processes (zombies too) of a process group, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # not a process, or gone
+        if int(fields[2]) == group:  # fields after the name: state, ppid, pgrp
+            found.append(int(entry.name))
+    return found
+
+
+@needs_posix
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+                         ids=["ctrl-c", "kill", "kill-group"])
+def test_a_signal_while_decoding_ends_predict_cleanly(tmp_path, signum, to_group):
+    """Ctrl-C reaches the whole process group, `kill` only fastnet: either way the decoding processes go, and
+    fastnet ends with one line and 128 + the signal's number, whatever the moment."""
+    canvas = np.full((1500, 1500), 255, np.uint8)
+    canvas[300:1200, 700:800] = 0  # a big '1' on paper: each image takes some milliseconds to make a digit
+    Image.fromarray(canvas).save(tmp_path / "0.png")
+    for i in range(1, 600):  # links: hundreds of images for the price of one
+        os.link(tmp_path / "0.png", tmp_path / f"{i}.png")
+    process = subprocess.Popen([sys.executable, "-m", "fastnet", "predict", tmp_path], cwd=ROOT, env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300  # a bound against a hang only: start-up loads the kernels first
+        while len(processes_in_group(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process.poll() is None, "predict ended before it started decoding in processes"
+        time.sleep(0.2)  # decoding, in the worker processes
+        (os.killpg if to_group else os.kill)(process.pid, signum)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 128 + signum, err
+    assert err.strip() == "fastnet: interrupted", err
+    assert processes_in_group(process.pid) == []  # no decoding process left behind, not even a zombie
