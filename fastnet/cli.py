@@ -331,7 +331,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     from .api import load
-    from .images import decode_all
+    from .images import decode_all, path_text, plural, skip_line
     from .predict import (Prediction, confusion_matrix, find_images, plot_confusion, score_report, true_labels,
                           write_rows)
 
@@ -341,31 +341,38 @@ def predict(args: argparse.Namespace) -> int:
     model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels now: start-up is not prediction
     startup = time.perf_counter() - STARTED
     started = time.perf_counter()
-    paths = find_images(args.paths)
-    if not paths:
-        raise FastnetError(f"no images found in {', '.join(map(str, args.paths))} "
+    paths, skipped = find_images(args.paths)
+    inputs = ", ".join(map(path_text, args.paths))
+    if not paths and not skipped:
+        raise FastnetError(f"no images found in {inputs} "
                            f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))} files, hidden ones skipped)")
     digits, failures = decode_all(paths, args.invert, preprocessing=model.preprocessing)
     failed = {path for path, _ in failures}
+    skipped += failures
     keep = [i for i, path in enumerate(paths) if path not in failed]
     probabilities = model.predict_proba(digits[keep])
     labels = true_labels([paths[i] for i in keep], model.class_names)
     predictions = [Prediction(paths[i], p, label) for i, p, label in zip(keep, probabilities, labels)]
-    write_rows(predictions, model.class_names, args.format, min(args.top, len(model.class_names)))
-    sys.stdout.flush()
+    if predictions:
+        write_rows(predictions, model.class_names, args.format, min(args.top, len(model.class_names)))
+        sys.stdout.flush()
     seconds = time.perf_counter() - started
+    for path, reason in skipped:
+        print(skip_line(path, reason), file=sys.stderr)
+    if not predictions:  # nothing to show is a failure, even though each skip alone is not
+        raise FastnetError(f"no image in {inputs} could be read: {len(skipped):,} skipped (listed above)")
     summary = sys.stdout if args.format == "table" else sys.stderr  # keep csv and json machine-readable
-    for path, reason in failures:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    print(f"{len(predictions)} images in {seconds:.2f} s ({len(predictions) / max(seconds, 1e-9):,.0f} images/s, "
-          f"first file opened to last row written; start-up {startup:.2f} s before that)"
-          + (f"; {len(failures)} unreadable, skipped" if failures else ""), file=summary)
+    print(f"{plural(len(predictions), 'image')} in {seconds:.2f} s ({len(predictions) / max(seconds, 1e-9):,.0f} "
+          f"images/s, first file opened to last row written; start-up {startup:.2f} s before that)"
+          + (f"; {len(skipped):,} unreadable, skipped" if skipped else "") + f"; parameters {args.parameters}",
+          file=summary)
     labelled = [(model.class_names.index(p.label), int(p.probabilities.argmax())) for p in predictions if p.label]
     if labelled:
         matrix = confusion_matrix(*zip(*labelled), len(model.class_names))
         print(score_report(matrix, model.class_names), file=summary)
         if args.confusion is not None:
             plot_confusion(matrix, model.class_names, args.confusion)
+            print(f"confusion matrix: {args.confusion}", file=summary)
     return 0
 
 

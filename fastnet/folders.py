@@ -9,12 +9,17 @@ converted to 8-bit gray (fastnet.preprocess.grayscale); other sizes are resized
 to 28x28 with Pillow's area-averaging BOX filter when shrinking and bicubic when
 growing, without keeping the aspect ratio. Nothing else is changed: the images
 train as they are, like MNIST's. Hidden files and non-images are passed over;
-unreadable images are skipped and listed (strict=True makes them an error).
+what cannot be read (unreadable images, a FIFO named like one, a folder that
+cannot be listed, a link that loops) is skipped and listed on every load
+(strict=True makes it an error).
 
 Decoding runs in one process per core, and the result is cached in one file
-beside the dataset (.fastnet-cache.npz), keyed on every file's name, size and
-modification time: adding, removing or changing any image rebuilds it; a
-damaged cache is rebuilt too.
+beside the dataset (.fastnet-cache.npz), keyed on every file's name, size,
+modification time, mode and owner: adding, removing or changing any image, or
+who may read it, rebuilds it; a damaged cache is rebuilt too. What else decides
+whether a file reads (an ACL, a file mended in place with its time kept) the key
+cannot see, so the skipped images are tried again on every load, and the cache
+rebuilt when one reads now.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 
 from .errors import FastnetError
 from .files import read_npz, write_atomically, write_npz
-from .images import decode_all, image_files
+from .images import decode_all, image_files, path_text, plural, skip_line
 
 CACHE_NAME = ".fastnet-cache.npz"
 SIZE = 28  # images are SIZE x SIZE (fastnet.preprocess.to_28x28)
@@ -40,7 +45,11 @@ def class_folders(root: Path) -> list[Path]:
     """The class subfolders of root, sorted by name; a clear error if there are none."""
     if not root.is_dir():
         raise FastnetError(f"{root}: no such folder")
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    try:
+        folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: p.name)
+    except OSError as error:
+        raise FastnetError(f"{root}: cannot list the folder ({error.strerror or error})") from None
     if not folders:
         raise FastnetError(f"{root}: no class folders; expected {root}/<class>/<image files> "
                            f"(or {root}/train/<class>/ and {root}/test/<class>/)")
@@ -48,40 +57,56 @@ def class_folders(root: Path) -> list[Path]:
 
 
 def _fingerprint(files: list[str], root: Path) -> str:
-    """A digest of every file's path (relative to root), size and modification time."""
+    """A digest of every file's path (relative to root), size, modification time, mode and owner: what
+    decides what it holds and whether it can be read."""
     digest = hashlib.sha256()
     skip = len(str(root)) + 1
     for path in files:
-        status = os.stat(path)
-        digest.update(f"{path[skip:]}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        try:
+            status = os.stat(path)
+            facts = f"{status.st_size}\0{status.st_mtime_ns}\0{status.st_mode}\0{status.st_uid}\0{status.st_gid}"
+        except OSError as error:  # gone or unreachable since it was listed: decoding will skip it
+            facts = f"error {error.errno}"
+        digest.update(os.fsencode(path[skip:]) + f"\0{facts}\n".encode())  # any bytes: names need not be UTF-8
     return digest.hexdigest()
 
 
-def _read_cache(path: Path, key: str):
-    """The cached (images, labels, classes, skipped), or None where the cache is missing, damaged, foreign or
-    stale: then it is rebuilt. Labels are checked against the classes: the kernels do not check indices."""
+def _read_cache(path: Path, key: str, n_files: int):
+    """The cached (images, labels, classes, failed), failed being [index in the files, reason] of each image
+    that did not decode, or None where the cache is missing, damaged, foreign or stale: then it is rebuilt.
+    Labels are checked against the classes: the kernels do not check indices."""
     try:
         cache = read_npz(path, ("key", "images", "labels", "classes", "skipped"), "dataset cache")
         if str(cache["key"]) != key:
             return None
         images, labels = cache["images"], cache["labels"]
-        classes, skipped = json.loads(str(cache["classes"])), json.loads(str(cache["skipped"]))
+        classes, failed = json.loads(str(cache["classes"])), json.loads(str(cache["skipped"]))
         valid = (images.dtype == np.uint8 and images.ndim == 2 and images.shape[1] == SIZE * SIZE
                  and labels.dtype == np.uint8 and labels.shape == (len(images),)
                  and isinstance(classes, list) and all(isinstance(name, str) for name in classes)
-                 and isinstance(skipped, list) and all(isinstance(line, str) for line in skipped)
+                 and isinstance(failed, list) and len(images) + len(failed) == n_files
+                 and all(isinstance(item, list) and len(item) == 2 and type(item[0]) is int
+                         and 0 <= item[0] < n_files and isinstance(item[1], str) for item in failed)
                  and (labels.size == 0 or int(labels.max()) < len(classes)))
-        return (np.ascontiguousarray(images), labels, classes, skipped) if valid else None
+        return (np.ascontiguousarray(images), labels, classes, failed) if valid else None
     except Exception:  # missing, damaged or foreign: rebuild it
         return None
 
 
-def _report_skipped(root: Path, skipped: list[str], loaded: int) -> None:
-    """The summary of unreadable images, on every load (a cached one too: the files are still there)."""
-    for line in skipped:
-        print(f"skipped {line}", file=sys.stderr)
+def _report_skipped(root: Path, skipped: list[tuple[str, str]], loaded: int) -> None:
+    """The list of what was skipped, on every load (a cached one too: the files are still there)."""
+    for path, reason in skipped:
+        print(skip_line(path, reason), file=sys.stderr)
     if skipped:
-        print(f"{root}: {len(skipped)} unreadable images skipped, {loaded} loaded", file=sys.stderr)
+        print(f"{root}: {len(skipped):,} skipped (listed above), {plural(loaded, 'image')} loaded", file=sys.stderr)
+
+
+def _refuse_if_strict(root: Path, skipped: list[tuple[str, str]], strict: bool) -> None:
+    """With strict, anything skipped is an error."""
+    if skipped and strict:
+        path, reason = skipped[0]
+        raise FastnetError(f"{root}: {len(skipped):,} unreadable, e.g. {path_text(path)}: {reason} (without --strict "
+                           "they are skipped)")
 
 
 def load_folder(root: str | Path, strict: bool = False, cache: bool = True, progress: bool = True
@@ -89,39 +114,45 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     """images (N, 784) uint8, labels (N,) uint8 and class names of a class-per-folder dataset."""
     root = Path(root)
     folders = class_folders(root)
-    classes = [folder.name for folder in folders]
+    classes = [path_text(folder.name) for folder in folders]  # a class name is text, whatever the folder's bytes
     if len(classes) > 256:
         raise FastnetError(f"{root}: {len(classes)} class folders; fastnet handles at most 256 classes")
-    files, labels = [], []
+    files, labels, skipped = [], [], []
     for label, folder in enumerate(folders):
-        found = image_files(folder)
+        found, unreadable = image_files(folder)
         if not found:
-            warnings.warn(f"{folder}: empty class folder (no images)", stacklevel=2)
+            warnings.warn(f"{folder}: empty class folder (no images"
+                          + (f"; {len(unreadable):,} skipped)" if unreadable else ")"), stacklevel=2)
         files += found
         labels += [label] * len(found)
+        skipped += unreadable
+    _refuse_if_strict(root, skipped, strict)  # before the work of decoding
     if not files:
+        _report_skipped(root, skipped, 0)
         raise FastnetError(f"{root}: no images in its class folders ({', '.join(classes)})")
     key = _fingerprint(files, root) + json.dumps([classes, strict])
     cache_path = root / CACHE_NAME
-    cached = _read_cache(cache_path, key) if cache else None
+    cached = _read_cache(cache_path, key, len(files)) if cache else None
     if cached is not None and cached[2] == classes:
-        images, cached_labels, _, skipped = cached
-        _report_skipped(root, skipped, len(images))
-        return images, cached_labels, classes
+        images, cached_labels, _, failed = cached
+        retried = [files[i] for i, _ in failed]
+        failures = decode_all(retried, preprocessing="resize")[1] if retried else []
+        if len(failures) == len(retried):  # nothing reads that did not: the cache holds
+            _report_skipped(root, skipped + failures, len(images))
+            return images, cached_labels, classes
     images, failures = decode_all(files, preprocessing="resize", progress=f"decoding {root}" if progress else "")
-    if failures and strict:
-        raise FastnetError(f"{root}: {len(failures)} unreadable images, e.g. {failures[0][1]} (without --strict "
-                           "they are skipped)")
-    failed = {path for path, _ in failures}
-    keep = np.array([path not in failed for path in files], bool)
+    _refuse_if_strict(root, failures, strict)
+    position = {path: i for i, path in enumerate(files)}
+    failed = [[position[path], reason] for path, reason in failures]
+    keep = np.ones(len(files), bool)
+    keep[[i for i, _ in failed]] = False
     images, labels = np.ascontiguousarray(images[keep]), np.asarray(labels, np.uint8)[keep]
-    skipped = [reason for _, reason in failures]
-    _report_skipped(root, skipped, len(images))
+    _report_skipped(root, skipped + failures, len(images))
     if cache:
         try:
             write_atomically(cache_path, lambda file: write_npz(file, {
                 "key": np.str_(key), "images": images, "labels": labels, "classes": np.str_(json.dumps(classes)),
-                "skipped": np.str_(json.dumps(skipped))}))
+                "skipped": np.str_(json.dumps(failed))}))
         except OSError:
             pass  # a read-only dataset still loads; it just is not cached
     return images, labels, classes

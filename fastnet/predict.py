@@ -1,7 +1,9 @@
 """`fastnet predict`: classify image files and folders; with labelled folders, also score the model.
 
 Folders are searched recursively; hidden files and files that are not images
-(by extension) are passed over; unreadable images are reported and skipped.
+(by extension) are passed over; what cannot be read (unreadable images, a FIFO,
+a folder that cannot be listed) is listed and skipped. Paths are written as
+fastnet.images.path_text makes them, in every format.
 An image whose parent folder is named after a class (`test/3/x.png`) is
 labelled with that class, and then accuracy, per-class accuracy and the
 confusion matrix are reported too. Decoding and preprocessing run in one
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,22 +23,32 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastnetError
-from .images import image_files
+from .images import image_files, not_a_file, path_text
 
 FORMATS = ("table", "csv", "json")
 
 
-def find_images(paths: list[Path]) -> list[Path]:
-    """The image files named or found (recursively, hidden ones passed over) under paths, in a stable order."""
-    found = []
+def find_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files named or found (recursively, hidden ones passed over) under paths, in a stable order,
+    and (path, reason) for each named or found that cannot be read. A path that is not there is an error."""
+    found, skipped = [], []
     for path in paths:
-        if path.is_file():
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise FastnetError(f"{path_text(path)}: no such file or folder") from None
+        except OSError as error:  # a link that loops, a folder we may not enter
+            skipped.append((path, f"cannot look at it ({error.strerror or error})"))
+            continue
+        if stat.S_ISDIR(mode):
+            files, unreadable = image_files(path)
+            found += map(Path, files)
+            skipped += [(Path(name), reason) for name, reason in unreadable]
+        elif stat.S_ISREG(mode):
             found.append(path)
-        elif path.is_dir():
-            found += map(Path, image_files(path))
         else:
-            raise FastnetError(f"{path}: no such file or folder")
-    return found
+            skipped.append((path, not_a_file(path)))
+    return found, skipped
 
 
 @dataclass
@@ -45,15 +59,17 @@ class Prediction:
 
 
 def true_labels(paths: list[Path], class_names: list[str]) -> list[str | None]:
+    """Each path's class, where its folder is named after one (as fastnet.folders names classes), else None."""
     known = set(class_names)
-    return [p.parent.name if p.parent.name in known else None for p in paths]
+    return [name if (name := path_text(p.parent.name)) in known else None for p in paths]
 
 
 def write_rows(predictions: list[Prediction], class_names: list[str], fmt: str, top: int, out=sys.stdout) -> None:
+    """The predictions as a table, csv or json, paths written by path_text (valid UTF-8, whatever the name)."""
     names = np.asarray(class_names)
     ranked = [(p, np.argsort(-p.probabilities, kind="stable")[:top]) for p in predictions]
     if fmt == "json":
-        json.dump([{"path": str(p.path), "label": str(names[order[0]]),
+        json.dump([{"path": path_text(p.path), "label": str(names[order[0]]),
                     "probability": round(float(p.probabilities[order[0]]), 6),
                     "top": [{"label": str(names[k]), "probability": round(float(p.probabilities[k]), 6)}
                             for k in order], **({"true_label": p.label} if p.label is not None else {})}
@@ -64,13 +80,13 @@ def write_rows(predictions: list[Prediction], class_names: list[str], fmt: str, 
         extra = [column for k in range(2, top + 1) for column in (f"label_{k}", f"probability_{k}")]
         writer.writerow(["path", "label", "probability", *extra, "true_label"])
         for p, order in ranked:
-            writer.writerow([str(p.path)] + [value for k in order for value in
+            writer.writerow([path_text(p.path)] + [value for k in order for value in
                                              (names[k], f"{p.probabilities[k]:.6f}")] + [p.label or ""])
     else:
-        width = max([len(str(p.path)) for p in predictions] + [4])
+        width = max([len(path_text(p.path)) for p in predictions] + [4])
         for p, order in ranked:
             best = "  ".join(f"{names[k]} {100 * p.probabilities[k]:5.1f}%" for k in order)
-            out.write(f"{str(p.path):<{width}}  {best}\n")
+            out.write(f"{path_text(p.path):<{width}}  {best}\n")
 
 
 def confusion_matrix(true: list[int], predicted: list[int], n_classes: int) -> np.ndarray:

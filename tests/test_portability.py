@@ -9,7 +9,6 @@ object file. Any intrinsic that does not lower there (an x86-only one, say) fail
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -16,6 +16,7 @@ from PIL import Image
 
 import fastnet
 from fastnet.errors import FastnetError
+from fastnet.predict import FORMATS
 from fastnet.preprocess import grayscale, load_digit, mnist_digit, open_image
 
 from .realworld import write_realworld_set
@@ -201,3 +202,49 @@ def test_fit_and_save(test_digits, tmp_path, mnist_train):
     again = fastnet.load(tmp_path / "mine.npz")
     np.testing.assert_array_equal(again.predict(test_digits[0]), model.predict(test_digits[0]))
     assert np.mean(again.predict(test_digits[0]) == test_digits[1].astype(str)) > 0.8
+
+
+def test_predict_says_the_path_once_and_counts_in_words(tmp_path, test_digits):
+    Image.fromarray(test_digits[0][0].reshape(28, 28)).save(tmp_path / "one.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    result = fastnet_cli("predict", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 image in " in result.stdout and "1 images" not in result.stdout
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 1 and skipped[0].startswith(f"skipped {tmp_path / 'broken.png'}: not a readable image")
+    assert skipped[0].count("broken.png") == 1
+
+
+def test_predict_with_every_input_skipped_is_an_error(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    result = fastnet_cli("predict", tmp_path)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 2 and lines[0].startswith("skipped ") and "broken.png" in lines[0]
+    assert lines[1].startswith("fastnet: error: ") and result.stdout == ""
+    if hasattr(os, "mkfifo"):  # a FIFO named on the command line: listed, not read, and nothing else to read
+        os.mkfifo(tmp_path / "pipe.png")
+        result = fastnet_cli("predict", tmp_path / "pipe.png")
+        lines = result.stderr.splitlines()
+        assert result.returncode == 1 and len(lines) == 2 and "FIFO" in lines[0], result.stderr
+        assert lines[1].startswith("fastnet: error: ")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux file names are any bytes; others' are Unicode")
+def test_file_names_that_are_not_utf8_are_written_in_every_format(tmp_path, test_digits):
+    """b'caf\\xe9.png' (Latin-1) crashed the output. Names are written with such bytes as \\xNN (valid UTF-8),
+    on stdout and stderr alike."""
+    folder = os.fsencode(tmp_path)
+    Image.fromarray(test_digits[0][0].reshape(28, 28)).save(os.fsdecode(folder + b"/caf\xe9.png"))
+    with open(folder + b"/\xff.png", "wb") as broken:
+        broken.write(b"\x89PNG broken")
+    env = dict(ENV, PYTHONIOENCODING="utf-8")  # as in a UTF-8 locale, whatever this machine's
+    for fmt in FORMATS:
+        result = subprocess.run([sys.executable, "-m", "fastnet", "predict", tmp_path, "--format", fmt], cwd=ROOT,
+                                env=env, capture_output=True, timeout=600)
+        out, err = result.stdout.decode("utf-8"), result.stderr.decode("utf-8")  # strict: valid UTF-8 only
+        assert result.returncode == 0 and "Traceback" not in err, err
+        assert f"{tmp_path}/caf\\xe9.png" in (json.loads(out)[0]["path"] if fmt == "json" else out)
+        if fmt == "csv":
+            assert next(csv.DictReader(io.StringIO(out)))["path"] == f"{tmp_path}/caf\\xe9.png"
+        assert f"skipped {tmp_path}/\\xff.png: not a readable image" in err

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from fastnet.checkpoint import load_checkpoint
 from fastnet.kernels import get_backend
