@@ -221,11 +221,25 @@ def _signal_handlers(handlers: dict[str, object]):
 QUITTING = {"SIGTERM": _raise_stopped, "SIGHUP": _raise_stopped, "SIGQUIT": _quit_now}
 
 
+def _quit_if_interrupted(unraisable) -> None:
+    """sys.unraisablehook: a Ctrl-C or stop signal that arrived inside a callback from C (Numba's compiler calls
+    back into Python while it loads the kernels) is swallowed there, and the work would go on: quit at once
+    instead, as for a second signal. Anything else is reported as Python would."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _say("fastnet: interrupted")
+        _quit_now(getattr(unraisable.exc_value, "signum", signal.SIGINT), None)
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda message, *details, **more: f"fastnet: warning: {message}\n"
-    with _signal_handlers(QUITTING):
-        return _run(args)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _quit_if_interrupted
+    try:
+        with _signal_handlers(QUITTING):
+            return _run(args)
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 def _run(args: argparse.Namespace) -> int:

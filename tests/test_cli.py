@@ -236,3 +236,25 @@ def test_with_no_parameters_named_the_shipped_model_is_used_and_named(tmp_path):
     assert f"confusion matrix: {tmp_path / 'c.png'}" in result.stdout and (tmp_path / "c.png").exists()
     (tmp_path / "parameters.npz").write_bytes(shipped_path().read_bytes())
     assert fastnet("evaluate", cwd=tmp_path).stdout.startswith("parameters.npz: 784-128-10")
+
+
+SWALLOWED = """
+import signal, sys
+from fastnet import cli
+sys.unraisablehook = cli._quit_if_interrupted
+
+class Callback:  # what C code calling back into Python does with an exception it cannot pass on
+    def __del__(self):
+        raise cli.Stopped(signal.SIGTERM)
+
+Callback()
+print("went on", flush=True)
+"""
+
+
+def test_a_stop_signal_swallowed_by_a_callback_from_c_still_quits():
+    """SIGTERM while Numba loaded the kernels was printed as 'Exception ignored' and predict went on to exit 0."""
+    result = subprocess.run([sys.executable, "-c", SWALLOWED], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 143 and "went on" not in result.stdout, result
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
