@@ -33,7 +33,10 @@ from .threads import (SOLO_AT, STOP_AT, new_control, new_stop_flag, publish, run
 SIGMOID, RELU = 0, 1
 INPUT_SCALE = np.float32(1.0 / 255.0)
 BLOCK = 64
-SOLO_EVERY = 4  # worker 0 goes on alone once it has napped in more than one batch in this many (_epoch_worker)
+# Worker 0 goes on alone (_epoch_worker) once it has napped in more than one batch in SOLO_EVERY, judged over 16
+# batches or more after the first SOLO_WARM_UP (whose naps, while caches and cores warm up, say nothing).
+SOLO_EVERY = 4
+SOLO_WARM_UP = 32
 PIXEL_MAJOR_FROM = 16  # batches of this many images or more add their W1 gradient pixel by pixel; image by
 # image is as fast or faster in smaller ones
 
@@ -494,8 +497,9 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
     worker finishes that batch and stops there. (loss and correct are this
     worker's images'.)
     On a busy machine a worker that has lost its core holds up the others at
-    every meeting. When worker 0 has had to nap (see threads.wait_for) more than
-    one batch in SOLO_EVERY, it sets control[SOLO_AT] the same way: the others
+    every meeting. When worker 0 has had to nap (see threads.wait_for) in more
+    than one batch in SOLO_EVERY (after SOLO_WARM_UP batches), it sets
+    control[SOLO_AT] the same way: the others
     stop after that batch and worker 0 carries on with all the blocks and images.
     Each block and image is computed the same way whoever computes it, so the
     weights stay bit-identical.
@@ -529,8 +533,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
             break
         publish(control, worker + 1, 2 * b + 1)
         for other in range(active):
-            slept = wait_for(control, other + 1, 2 * b + 1)
-            naps += slept if b > first_batch else 0  # the first meeting waits for the threads to start
+            naps += wait_for(control, other + 1, 2 * b + 1)
         lo, hi = rows.size * worker // active, rows.size * (worker + 1) // active
         _output_forward(probs, hidden, params.W2, params.b2, lo, hi)
         loss, hits = _output_backward(dlogits, probs, labels, rows, lo, hi)
@@ -539,13 +542,14 @@ def _epoch_worker(worker, n_workers, control, stop, ink, labels, order, params, 
         if worker == 0:
             if load_acquire(stop, 0) != 0:
                 control[STOP_AT] = b + 1
-            done = b - first_batch
-            if active > 1 and done >= SOLO_EVERY and naps * SOLO_EVERY > done:
+            judged = b - first_batch - SOLO_WARM_UP  # batches since the warm-up, whose naps are forgotten
+            if judged == 0:
+                naps = 0
+            if active > 1 and judged >= 16 and naps * SOLO_EVERY > judged:
                 control[SOLO_AT] = b + 1
         publish(control, worker + 1, 2 * b + 2)
         for other in range(active):
-            slept = wait_for(control, other + 1, 2 * b + 2)
-            naps += slept if b > first_batch else 0  # the first meeting waits for the threads to start
+            naps += wait_for(control, other + 1, 2 * b + 2)
         if worker == 0:
             _update_output_bias(params, velocity, dlogits[:rows.size], learning_rate, momentum)
         if control[STOP_AT] >= 0:

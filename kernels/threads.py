@@ -34,8 +34,9 @@ STOP_AT = 0  # control[STOP_AT]: the batch the workers stop at, -1 while none
 SOLO_AT = 1  # control[SOLO_AT]: the batch from which worker 0 carries on alone, -1 while none
 # Worker w's progress is slot w + 1.
 
-SPINS = 1000  # spin-wait hints before napping: ~30 us on a current x86 (PAUSE takes 30-40 ns), longer than an
-# idle partner takes to arrive; yielding instead (sched_yield) handed the core to a busy process for its whole slice
+SPINS = 3000  # spin-wait hints before napping, ~100 us on current x86 (a PAUSE takes 30-50 ns): an idle partner
+# arrives within it, while napping sooner cost the idle machine speed. Yielding instead (sched_yield) handed the
+# core to a busy process for its whole time slice.
 NAP_MICROSECONDS = 20  # the OS adds its timer slack (50 us on Linux): a nap lasts ~70 us
 if sys.platform == "win32":
     _nap = types.ExternalFunction("Sleep", types.void(types.uint32))  # milliseconds: Sleep(0) yields the core

@@ -8,9 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
+from fastnet.kernels import numba_backend
+from fastnet.kernels.threads import SLOT, SOLO_AT, new_control
+from fastnet.model import Network
 from fastnet.training import ProgressBar, TrainConfig, learning_rate_at, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +64,32 @@ def test_weights_are_bit_identical_for_one_and_two_threads(batch_size, momentum)
         assert count == threads
         digests.add(digest)
     assert len(digests) == 1, "1 and 2 threads gave different weights"
+
+
+@pytest.mark.skipif(numba.get_num_threads() < 2, reason="one thread: no one to go on without")
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_worker_0_going_on_alone_mid_epoch_gives_the_same_weights(momentum, monkeypatch, mnist_train):
+    """On a busy machine worker 0 carries on alone (control[SOLO_AT]); a machine cannot be made busy on cue, so
+    the test raises the flag before the epoch, as worker 0 would after its first batch."""
+    images, labels = (np.ascontiguousarray(a[:3200]) for a in mnist_train)
+    data, order = numba_backend.prepare(images), np.random.default_rng(0).permutation(len(images))
+    networks, controls = [], []
+    for solo in (False, True):
+        network = Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(0))
+        velocity = [np.zeros_like(p) for p in network.params]
+
+        def control_for(n_workers, solo=solo):
+            control = new_control(n_workers)
+            control[SOLO_AT] = 1 if solo else -1
+            controls.append(control)
+            return control
+
+        monkeypatch.setattr(numba_backend, "new_control", control_for)
+        numba_backend.train_epoch(network.params, velocity, data, labels, order, 32, 0.5, momentum, 0)
+        networks.append(network)
+    assert controls[1][2 * SLOT] == 2, "worker 1 should have stopped after the first batch (its step 2)"
+    for together, alone in zip(*(n.params for n in networks)):
+        np.testing.assert_array_equal(together, alone)
 
 
 def test_freshly_compiled_and_cached_kernels_give_bit_identical_weights(tmp_path):
