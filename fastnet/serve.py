@@ -31,6 +31,8 @@ import io
 import json
 import os
 import re
+import selectors
+import socket
 import sys
 import threading
 import time
@@ -45,6 +47,8 @@ from .preprocess import load_digit
 
 MAX_BODY = 8 << 20  # 8 MB: any photo of a digit, not a denial of service
 BUSY = json.dumps({"error": "the server is busy: try again in a moment"}).encode()
+LINGER = 2.0  # seconds a refused client has to finish sending before its connection is closed
+MAX_LINGERING = 256  # refused connections drained at once; past that they are closed at once
 
 
 def prediction(model: Model, body: bytes) -> dict:
@@ -210,6 +214,73 @@ def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: 
     return Handler
 
 
+class LingeringCloser:
+    """Closes refused connections without destroying the answer they were sent.
+
+    Closing a socket whose request was not read makes the kernel send a reset,
+    and a client still sending its body then fails with a broken pipe or a reset
+    instead of reading the 503. So, like web servers' lingering close: stop
+    writing, read and drop what the client still sends until it closes or LINGER
+    seconds pass, then close. One thread drains them all; at most MAX_LINGERING
+    at once, so a flood of refused clients costs no more than that.
+    """
+
+    def __init__(self):
+        self.selector = selectors.DefaultSelector()
+        self.lock = threading.Lock()
+        self.deadlines: dict[socket.socket, float] = {}
+        self.thread: threading.Thread | None = None
+        self.stopping = False
+
+    def close(self, sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return
+        with self.lock:
+            if self.stopping or len(self.deadlines) >= MAX_LINGERING:
+                sock.close()
+                return
+            self.deadlines[sock] = time.monotonic() + LINGER
+            self.selector.register(sock, selectors.EVENT_READ)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._drain, name="fastnet-linger", daemon=True)
+                self.thread.start()
+
+    def _drain(self) -> None:
+        while not self.stopping:
+            ready = self.selector.select(timeout=0.1)  # registering from another thread is safe with epoll/poll
+            now = time.monotonic()
+            with self.lock:
+                done = {key.fileobj for key, _ in ready if key.fileobj in self.deadlines
+                        and not self._still_sending(key.fileobj)}
+                done.update(sock for sock, deadline in self.deadlines.items() if deadline < now)
+                for sock in done:
+                    self._forget(sock)
+
+    @staticmethod
+    def _still_sending(sock) -> bool:
+        try:
+            return bool(sock.recv(65536))
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def _forget(self, sock) -> None:
+        del self.deadlines[sock]
+        self.selector.unregister(sock)
+        sock.close()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for sock in list(self.deadlines):
+                self._forget(sock)
+
+
 class Server(ThreadingHTTPServer):
     """ThreadingHTTPServer with at most max_connections open; the next ones get a quick 503."""
 
@@ -219,6 +290,7 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, address, handler, max_connections: int):
         self.connections = threading.BoundedSemaphore(max_connections)
+        self.closer = LingeringCloser()
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
@@ -230,13 +302,17 @@ class Server(ThreadingHTTPServer):
                              % (len(BUSY), BUSY))
             except OSError:
                 pass
-            self.shutdown_request(request)
+            self.closer.close(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: its slot is free again
             self.connections.release()
             raise
+
+    def server_close(self):
+        super().server_close()
+        self.closer.stop()
 
     def process_request_thread(self, request, client_address):
         try:

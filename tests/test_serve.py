@@ -247,6 +247,20 @@ def test_connections_over_the_cap_get_503_at_once(model, mnist_test):
         assert status == 200
 
 
+def test_a_refused_client_still_sending_reads_its_503(model, mnist_test):
+    """A close with the request unread would reset the connection and lose the 503 (a broken pipe)."""
+    body = png(mnist_test[0][0].reshape(28, 28))
+    with serving(model, max_connections=1, timeout=10) as address, socket.create_connection(address, timeout=10):
+        with socket.create_connection(address, timeout=10) as client:
+            client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+            time.sleep(0.5)  # the server answers 503 and closes meanwhile
+            client.sendall(body)
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 503") and b"busy" in answer
+
+
 def test_at_most_workers_images_are_decoded_at_once(model, mnist_test, monkeypatch):
     body = png(mnist_test[0][0].reshape(28, 28))
     lock, busy, peak = threading.Lock(), [0], [0]
