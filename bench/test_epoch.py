@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fastnet.kernels import get_backend
+from fastnet.kernels.common import Optimizer, new_state
 from fastnet.model import Network
 from fastnet.training import TrainConfig, warm_up
 
@@ -20,13 +21,14 @@ def test_train_epoch(benchmark, backend_name, batch_size, threads, mnist_train, 
     backend = get_backend(backend_name)
     images, labels = mnist_train
     warm_up(backend, TrainConfig(batch_size=batch_size, backend=backend_name), images, labels, 10)
-    network = Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(0))
-    velocity = [np.zeros_like(p) for p in network.params]
+    network = Network.initialise((784, 128, 10), "sigmoid", np.random.default_rng(0))
+    optimizer = Optimizer("sgd", 0.1)
+    state = new_state(network.params, optimizer)
     data = backend.prepare(images)
     order = np.random.default_rng(0).permutation(len(images))
     rounds = 1 if backend_name == "numpy" else 3
     benchmark.extra_info["images"] = len(images)
-    benchmark.pedantic(backend.train_epoch, args=(network.params, velocity, data, labels, order, batch_size, 0.1, 0.0, 0),
+    benchmark.pedantic(backend.train_epoch, args=(network.params, state, data, labels, order, batch_size, optimizer, 0),
                        rounds=rounds, iterations=1)
 
 
@@ -35,7 +37,7 @@ def test_predict_test_set(benchmark, backend_name, threads, mnist_test, set_thre
     set_threads(threads)
     backend = get_backend(backend_name)
     images = mnist_test[0]
-    network = Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(0))
+    network = Network.initialise((784, 128, 10), "sigmoid", np.random.default_rng(0))
     probs = np.empty((len(images), 10), np.float32)
     backend.predict(probs, images, network.params, 0)
     benchmark.extra_info["images"] = len(images)

@@ -1,4 +1,4 @@
-"""fastnet: a small, fast trainer for the classic 784-128-10 MNIST network.
+"""fastnet: a small, fast trainer for multilayer perceptrons (the classic 784-128-10 MNIST network by default).
 
 Numba kernels (fastnet.kernels.numba_backend) beside a plain numpy reference
 (fastnet.kernels.numpy_backend) that they are tested against.
@@ -23,8 +23,6 @@ def _child_environment(**settings: str) -> dict:
     return dict(os.environ, **settings, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
-def load(path="parameters.npz", backend="numba"):
-    """A trained model from a parameters file: model.predict(images), model.predict_proba(images)."""
-    from .api import load as load_model
+from .api import Model, load  # noqa: E402  (after __path__ is set: api imports fastnet.kernels)
 
-    return load_model(path, backend)
+__all__ = ["Model", "load", "__version__"]

@@ -1,9 +1,10 @@
 """`fastnet bench`: how fast each backend trains and predicts, beside the peers people would pick instead.
 
 Every measurement runs in a fresh subprocess (its own threads setting, its own
-peak memory), from the same initial weights and the same shuffles, with plain
-SGD at a constant learning rate that suits the batch size. Seconds per epoch is
-the fastest epoch measured; test accuracy is after the last one.
+peak memory), on one workload (a network, an optimiser, MNIST or synthetic dense
+features), from the same initial weights and the same shuffles, at a constant
+learning rate that suits the batch size (SGD) or Adam's usual one. Seconds per
+epoch is the fastest epoch measured; test accuracy is after the last one.
 """
 
 from __future__ import annotations
@@ -24,8 +25,49 @@ from .errors import FastnetError
 
 SYSTEMS = ("numba", "numpy", "torch", "sklearn", "jax")
 PEERS = ("torch", "sklearn", "jax")
-# Dense-equivalent work per image: 2 flops per weight forward, 4 backward (the zeros fastnet skips still count).
-FLOPS_PER_IMAGE = 6 * (784 * 128 + 128 * 10)
+DENSE_IMAGES = (10_000, 2_000)  # training and test rows of the synthetic dense workload
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is timed: the network's hidden layers and activation, the optimiser, and the data: MNIST (dense 0)
+    or `dense` synthetic float features (DENSE_IMAGES rows, 10 classes)."""
+
+    hidden: tuple[int, ...] = (128,)
+    activation: str = "sigmoid"
+    optimizer: str = "sgd"
+    dense: int = 0
+
+    def layer_sizes(self) -> tuple[int, ...]:
+        return (self.dense or 784, *self.hidden, 10)
+
+    def describe(self) -> str:
+        data = f"{self.dense} dense features" if self.dense else "MNIST"
+        return f"{'-'.join(map(str, self.layer_sizes()))} {self.activation}, {self.optimizer}, {data}"
+
+    def flops_per_image(self) -> int:
+        """Dense-equivalent work: 2 flops per weight forward, 4 backward (the zeros fastnet skips still count)."""
+        sizes = self.layer_sizes()
+        return 6 * sum(fan_in * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+
+    def learning_rate(self, batch_size: int) -> float:
+        """Plain SGD: 0.05 per image in the batch, at most 1.0 (the loss is the batch's mean); Adam: 0.001."""
+        return 0.001 if self.optimizer == "adam" else min(1.0, 0.05 * batch_size)
+
+    def data(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """(training inputs, labels), (test inputs, labels)."""
+        from .datasets import load_mnist
+
+        if not self.dense:
+            return load_mnist("train"), load_mnist("test")
+        rng = np.random.default_rng(5)  # ten Gaussian clusters, standardised: learnable, and dense
+        centres = rng.standard_normal((10, self.dense)).astype(np.float32)
+        sets = []
+        for count in DENSE_IMAGES:
+            labels = rng.integers(0, 10, count).astype(np.uint8)
+            inputs = centres[labels] + 2.0 * rng.standard_normal((count, self.dense)).astype(np.float32)
+            sets.append((np.ascontiguousarray(inputs / np.float32(np.sqrt(5.0))), labels))
+        return sets[0], sets[1]
 
 
 def peak_rss_mb() -> float:
@@ -39,11 +81,6 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def learning_rate_for(batch_size: int) -> float:
-    """Plain SGD rate used at each batch size: 0.05 per image, at most 1.0 (mean loss over the batch)."""
-    return min(1.0, 0.05 * batch_size)
 
 
 @dataclass
@@ -60,15 +97,18 @@ class Record:
     speedup_over_numpy: float | None = None
     note: str = ""
     busy: int = 0  # competing busy processes while it was measured (bench --busy)
+    workload: str = ""  # Workload.describe()
 
 
-def measure(system: str, batch_size: int, threads: int, epochs: int, timeout: float = 3600) -> Record | None:
+def measure(system: str, batch_size: int, threads: int, epochs: int, workload: Workload = Workload(),
+            timeout: float = 3600) -> Record | None:
     """One measurement in a subprocess; None if that peer is not installed."""
     env = _child_environment(NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                              OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                              XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}")
-    result = _run_child(["-m", "fastnet.bench", system, str(batch_size), str(threads), str(epochs)], env,
-                        f"the {system} measurement", timeout=timeout, success=(0, 3))
+    result = _run_child(["-m", "fastnet.bench", system, str(batch_size), str(threads), str(epochs),
+                         json.dumps(asdict(workload))], env, f"the {system} measurement", timeout=timeout,
+                        success=(0, 3))
     if result.returncode == 3:
         return None
     return Record(**json.loads(result.stdout.strip().splitlines()[-1]))
@@ -88,19 +128,20 @@ def busy_processes(count: int):
 
 
 def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: bool = False,
-        report=lambda record: None, busy: int = 0) -> list[Record]:
+        report=lambda record: None, busy: int = 0, workload: Workload = Workload()) -> list[Record]:
     """Measure numba (each thread count) and numpy (and the installed peers) at each batch size.
 
     The Numba kernels are compiled into the cache first, for each batch size
     (batches under 16 images have an epoch kernel of their own), so that no
     measured process pays for compiling, in seconds or in peak memory.
     """
-    _run_child(["-c", _WARM_UP, *map(str, batch_sizes)], _child_environment(), "compiling the kernels")
+    _run_child(["-c", _WARM_UP, json.dumps(asdict(workload)), *map(str, batch_sizes)], _child_environment(),
+               "compiling the kernels")
     with busy_processes(busy):
-        return _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy)
+        return _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, workload)
 
 
-def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy) -> list[Record]:
+def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, workload) -> list[Record]:
     records = []
     for batch_size in batch_sizes:
         systems = [("numba", t) for t in thread_counts] + [("numpy", max(thread_counts))]
@@ -108,7 +149,7 @@ def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy) -> lis
             systems += [(peer, max(thread_counts)) for peer in PEERS]
         numpy_seconds = None
         for system, threads in systems:
-            record = measure(system, batch_size, threads, epochs)
+            record = measure(system, batch_size, threads, epochs, workload)
             if record is None:
                 continue
             record.busy = busy
@@ -135,29 +176,34 @@ def _run_child(arguments: list[str], env: dict, what: str, timeout: float | None
     return result
 
 
-# A fresh process that compiles (or loads) the Numba kernels as training does, for the batch sizes given as
-# arguments (training's default if none); prints the seconds that took and the seconds since it started.
-_WARM_UP = ("import sys, time; t = time.perf_counter(); "
-            "from fastnet.datasets import load_mnist; from fastnet.kernels import get_backend; "
-            "from fastnet.training import TrainConfig, warm_up; images, labels = load_mnist('test'); "
-            "configs = [TrainConfig(batch_size=int(b)) for b in sys.argv[1:]] or [TrainConfig()]; "
+# A fresh process that compiles (or loads) the Numba kernels as training does: for a workload (JSON, or the
+# default) and the batch sizes given as arguments (training's default batch size if none); prints the seconds that took and
+# the seconds since it started.
+_WARM_UP = ("import json, sys, time; t = time.perf_counter(); "
+            "from fastnet.bench import Workload; from fastnet.kernels import get_backend; "
+            "from fastnet.training import TrainConfig, warm_up; "
+            "workload = Workload(**json.loads(sys.argv[1])) if len(sys.argv) > 1 else Workload(); "
+            "(inputs, labels), _ = workload.data(); inputs, labels = inputs[:10000], labels[:10000]; "
+            "configs = [TrainConfig(batch_size=int(b), hidden=tuple(workload.hidden), activation=workload.activation, "
+            "optimizer=workload.optimizer) for b in sys.argv[2:] or [TrainConfig().batch_size]]; "
             "t0 = time.perf_counter(); "
-            "[warm_up(get_backend('numba'), config, images, labels, 10) for config in configs]; "
+            "[warm_up(get_backend('numba'), config, inputs, labels, 10) for config in configs]; "
             "print(time.perf_counter() - t0, time.perf_counter() - t)")
 
 
-def startup_seconds(repeats: int = 2) -> dict:
-    """Numba kernels: compile into an empty cache, then start up from it (import + load), in fresh processes;
-    each the best of `repeats` (each time a new empty cache), as epochs are the fastest of several: on a shared
-    machine, noise only ever adds."""
+def startup_seconds(workload: Workload = Workload(), repeats: int = 2) -> dict:
+    """The workload's Numba kernels: compile into an empty cache, then start up from it (import + load), in fresh
+    processes; each the best of `repeats` (each time a new empty cache), as epochs are the fastest of several: on
+    a shared machine, noise only ever adds."""
     import tempfile
 
     cold, warm = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as cache:
             env = _child_environment(NUMBA_CACHE_DIR=cache)
-            cold.append(_run_child(["-c", _WARM_UP], env, "compiling the kernels into an empty cache").stdout)
-            warm.append(_run_child(["-c", _WARM_UP], env, "loading the kernels from the cache").stdout)
+            arguments = ["-c", _WARM_UP, json.dumps(asdict(workload))]
+            cold.append(_run_child(arguments, env, "compiling the kernels into an empty cache").stdout)
+            warm.append(_run_child(arguments, env, "loading the kernels from the cache").stdout)
     warm_kernels, warm_total = min(tuple(float(x) for x in out.split()) for out in warm)
     return {"compile_empty_cache": min(float(out.split()[0]) for out in cold), "load_warm_cache": warm_kernels,
             "startup_warm_cache": warm_total}
@@ -173,7 +219,7 @@ def predict_images_per_second(threads: int) -> float:
 
     numba.set_num_threads(threads)
     images = load_mnist("test")[0]
-    network = Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(0))
+    network = Network.initialise((784, 128, 10), "sigmoid", np.random.default_rng(0))
     probs = np.empty((len(images), 10), np.float32)
     numba_backend.predict(probs, images, network.params, 0)
     best = min(_timed(numba_backend.predict, probs, images, network.params, 0) for _ in range(20))
@@ -207,7 +253,7 @@ def plot(records: list[Record], path: Path) -> None:
         heights = [next((r.seconds_per_epoch for r in records if (r.backend, r.threads, r.batch_size) ==
                          (backend, threads, b)), np.nan) for b in batch_sizes]
         axis.bar(np.arange(len(batch_sizes)) + i * width, heights, width, label=f"{backend}, {threads} thr")
-    axis.set(yscale="log", ylabel="seconds per 60,000-image epoch (log)", xlabel="batch size",
+    axis.set(yscale="log", ylabel="seconds per epoch (log)", xlabel="batch size",
              xticks=np.arange(len(batch_sizes)) + 0.4 - width / 2, xticklabels=[str(b) for b in batch_sizes],
              title="training speed (lower is better)")
     axis.legend(fontsize=8, ncols=2)
@@ -217,28 +263,29 @@ def plot(records: list[Record], path: Path) -> None:
 # ---------------------------------------------------------------- the child process
 
 
-def _measure_here(system: str, batch_size: int, threads: int, epochs: int) -> Record:
+def _measure_here(system: str, batch_size: int, threads: int, epochs: int, workload: Workload) -> Record:
     from . import peers
-    from .datasets import load_mnist
     from .model import Network
 
-    (images, labels), (test_images, test_labels) = load_mnist("train"), load_mnist("test")
-    network = Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(0))
+    (inputs, labels), (test_inputs, test_labels) = workload.data()
+    network = Network.initialise(workload.layer_sizes(), workload.activation, np.random.default_rng(0))
     rng = np.random.default_rng(1)
-    orders = [rng.permutation(len(images)) for _ in range(epochs)]
-    learning_rate = learning_rate_for(batch_size)
+    orders = [rng.permutation(len(inputs)) for _ in range(epochs)]
     train = peers.TRAINERS[system]
-    seconds, accuracy, note = train(network, images, labels, test_images, test_labels, orders, batch_size,
-                                    learning_rate, threads)
+    seconds, accuracy, note = train(network, inputs, labels, test_inputs, test_labels, orders, batch_size,
+                                    workload, threads)
     best = min(seconds)
-    return Record(system, batch_size, threads, epochs, best, len(images) / best,
-                  len(images) * FLOPS_PER_IMAGE / best / 1e9, accuracy, peak_rss_mb(), note=note)
+    return Record(system, batch_size, threads, epochs, best, len(inputs) / best,
+                  len(inputs) * workload.flops_per_image() / best / 1e9, accuracy, peak_rss_mb(), note=note,
+                  workload=workload.describe())
 
 
 if __name__ == "__main__":
-    system, batch_size, threads, epochs = sys.argv[1], *map(int, sys.argv[2:5])
+    system, (batch_size, threads, epochs) = sys.argv[1], map(int, sys.argv[2:5])
+    workload = Workload(**{key: tuple(value) if key == "hidden" else value
+                           for key, value in json.loads(sys.argv[5]).items()})
     try:
-        record = _measure_here(system, batch_size, threads, epochs)
+        record = _measure_here(system, batch_size, threads, epochs, workload)
     except ImportError:
         raise SystemExit(3)  # that peer is not installed
     print(json.dumps(asdict(record)))

@@ -1,11 +1,13 @@
 """Checkpoints: everything needed to continue training to the very same weights.
 
-A checkpoint is an .npz file (no pickle) with the weights W1, b1, W2, b2, the
-momentum velocities v_W1, v_b1, v_W2, v_b2, and `state`, a JSON string with
-the config, the epoch and batch to continue from, the random generator's state
-at the start of that epoch (so the same shuffle is drawn again), the running
-loss and correct count of the unfinished epoch, the history so far, and a
-fingerprint of the training data (so that it is never resumed on other data).
+A checkpoint is an .npz file (no pickle) with the weights W1, b1, ..., WL, bL, the
+optimiser's moments beside them (m_W1 ...: SGD's velocity or Adam's first moment;
+s_W1 ...: Adam's second moment), and `state`, a JSON string with the config, the
+epoch and batch to continue from, the optimiser's steps so far, the random
+generator's state at the start of that epoch (so the same shuffle is drawn
+again), the running loss and correct count of the unfinished epoch, the history
+so far, and a fingerprint of the training data (so that it is never resumed on
+other data).
 
 A checkpoint is untrusted input like any file: every field is checked for its
 type and range when it is loaded (load_checkpoint), and against the data when
@@ -23,17 +25,19 @@ import numpy as np
 
 from .errors import FastnetError
 from .files import read_npz, write_atomically, write_npz
+from .kernels.common import OptimizerState
 from .model import Network
-from .parameters import WEIGHTS, checked_network
+from .parameters import checked_network, layer_sizes, weight_names, weight_shapes
 
-FORMAT_VERSION = 2  # 2: the training data's fingerprint is recorded
+MAX_LOSS = 88.0  # an image's cross-entropy is at most -ln(the smallest float32), 87.3
+FORMAT_VERSION = 3  # 2: the training data's fingerprint is recorded; 3: any number of layers, any optimiser
 
 
 @dataclass
 class Checkpoint:
     config: dict
     network: Network
-    velocity: list[np.ndarray]
+    optimizer_state: OptimizerState
     epoch: int  # 0-based epoch to continue
     next_batch: int  # first batch of that epoch not yet done
     rng_state: dict  # numpy bit generator state at the start of that epoch
@@ -49,31 +53,48 @@ class Checkpoint:
                                f"of {self.data['inputs']} inputs in {self.data['classes']} classes, not these "
                                f"{fingerprint['images']:,} of {fingerprint['inputs']} in {fingerprint['classes']}, "
                                "or the same counts with other contents): resume with the --data it was trained on")
-        if self.next_batch >= n_batches or self.correct > self.next_batch * config.batch_size:
+        done = self.next_batch * config.batch_size
+        if self.next_batch >= n_batches or self.correct > done or self.loss_sum > MAX_LOSS * done:
             raise FastnetError(f"this checkpoint continues at batch {self.next_batch + 1} with {self.correct} images "
-                               f"right, but the data has {n_batches} batches: it is damaged")
+                               f"right and a loss of {self.loss_sum:g} so far, but the data has {n_batches} batches "
+                               "and no image's loss exceeds 88: it is damaged")
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     """Write the checkpoint atomically: the file on disk is always a complete one."""
-    state = {key: value for key, value in asdict(checkpoint).items() if key not in ("network", "velocity")}
-    state.update(format_version=FORMAT_VERSION, activation=checkpoint.network.activation)
-    arrays = {name: getattr(checkpoint.network, name) for name in WEIGHTS}
-    arrays.update({f"v_{name}": v for name, v in zip(WEIGHTS, checkpoint.velocity)})
+    state = {key: value for key, value in asdict(checkpoint).items() if key not in ("network", "optimizer_state")}
+    moments = checkpoint.optimizer_state
+    state.update(format_version=FORMAT_VERSION, activation=checkpoint.network.activation,
+                 layer_sizes=list(checkpoint.network.layer_sizes), steps=int(moments.step[0]),
+                 moments=[prefix for prefix, kept in (("m_", moments.first), ("s_", moments.second)) if kept is not None])
+    names = weight_names(len(checkpoint.network.weights))
+    arrays = dict(zip(names, checkpoint.network.params))
+    for prefix, kept in (("m_", moments.first), ("s_", moments.second)):
+        if kept is not None:
+            arrays.update({prefix + name: array for name, array in zip(names, kept)})
     arrays["state"] = np.str_(json.dumps(state))
     write_atomically(Path(path), lambda file: write_npz(file, arrays))
 
 
-STATE_KEYS = {f.name for f in fields(Checkpoint)} - {"network", "velocity"} | {"format_version", "activation"}
+STATE_KEYS = ({f.name for f in fields(Checkpoint)} - {"network", "optimizer_state"}
+              | {"format_version", "activation", "layer_sizes", "steps", "moments"})
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint and check every field; any problem is one FastnetError saying what."""
     path = Path(path)
     try:
-        arrays = read_npz(path, WEIGHTS + tuple(f"v_{name}" for name in WEIGHTS) + ("state",), "checkpoint")
+        arrays = read_npz(path, ["state"], "checkpoint")
+        state = json.loads(str(arrays["state"])) if "state" in arrays else None
+        sizes = state.get("layer_sizes") if isinstance(state, dict) else None
+        if isinstance(sizes, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in sizes):
+            shapes = weight_shapes(layer_sizes(path, np.array(sizes, np.int64)))
+            shapes.update({prefix + name: shape for prefix in ("m_", "s_") for name, shape in list(shapes.items())})
+            arrays.update(read_npz(path, list(shapes), "checkpoint", shapes=shapes))
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such checkpoint") from None
+    except (json.JSONDecodeError, OverflowError, ValueError) as error:
+        raise FastnetError(f"{path}: not a usable fastnet checkpoint ({type(error).__name__}: {error})") from None
     try:
         return _checked(path, arrays)
     except FastnetError as error:
@@ -115,14 +136,26 @@ def _checked(path: Path, arrays: dict) -> Checkpoint:
     config = TrainConfig(**state["config"])  # checks every setting (an unknown one is a TypeError)
     if state["activation"] != config.activation:
         raise FastnetError(f"checkpoint activation {state['activation']!r} is not its config's {config.activation!r}")
-    W1 = arrays["W1"]
-    n_classes = arrays["b2"].shape[0] if arrays["b2"].ndim == 1 else 0
-    network = checked_network(path, arrays, (W1.shape[0] if W1.ndim == 2 else 0, config.hidden, n_classes),
-                              config.activation)
-    velocity = [arrays[f"v_{name}"] for name in WEIGHTS]
-    if any(v.shape != p.shape or v.dtype.kind != "f" or not np.isfinite(v).all()
-           for v, p in zip(velocity, network.params)):
-        raise FastnetError("checkpoint velocities do not match its weights or are not finite")
+    sizes = layer_sizes(path, np.array(state["layer_sizes"], np.int64))
+    if sizes[1:-1] != config.hidden:
+        raise FastnetError(f"checkpoint layer sizes {sizes} do not have its config's hidden layers {config.hidden}")
+    network = checked_network(path, arrays, sizes, config.activation)
+    names = weight_names(len(sizes) - 1)
+    expected = [prefix for prefix, wanted in (("m_", config.optimizer == "adam" or config.momentum != 0),
+                                              ("s_", config.optimizer == "adam")) if wanted]
+    if state["moments"] != expected:
+        raise FastnetError(f"checkpoint moments {state['moments']} are not what its optimiser keeps ({expected})")
+    moments = []
+    for prefix in ("m_", "s_"):
+        if prefix not in expected:
+            moments.append(None)
+            continue
+        kept = [arrays.get(prefix + name) for name in names]
+        if any(m is None or m.shape != p.shape or m.dtype.kind != "f" or not np.isfinite(m).all()
+               for m, p in zip(kept, network.params)):
+            raise FastnetError("checkpoint optimiser moments do not match its weights or are not finite")
+        moments.append([np.ascontiguousarray(m, np.float32) for m in kept])
+    steps = _whole(state["steps"], "steps", 0)
     epoch = _whole(state["epoch"], "epoch", 0, config.epochs)
     history = state["history"]
     if not isinstance(history, list) or len(history) != epoch:
@@ -140,9 +173,9 @@ def _checked(path: Path, arrays: dict) -> Checkpoint:
             and all(isinstance(data[k], int) and not isinstance(data[k], bool) for k in ("images", "inputs", "classes"))
             and isinstance(data["digest"], str)):
         raise FastnetError("checkpoint data fingerprint is malformed")
-    if (data["inputs"], data["classes"]) != (network.layer_sizes[0], network.layer_sizes[2]):
+    if (data["inputs"], data["classes"]) != (network.layer_sizes[0], network.layer_sizes[-1]):
         raise FastnetError("checkpoint data fingerprint does not match its network's inputs and classes")
-    return Checkpoint(state["config"], network, [np.ascontiguousarray(v, np.float32) for v in velocity], epoch,
+    return Checkpoint(state["config"], network, OptimizerState(np.array([steps], np.int64), *moments), epoch,
                       _whole(state["next_batch"], "next_batch", 0), state["rng_state"],
                       _finite(state["loss_sum"], "loss_sum", 0.0), _whole(state["correct"], "correct", 0), history,
                       data)

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .datasets import MNIST_CLASSES, load_mnist
+from . import __version__, _child_environment
 from .errors import FastnetError
-from .files import check_outputs
+from .files import check_not_among, check_outputs
 from .kernels import BACKENDS
-from .model import ACTIVATIONS
+from .kernels.common import ACTIVATIONS
 from .images import IMAGE_SUFFIXES
-from .training import SCHEDULES, EpochStats, TrainConfig
+from .training import (DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, MAX_HIDDEN_LAYERS, OPTIMIZERS, SCHEDULES,
+                       EpochStats, TrainConfig)
 
 DRY_RUN_IMAGES = (2048, 1000)  # train and test images used by --dry-run
 STARTED = time.perf_counter()  # start-up (imports, loading kernels) is reported apart from the work
@@ -35,7 +35,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     help says in words what happens."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False:
+        if action.default is None or action.default is False or "(default:" in action.help:
             return action.help
         return super()._get_help_string(action)
 
@@ -64,6 +64,32 @@ def _number(kind, minimum, *, inclusive=True, maximum=None, what=""):
     return parse
 
 
+MAX_PIXELS_A_SIDE = 4096
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """--hidden: one or more comma-separated positive layer widths."""
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers like 256,128") from None
+    if not widths or min(widths) < 1 or len(widths) > MAX_HIDDEN_LAYERS:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: 1 to {MAX_HIDDEN_LAYERS} widths, each at least 1")
+    return widths
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """--image-size: N (N x N) or WxH, as (height, width)."""
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(parts[0]), int(parts[0])) if len(parts) == 1 else map(int, parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 32 or 64x48") from None
+    if len(parts) > 2 or not (1 <= width <= MAX_PIXELS_A_SIDE and 1 <= height <= MAX_PIXELS_A_SIDE):
+        raise argparse.ArgumentTypeError(f"{text} is out of range: 1 to {MAX_PIXELS_A_SIDE} pixels a side")
+    return height, width
+
+
 def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
     cores = os.cpu_count() or 1
     parser.add_argument("--backend", choices=BACKENDS, default="numba", help="compute backend")
@@ -76,8 +102,8 @@ PARAMETERS_HELP = "trained parameters to use (default: ./parameters.npz if there
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="fastnet", description="A small, fast trainer for the 784-128-10 MNIST network. "
-                    "Start with: python -m fastnet train")
+    parser = Parser(prog="fastnet", description="A small, fast trainer for multilayer perceptrons, on MNIST, "
+                    "image folders or features. Start with: python -m fastnet train")
     parser.add_argument("--version", action="version", version=f"fastnet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     defaults = TrainConfig()
@@ -86,19 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_number(int, 1, what="must be at least 1"), default=defaults.epochs,
                        help="passes over the training images")
     train.add_argument("--batch-size", type=_number(int, 1, what="must be at least 1"), default=defaults.batch_size,
-                       help="images per SGD step; 1 is the original's per-image training")
+                       help="images per step; 1 is the original's per-image training")
+    train.add_argument("--hidden", type=_widths, default=defaults.hidden, metavar="N[,N...]",
+                       help="units of each hidden layer, e.g. 256,128 for two (default: "
+                            f"{','.join(map(str, defaults.hidden))})")
+    train.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation,
+                       help="activation of the hidden layers")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
+                       help="sgd (with --momentum, --nesterov) or adam")
     train.add_argument("--lr", type=_number(float, 0.0, inclusive=False, what="must be above 0"),
-                       default=defaults.learning_rate, help="base learning rate")
+                       help="base learning rate (default: "
+                            + ", ".join(f"{rate:g} for {name}" for name, rate in DEFAULT_LEARNING_RATE.items()) + ")")
     train.add_argument("--momentum", type=_number(float, 0.0, maximum=1.0, what="must be in [0, 1)"),
                        default=defaults.momentum, help="SGD momentum (0: plain SGD)")
+    train.add_argument("--nesterov", action="store_true", help="Nesterov momentum (with sgd and a --momentum)")
     train.add_argument("--weight-decay", type=_number(float, 0.0, what="must be 0 or more"),
-                       default=defaults.weight_decay, help="L2 weight decay on the weights (not the biases)")
+                       help="weight decay on the weights, not the biases: L2 for sgd, decoupled (AdamW) for adam "
+                            "(default: " + ", ".join(f"{decay:g} for {name}"
+                                                     for name, decay in DEFAULT_WEIGHT_DECAY.items()) + ")")
     train.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
                        help="learning rate over the epochs: cosine decay towards 0, or constant")
-    train.add_argument("--hidden", type=_number(int, 1, what="must be at least 1"), default=defaults.hidden,
-                       help="hidden units")
-    train.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation,
-                       help="activation of the hidden units")
     train.add_argument("--seed", type=_number(int, 0, what="must be 0 or more"), default=defaults.seed,
                        help="seed for the initial weights, the shuffles and --val-split")
     _add_backend_flags(train)
@@ -107,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "image folder: DIR/train/<class>/ and DIR/test/<class>/, or DIR/<class>/ with --val-split")
     train.add_argument("--val-split", type=_number(float, 0.0, inclusive=False, maximum=1.0, what="must be in (0, 1)"),
                        help="share of a DIR/<class>/ dataset held out as its test set")
+    train.add_argument("--image-size", type=_image_size, metavar="N|WxH",
+                       help="the size image folders are loaded at, e.g. 32 or 64x48 (default: 28x28)")
+    train.add_argument("--color", action="store_true",
+                       help="load image folders in colour (RGB, 3 values a pixel), not grayscale")
     train.add_argument("--strict", action="store_true", help="an unreadable image in --data is an error, not a skip")
     train.add_argument("--out", type=Path, help="where to save the parameters (default: parameters.npz; with "
                                                 "--dry-run, nowhere)")
@@ -136,8 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs per measurement (the fastest is reported)")
     bench.add_argument("--peers", action="store_true",
                        help="also time PyTorch, scikit-learn and JAX where installed (optional extras)")
+    bench.add_argument("--hidden", type=_widths, default=defaults.hidden, metavar="N[,N...]",
+                       help=f"units of each hidden layer, as for train (default: {','.join(map(str, defaults.hidden))})")
+    bench.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation,
+                       help="activation of the hidden layers")
+    bench.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
+                       help="plain sgd at min(1, 0.05 x batch), or adam at 0.001")
+    bench.add_argument("--dense", type=_number(int, 0, maximum=100_001, what="must be 0 to 100000"), default=0,
+                       metavar="N", help="train on N synthetic dense float features (10,000 rows) instead of MNIST")
     bench.add_argument("--busy", type=_number(int, 0, maximum=65, what="must be 0 to 64"), default=0, metavar="N",
                        help="measure with N competing processes each keeping a core busy, as on a shared machine")
+    bench.add_argument("--dry-run", action="store_true",
+                       help="a quick check: compile into an empty cache once, not twice, and time as asked")
     bench.add_argument("--json", type=Path, help="write the records as a JSON list")
     bench.add_argument("--plot", type=Path, help="draw seconds per epoch as a PNG")
 
@@ -302,20 +349,14 @@ def _set_threads(threads: int | None, backend: str) -> None:
 
 def evaluate(parameters_path: Path, backend_name: str, confusion: Path | None = None) -> int:
     from .api import load
-    from .predict import confusion_matrix, plot_confusion, score_report
+    from .predict import evaluate_on_mnist, plot_confusion, score_report
 
     check_outputs({"--confusion": confusion}, {"--parameters": parameters_path})
     model = load(parameters_path, backend_name)
-    images, labels = load_mnist("test")
-    if model.network.layer_sizes[0] != images.shape[1]:
-        raise FastnetError(f"{parameters_path}: made for {model.network.layer_sizes[0]} inputs, MNIST has "
-                           f"{images.shape[1]}")
-    predicted = model.predict_proba(images).argmax(axis=1)
-    correct = int((predicted == labels).sum())
-    sizes = model.network.layer_sizes
-    print(f"{parameters_path}: {sizes[0]}-{sizes[1]}-{sizes[2]} {model.network.activation} network; "
-          f"MNIST test accuracy {100 * correct / len(labels):.2f}% ({correct}/{len(labels)})")
-    matrix = confusion_matrix(labels, predicted, len(model.class_names))
+    matrix = evaluate_on_mnist(model, parameters_path)
+    correct, total = int(np.trace(matrix)), int(matrix.sum())
+    print(f"{parameters_path}: {model.network.describe()} network; "
+          f"MNIST test accuracy {100 * correct / total:.2f}% ({correct}/{total})")
     print(score_report(matrix, model.class_names).split("\n", 1)[1])
     if confusion is not None:
         plot_confusion(matrix, model.class_names, confusion)
@@ -351,8 +392,11 @@ def predict(args: argparse.Namespace) -> int:
 
     check_outputs({"--confusion": args.confusion}, {"--parameters": args.parameters,
                                                     **{f"input {path}": path for path in args.paths}})
+    check_not_among({"--confusion": args.confusion}, {"input": path for path in args.paths}, IMAGE_SUFFIXES)
     model = load(args.parameters, args.backend)
-    model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels now: start-up is not prediction
+    model.invert = args.invert
+    prep = model.prep()
+    model.predict_proba(np.zeros((1, prep.row_size), np.uint8))  # load the kernels now: start-up is not prediction
     startup = time.perf_counter() - STARTED
     started = time.perf_counter()
     paths, skipped = find_images(args.paths)
@@ -360,11 +404,11 @@ def predict(args: argparse.Namespace) -> int:
     if not paths and not skipped:
         raise FastnetError(f"no images found in {inputs} "
                            f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))} files, hidden ones skipped)")
-    digits, failures = decode_all(paths, args.invert, preprocessing=model.preprocessing)
+    rows, failures = decode_all(paths, prep)
     failed = {path for path, _ in failures}
     skipped += failures
     keep = [i for i, path in enumerate(paths) if path not in failed]
-    probabilities = model.predict_proba(digits[keep])
+    probabilities = model.predict_proba(rows[keep])
     labels = true_labels([paths[i] for i in keep], model.class_names)
     predictions = [Prediction(paths[i], p, label) for i, p, label in zip(keep, probabilities, labels)]
     if predictions:
@@ -393,13 +437,23 @@ def predict(args: argparse.Namespace) -> int:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The settings a `train` run uses, from its flags."""
     return TrainConfig(epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-                       hidden=args.hidden, activation=args.activation, seed=args.seed, backend=args.backend)
+                       momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
+                       schedule=args.schedule, hidden=args.hidden, activation=args.activation,
+                       optimizer=args.optimizer, seed=args.seed, backend=args.backend)
+
+
+def _data_flags(args: argparse.Namespace) -> str:
+    """The flags that choose a run's training data, as a resumed run must be given them again."""
+    return ((f" --data {args.data}" if args.data != "mnist" else "")
+            + (f" --image-size {args.image_size[1]}x{args.image_size[0]}" if args.image_size else "")
+            + (" --color" if args.color else "") + (" --dry-run" if args.dry_run else ""))
 
 
 def train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
+    from .datasets import load_data
     from .kernels import get_backend
+    from .kernels.common import input_scale
     from .parameters import Parameters, save
     from .plot import plot_history
     from .kernels.threads import thread_count
@@ -411,33 +465,38 @@ def train(args: argparse.Namespace) -> int:
     plot = args.plot or (None if args.dry_run else Path("error.png"))
     checkpoint = args.resume or args.checkpoint or (out.with_name(f"{out.stem}.checkpoint.npz") if out else None)
     check_outputs({"--out": out, "--plot": plot, "--checkpoint": checkpoint}, _dataset_files(args.data))
+    if args.data != "mnist":
+        check_not_among({"--plot": plot}, {"--data": Path(args.data)}, IMAGE_SUFFIXES)
     if resume is None and checkpoint is not None and checkpoint.exists():
         raise FastnetError(f"--checkpoint {checkpoint} already exists (an interrupted run's?): continue that run with "
                            f"--resume {checkpoint}, or delete it, or give another --checkpoint")
 
     started = time.perf_counter()
-    train_set, test_set, classes, preprocessing = _load_data(args.data, args.val_split, args.strict, config.seed)
+    dataset = load_data(args.data, args.val_split, args.strict, config.seed, args.image_size, args.color)
+    train_set, test_set, classes = dataset.train, dataset.test, dataset.classes
     if args.dry_run:
         train_set = tuple(a[:DRY_RUN_IMAGES[0]] for a in train_set)
         test_set = tuple(a[:DRY_RUN_IMAGES[1]] for a in test_set)
-    print(f"{args.data}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images, {len(classes)} classes "
-          f"(loaded in {time.perf_counter() - started:.2f} s)")
+    shape = "x".join(map(str, dataset.input_shape[:2])) + (" colour" if dataset.input_shape[2] == 3 else "")
+    print(f"{args.data}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images ({shape}), "
+          f"{len(classes)} classes (loaded in {time.perf_counter() - started:.2f} s)")
     check_data(*train_set, len(classes))
     check_data(*test_set, len(classes), "test")
-    _check_size(config, train_set[0], len(classes), resumed=resume is not None)
-    if resume is not None and resume.network.layer_sizes != (train_set[0].shape[1], config.hidden, len(classes)):
+    sizes = (train_set[0].shape[1], *config.hidden, len(classes))
+    _check_size(config, sizes, len(train_set[0]), resumed=resume is not None)
+    if resume is not None and resume.network.layer_sizes != sizes:
         raise FastnetError(f"{args.resume} holds a {'-'.join(map(str, resume.network.layer_sizes))} network, but its "
-                           f"settings and {args.data} make {train_set[0].shape[1]}-{config.hidden}-{len(classes)}: "
-                           "resume with the --data it was trained on")
+                           f"settings and {args.data} make {'-'.join(map(str, sizes))}: resume with the --data "
+                           "(and --image-size, --color) it was trained on")
     backend = get_backend(config.backend)
     threads = f", {thread_count()} threads" if config.backend == "numba" else ""
-    compile_seconds = warm_up(backend, config, *train_set, n_classes=len(classes))
+    compile_seconds = warm_up(backend, config, *train_set, n_classes=len(classes),
+                              child_environment=_child_environment())
     print(f"backend {config.backend}{threads}: kernels compiled or loaded from cache in {compile_seconds:.2f} s")
     resuming = f"; resuming epoch {resume.epoch + 1} at batch {resume.next_batch + 1}" if resume else ""
-    print(f"training 784-{config.hidden}-{len(classes)} {config.activation}: {config.epochs} epochs, "
-          f"batch {config.batch_size}, "
-          f"lr {config.learning_rate:g} ({config.schedule}), momentum {config.momentum:g}, "
-          f"weight decay {config.weight_decay:g}, seed {config.seed}{resuming}")
+    description = f"{'-'.join(map(str, sizes))} {config.activation}"
+    print(f"training {description}: {config.epochs} epochs, batch {config.batch_size}, {config.describe()}, "
+          f"seed {config.seed}{resuming}")
 
     def report(s):
         print(f"epoch {s.epoch:3d}/{config.epochs}  lr {s.learning_rate:.4f}  loss {s.loss:.4f}  "
@@ -458,16 +517,21 @@ def train(args: argparse.Namespace) -> int:
             print(f"fastnet: interrupted ({interrupted}); nothing saved", file=sys.stderr)
         else:
             print(f"fastnet: interrupted ({interrupted}); checkpoint saved to {interrupted.checkpoint_path}\n"
-                  f"resume with: python -m fastnet train --resume {interrupted.checkpoint_path}"
-                  + (f" --data {args.data}" if args.data != "mnist" else "")
+                  f"resume with: python -m fastnet train --resume {interrupted.checkpoint_path}{_data_flags(args)}"
                   + (f" --out {out}" if out else "") + (f" --plot {plot}" if plot else ""), file=sys.stderr)
         return 128 + int(stop[1])
     final = history[-1].test_accuracy
-    if out is not None:
-        save(out, Parameters(network, classes, dict(config.as_dict(), data=str(args.data)), final, preprocessing))
-    if plot is not None:
-        plot_history(history, plot, f"fastnet 784-{config.hidden}-{len(classes)} {config.activation}, "
-                                    f"batch {config.batch_size}")
+    try:
+        if out is not None:
+            save(out, Parameters(network, classes, dict(config.as_dict(), data=str(args.data)), final,
+                                 dataset.preprocessing, dataset.input_shape, input_scale(train_set[0].dtype)))
+        if plot is not None:
+            plot_history(history, plot, f"fastnet {description}, batch {config.batch_size}")
+    except FastnetError as error:  # a full disk, say: the trained network is in the checkpoint, not lost
+        if checkpoint is None or not checkpoint.exists():
+            raise
+        raise FastnetError(f"{error}; the trained network is kept in {checkpoint}: once there is room, "
+                           f"python -m fastnet train --resume {checkpoint}{_data_flags(args)} saves it") from None
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # the run is complete: parameters.npz holds its result
     saved = ", ".join(f"{what} {path}" for what, path in (("saved", out), ("plot", plot)) if path is not None)
@@ -483,17 +547,21 @@ def bench(args: argparse.Namespace) -> int:
     from . import bench as benchmarks
 
     check_outputs({"--json": args.json, "--plot": args.plot})
-    print(f"fastnet bench: {args.epochs} epoch(s) per measurement, plain SGD at lr min(1, 0.05 x batch), "
-          f"each in a fresh process; {os.cpu_count()} cores"
+    workload = benchmarks.Workload(args.hidden, args.activation, args.optimizer, args.dense)
+    print(f"fastnet bench: {workload.describe()}; {args.epochs} epoch(s) per measurement, "
+          + ("adam at lr 0.001" if args.optimizer == "adam" else "plain SGD at lr min(1, 0.05 x batch)")
+          + f", each in a fresh process; {os.cpu_count()} cores"
           + (f"; {args.busy} competing busy process(es) during the epochs" if args.busy else ""))
-    start = benchmarks.startup_seconds()
-    print(f"numba kernels (best of 2 each): compile into an empty cache {start['compile_empty_cache']:.2f} s; "
+    repeats = 1 if args.dry_run else 2
+    start = benchmarks.startup_seconds(workload, repeats)
+    print(f"numba kernels (best of {repeats} each): compile into an empty cache {start['compile_empty_cache']:.2f} s; "
           f"from a warm cache load {start['load_warm_cache']:.2f} s, start-up in all {start['startup_warm_cache']:.2f} s")
     for threads in args.threads:
         rate = benchmarks.predict_images_per_second(threads)
         print(f"numba prediction over the 10,000 test images, {threads} thread(s): {rate:,.0f} images/s")
     print()
-    records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers, busy=args.busy)
+    records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers, busy=args.busy,
+                             workload=workload)
     print(benchmarks.format_table(records))
     if args.json is not None:
         from .files import write_atomically
@@ -503,24 +571,6 @@ def bench(args: argparse.Namespace) -> int:
     if args.plot is not None:
         benchmarks.plot(records, args.plot)
     return 0
-
-
-def _load_data(data: str, val_split: float | None, strict: bool, seed: int):
-    """(train set, test set, class names, preprocessing for prediction) from --data."""
-    from .datasets import MNIST_FILES
-    from .folders import has_train_and_test, load_dataset
-
-    folder = Path(data)
-    idx = data == "mnist" or all((folder / name).is_file() for pair in MNIST_FILES.values() for name in pair)
-    if val_split is not None and (idx or has_train_and_test(folder)):
-        raise FastnetError(f"--val-split: {data} comes with its own test set; --val-split is for a DIR/<class>/ "
-                           "dataset without train/ and test/ folders")
-    if idx:
-        directory = None if data == "mnist" else folder
-        return load_mnist("train", directory), load_mnist("test", directory), list(MNIST_CLASSES), "digit"
-    train_set, test_set, classes = load_dataset(folder, val_split or 0.0, strict, seed)
-    digits = all(name.isdigit() and len(name) == 1 for name in classes)
-    return train_set, test_set, classes, "digit" if digits else "resize"
 
 
 def _dataset_files(data: str) -> dict[str, Path]:
@@ -545,20 +595,20 @@ def _available_memory() -> int | None:
     return None
 
 
-def _check_size(config: TrainConfig, images: np.ndarray, n_classes: int, resumed: bool) -> None:
+def _check_size(config: TrainConfig, sizes: tuple[int, ...], n_train: int, resumed: bool) -> None:
     """Refuse, before anything is allocated, a batch larger than the data or a network that cannot fit."""
     flag = (lambda name: f"the checkpoint's {name}") if resumed else (lambda name: f"--{name.replace('_', '-')}")
-    if config.batch_size > len(images):
-        raise FastnetError(f"{flag('batch_size')} {config.batch_size:,} is larger than the {len(images):,} training "
-                           f"images; use {len(images):,} or fewer")
-    n_inputs, hidden = images.shape[1], config.hidden
-    # Weights, velocities and their blocked copies (four of each), and the batch's hidden buffers.
-    needed = 4 * (4 * (n_inputs * hidden + hidden * n_classes) + 3 * config.batch_size * (hidden + 64))
+    if config.batch_size > n_train:
+        raise FastnetError(f"{flag('batch_size')} {config.batch_size:,} is larger than the {n_train:,} training "
+                           f"images; use {n_train:,} or fewer")
+    weights = sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    # Weights, their moments (up to two) and a blocked copy of each, a gradient buffer, the batch's buffers.
+    needed = 4 * (7 * weights + 3 * config.batch_size * (sum(sizes[1:]) + 64 * len(sizes)))
     available = _available_memory()
     if available is not None and needed > available:
-        raise FastnetError(f"{flag('hidden')} {hidden:,} with {flag('batch_size')} {config.batch_size:,} needs about "
-                           f"{needed / 2**30:,.1f} GiB of memory, more than the {available / 2**30:,.1f} GiB "
-                           "available; choose fewer hidden units")
+        raise FastnetError(f"{flag('hidden')} {','.join(map(str, config.hidden))} with {flag('batch_size')} "
+                           f"{config.batch_size:,} needs about {needed / 2**30:,.1f} GiB of memory, more than the "
+                           f"{available / 2**30:,.1f} GiB available; choose fewer hidden units")
 
 
 def _check_learned(last: EpochStats, train_labels: np.ndarray, test_labels: np.ndarray, n_classes: int) -> None:

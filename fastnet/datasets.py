@@ -1,11 +1,12 @@
-"""The shipped MNIST data: where it is and how it loads.
+"""Training data: the shipped MNIST, MNIST IDX files, or image folders, as the arrays training reads.
 
-Images come back as one C-contiguous uint8 array of shape (N, 784) and labels
-as uint8 (N,): the only form training and evaluation read.
+Images come back as one C-contiguous uint8 array (N, height * width * channels)
+and labels as uint8 (N,). load_data turns a --data argument into a Dataset.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,40 @@ def load_mnist(split: str, directory: Path | None = None) -> tuple[np.ndarray, n
     if images.shape[1] != 784 or labels.max(initial=0) > 9:
         raise FastnetError(f"{directory}: the {split} files are not MNIST (28x28 images, labels 0-9)")
     return images, labels
+
+
+@dataclass
+class Dataset:
+    """Training and test sets (inputs, labels), the class names, and what prediction needs to know: the input
+    shape (height, width, channels) and how to prepare a new image (parameters.PREPROCESSING)."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    classes: list[str]
+    input_shape: tuple[int, ...] = (28, 28, 1)
+    preprocessing: str = "digit"
+
+
+def load_data(data: str, val_split: float | None = None, strict: bool = False, seed: int = 0,
+              image_size: tuple[int, int] | None = None, color: bool = False) -> Dataset:
+    """The dataset --data names: 'mnist' (the shipped files), a folder of the four MNIST IDX files, or an image
+    folder (fastnet.folders), its images at image_size (height, width; 28x28 unless told), in colour or not."""
+    from .folders import has_train_and_test, load_dataset
+    from .preprocess import Prep
+
+    folder = Path(data)
+    idx = data == "mnist" or all((folder / name).is_file() for pair in MNIST_FILES.values() for name in pair)
+    if val_split is not None and (idx or has_train_and_test(folder)):
+        raise FastnetError(f"--val-split: {data} comes with its own test set; --val-split is for a DIR/<class>/ "
+                           "dataset without train/ and test/ folders")
+    if idx:
+        if image_size is not None or color:
+            raise FastnetError(f"--image-size and --color: {data} is MNIST, 28x28 grayscale; they are for image "
+                               "folders")
+        directory = None if data == "mnist" else folder
+        return Dataset(load_mnist("train", directory), load_mnist("test", directory), list(MNIST_CLASSES))
+    height, width = image_size or (28, 28)
+    prep = Prep("resize", height, width, 3 if color else 1)
+    train, test, classes = load_dataset(folder, val_split or 0.0, strict, seed, prep)
+    digits = all(name.isdigit() and len(name) == 1 for name in classes) and not color
+    return Dataset(train, test, classes, (height, width, prep.channels), "digit" if digits else "resize")

@@ -9,7 +9,6 @@ export's, say): that export keeps its folder and this one ends with an error.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import multiprocessing
 import multiprocessing.connection
@@ -25,7 +24,7 @@ from PIL import Image
 
 from .datasets import MNIST_CLASSES, load_mnist
 from .errors import FastnetError
-from .files import QUIT_SIGNALS
+from .files import QUIT_SIGNALS, signals_held
 
 JOB_IMAGES = 1000  # images per job: each job reports progress when done
 
@@ -34,19 +33,6 @@ def _write_pngs(folder: str, names: list[str], images: np.ndarray) -> int:
     for name, image in zip(names, images):
         Image.fromarray(image.reshape(28, 28)).save(os.path.join(folder, name), "PNG")
     return len(names)
-
-
-@contextlib.contextmanager
-def _signals_blocked():
-    """Hold back the quitting signals in this thread for a moment (where the platform can)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, QUIT_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _worker(jobs: list[tuple[str, list[str], np.ndarray]], results) -> None:
@@ -85,7 +71,7 @@ def _write_all(jobs: list[tuple[str, list[str], np.ndarray]], workers: int) -> i
         for share in range(workers):
             receiver, sender = context.Pipe(duplex=False)
             process = context.Process(target=_worker, args=(jobs[share::workers], sender), daemon=True)
-            with _signals_blocked():  # the child starts with them blocked, until _worker sets its handlers
+            with signals_held():  # the child starts with them blocked, until _worker sets its handlers
                 process.start()
                 running[receiver] = process  # before a signal held back meanwhile can strike
                 sender.close()  # the worker holds the only sending end now: its exit reads as EOF
@@ -105,14 +91,15 @@ def _write_all(jobs: list[tuple[str, list[str], np.ndarray]], workers: int) -> i
                 if isinstance(message, str):
                     raise FastnetError(f"{message}; the export stopped and nothing of it was kept")
                 written += message
-                print(f"\rexport: {written:,}/{total:,} images", end="", file=sys.stderr, flush=True)
+                if sys.stderr.isatty():  # a progress line for people, not for logs
+                    print(f"\rexport: {written:,}/{total:,} images", end="", file=sys.stderr, flush=True)
     finally:
-        with _signals_blocked():  # a second Ctrl-C must not leave a worker behind
+        with signals_held():  # a second Ctrl-C must not leave a worker behind
             for receiver, process in running.items():
                 process.kill()
                 process.join()
                 receiver.close()
-        if written:
+        if written and sys.stderr.isatty():
             print(file=sys.stderr)
     return written
 
@@ -149,7 +136,7 @@ def export(destination: str | Path, splits: tuple[str, ...] = ("train", "test"),
                                    "as it is, and nothing of this export was kept") from None
             raise
     except BaseException as error:  # Ctrl-C and SIGTERM (cli.Stopped) too: the workers are stopped by now
-        with _signals_blocked():  # a second signal must not cut the removal short
+        with signals_held():  # a second signal must not cut the removal short
             shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError):
             raise FastnetError(f"cannot export to {destination} ({error.strerror or error}); nothing was "

@@ -21,8 +21,8 @@ import contextlib
 import errno
 import os
 import signal
+import secrets
 import stat
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
@@ -32,7 +32,8 @@ import numpy as np
 from .errors import FastnetError
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """What a file of this st_mode is, in words: 'a folder', 'a FIFO', ..."""
     for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
                        (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
@@ -56,7 +57,7 @@ def check_output(path: Path, flag: str) -> Path:
     path = Path(path)
     status = _status(path)
     if status is not None and not stat.S_ISREG(status.st_mode):
-        raise FastnetError(f"{flag} {path}: is {_kind(status.st_mode)}, not a file; fastnet writes only regular "
+        raise FastnetError(f"{flag} {path}: is {kind_of(status.st_mode)}, not a file; fastnet writes only regular "
                            "files: give a file name")
     folder = path.parent
     if not folder.is_dir():
@@ -87,6 +88,21 @@ def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None
         seen[identity] = flag
 
 
+def check_not_among(outputs: dict[str, Path | None], folders: dict[str, Path], suffixes: Iterable[str]) -> None:
+    """Refuse an output with one of these suffixes inside one of these input folders (flag -> folder): it is
+    one of the folder's files already, or would be read as one next time."""
+    suffixes = {suffix.lower() for suffix in suffixes}
+    for flag, path in outputs.items():
+        if path is None or Path(path).suffix.lower() not in suffixes:
+            continue
+        where = os.path.realpath(Path(path).parent)
+        for name, folder in folders.items():
+            root = os.path.realpath(folder)
+            if Path(folder).is_dir() and os.path.commonpath([where, root]) == root:
+                raise FastnetError(f"{flag} {path} is inside {name} {folder}, among the images it reads; "
+                                   "write it somewhere else")
+
+
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Call write(file) on a temporary file beside path, fsync it, then rename it over path.
 
@@ -99,19 +115,16 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Non
         path = Path(os.path.realpath(path))
     status = _status(path)
     if status is not None and not stat.S_ISREG(status.st_mode):
-        raise FastnetError(f"{path}: is {_kind(status.st_mode)}, not a file; refusing to replace it")
+        raise FastnetError(f"{path}: is {kind_of(status.st_mode)}, not a file; refusing to replace it")
     temporary = None
     try:
-        with _signals_held():  # a quitting signal handler (remove_temporaries) sees every temporary file
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            _temporaries.add(temporary)
+        handle, temporary = _new_temporary(path)
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
-            os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
+            os.fchmod(file.fileno(), 0o666 & ~_umask())  # made 0600; give it a normal file's mode
             os.fsync(file.fileno())
         os.replace(temporary, path)
-        temporary = None
     except OSError as error:
         reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else \
             (error.strerror or str(error))
@@ -119,8 +132,24 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Non
         raise FastnetError(f"cannot write {path}: {reason}; {kept}") from None
     finally:
         if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
-        _temporaries.discard(temporary)
+            Path(temporary).unlink(missing_ok=True)  # gone already when renamed
+            _temporaries.discard(temporary)
+
+
+def _new_temporary(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file beside path: (descriptor, name). Its name is recorded before the file is
+    made, so that a quitting signal handler (remove_temporaries), which may run between any two bytecodes of
+    this thread whichever thread took the signal, always knows of it."""
+    while True:
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        _temporaries.add(name)
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), name
+        except FileExistsError:
+            _temporaries.discard(name)
+        except BaseException:
+            _temporaries.discard(name)
+            raise
 
 
 _temporaries: set[str] = set()  # temporary files being written now
@@ -129,8 +158,9 @@ QUIT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 @contextlib.contextmanager
-def _signals_held():
-    """Hold back the quitting signals in this thread for a moment (where the platform can)."""
+def signals_held():
+    """Hold back the quitting signals in this thread for a moment (where the platform can): threads and
+    processes started meanwhile begin with them held."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
@@ -177,7 +207,7 @@ def open_regular(path: str | Path, what: str = "file") -> BinaryIO:
     mode = os.fstat(descriptor).st_mode
     if not stat.S_ISREG(mode):
         os.close(descriptor)
-        raise FastnetError(f"{path}: is {_kind(mode)}, not a {what}")
+        raise FastnetError(f"{path}: is {kind_of(mode)}, not a {what}")
     if hasattr(os, "set_blocking"):
         os.set_blocking(descriptor, True)
     return os.fdopen(descriptor, "rb")
@@ -186,13 +216,14 @@ def open_regular(path: str | Path, what: str = "file") -> BinaryIO:
 DEFLATE_MAX_RATIO = 1032  # deflate never expands data more than this
 
 
-def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_bytes: int = 1 << 30
-             ) -> dict[str, np.ndarray]:
+def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_bytes: int = 1 << 30,
+             shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     """The entries named by keys (those present) of the .npz file at path, no pickle.
 
     Each entry's .npy header is read first, and an entry that claims more bytes than its share of the
-    file can hold (or than max_bytes) is refused before its data is read: a small file may claim, or hold
-    compressed, gigabytes. Entries not asked for are never read. Errors from untrusted bytes (zip, npy
+    file can hold (or than max_bytes), or another shape than shapes gives for it, is refused before its data
+    is read: a small file may claim, or hold compressed, gigabytes. Entries not asked for are never read; an
+    entry's data is read straight into its array (memory for it once). Errors from untrusted bytes (zip, npy
     header, decompression) come out as FastnetError; a missing file as FileNotFoundError.
     """
     path = Path(path)
@@ -208,7 +239,7 @@ def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_byte
                     ratio = 1 if info.compress_type == zipfile.ZIP_STORED else DEFLATE_MAX_RATIO
                     capacity = min(max_bytes, info.file_size, info.compress_size * ratio)
                     with archive.open(info) as member:
-                        arrays[key] = _read_member(member, key, capacity, path, what)
+                        arrays[key] = _read_member(member, key, capacity, (shapes or {}).get(key), path, what)
         except FastnetError:
             raise
         except Exception as error:  # zip, npy header (even tokenize) and decompression errors alike
@@ -217,7 +248,8 @@ def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_byte
     return arrays
 
 
-def _read_member(member, key: str, capacity: int, path: Path, what: str) -> np.ndarray:
+def _read_member(member, key: str, capacity: int, expected: tuple[int, ...] | None, path: Path, what: str
+                 ) -> np.ndarray:
     version = np.lib.format.read_magic(member)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     if version not in read_header:
@@ -225,12 +257,14 @@ def _read_member(member, key: str, capacity: int, path: Path, what: str) -> np.n
     shape, fortran_order, dtype = read_header[version](member)
     if dtype.hasobject:
         raise ValueError(f"{key} holds Python objects, which fastnet never writes")
+    if expected is not None and tuple(shape) != tuple(expected):
+        raise FastnetError(f"{path}: {key} should be of shape {tuple(expected)}, found {tuple(shape)}")
     size = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if size > capacity:
         raise FastnetError(f"{path}: entry {key} claims {size:,} bytes, more than the file holds for it; "
                            f"is it a {what} written by fastnet?")
-    data = member.read(size)
-    if len(data) != size:
-        raise ValueError(f"{key} is truncated: {len(data)} of {size} bytes")
-    array = np.frombuffer(data, dtype).copy()  # writable and owned
-    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
+    array = np.empty(shape[::-1] if fortran_order else shape, dtype)
+    got = member.readinto(memoryview(array.reshape(-1)).cast("B")) if size else 0
+    if got != size:
+        raise ValueError(f"{key} is truncated: {got} of {size} bytes")
+    return array.T if fortran_order else array

@@ -4,11 +4,12 @@
 
 Class names are the sorted subfolder names (digits or anything else). Every
 image Pillow reads (PNG, JPEG, BMP, GIF, TIFF, WebP, ...), in any mode, becomes
-one grayscale uint8 28x28 image: transparency composited onto white, then
-converted to 8-bit gray (fastnet.preprocess.grayscale); other sizes are resized
-to 28x28 with Pillow's area-averaging BOX filter when shrinking and bicubic when
+one uint8 image of the size asked for (28x28 unless told), grayscale or RGB:
+transparency composited onto white (fastnet.preprocess.grayscale, colour),
+resized with Pillow's area-averaging BOX filter when shrinking and bicubic when
 growing, without keeping the aspect ratio. Nothing else is changed: the images
-train as they are, like MNIST's. Hidden files and non-images are passed over;
+train as they are, like MNIST's. A row holds an image's pixels in (height,
+width, channel) order. Hidden files and non-images are passed over;
 what cannot be read (unreadable images, a FIFO named like one, a folder that
 cannot be listed, a link that loops) is skipped and listed on every load
 (strict=True makes it an error).
@@ -36,9 +37,9 @@ import numpy as np
 from .errors import FastnetError
 from .files import read_npz, write_atomically, write_npz
 from .images import decode_all, image_files, path_text, plural, skip_line
+from .preprocess import Prep
 
 CACHE_NAME = ".fastnet-cache.npz"
-SIZE = 28  # images are SIZE x SIZE (fastnet.preprocess.to_28x28)
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -71,7 +72,7 @@ def _fingerprint(files: list[str], root: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_cache(path: Path, key: str, n_files: int):
+def _read_cache(path: Path, key: str, n_files: int, row_size: int):
     """The cached (images, labels, classes, failed), failed being [index in the files, reason] of each image
     that did not decode, or None where the cache is missing, damaged, foreign or stale: then it is rebuilt.
     Labels are checked against the classes: the kernels do not check indices."""
@@ -81,7 +82,7 @@ def _read_cache(path: Path, key: str, n_files: int):
             return None
         images, labels = cache["images"], cache["labels"]
         classes, failed = json.loads(str(cache["classes"])), json.loads(str(cache["skipped"]))
-        valid = (images.dtype == np.uint8 and images.ndim == 2 and images.shape[1] == SIZE * SIZE
+        valid = (images.dtype == np.uint8 and images.ndim == 2 and images.shape[1] == row_size
                  and labels.dtype == np.uint8 and labels.shape == (len(images),)
                  and isinstance(classes, list) and all(isinstance(name, str) for name in classes)
                  and isinstance(failed, list) and len(images) + len(failed) == n_files
@@ -109,9 +110,10 @@ def _refuse_if_strict(root: Path, skipped: list[tuple[str, str]], strict: bool) 
                            "they are skipped)")
 
 
-def load_folder(root: str | Path, strict: bool = False, cache: bool = True, progress: bool = True
-                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """images (N, 784) uint8, labels (N,) uint8 and class names of a class-per-folder dataset."""
+def load_folder(root: str | Path, strict: bool = False, cache: bool = True, progress: bool = True,
+                prep: Prep = Prep("resize")) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """images (N, prep.row_size) uint8, labels (N,) uint8 and class names of a class-per-folder dataset (prep:
+    the size and channels images are loaded at; 28x28 grayscale unless told)."""
     root = Path(root)
     folders = class_folders(root)
     classes = [path_text(folder.name) for folder in folders]  # a class name is text, whatever the folder's bytes
@@ -119,7 +121,7 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
         raise FastnetError(f"{root}: {len(classes)} class folders; fastnet handles at most 256 classes")
     files, labels, skipped = [], [], []
     for label, folder in enumerate(folders):
-        found, unreadable = image_files(folder)
+        found, unreadable = image_files(folder, within=root)
         if not found:
             warnings.warn(f"{folder}: empty class folder (no images"
                           + (f"; {len(unreadable):,} skipped)" if unreadable else ")"), stacklevel=2)
@@ -130,17 +132,17 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     if not files:
         _report_skipped(root, skipped, 0)
         raise FastnetError(f"{root}: no images in its class folders ({', '.join(classes)})")
-    key = _fingerprint(files, root) + json.dumps([classes, strict])
+    key = _fingerprint(files, root) + json.dumps([classes, strict, list(prep)])
     cache_path = root / CACHE_NAME
-    cached = _read_cache(cache_path, key, len(files)) if cache else None
+    cached = _read_cache(cache_path, key, len(files), prep.row_size) if cache else None
     if cached is not None and cached[2] == classes:
         images, cached_labels, _, failed = cached
         retried = [files[i] for i, _ in failed]
-        failures = decode_all(retried, preprocessing="resize")[1] if retried else []
+        failures = decode_all(retried, prep)[1] if retried else []
         if len(failures) == len(retried):  # nothing reads that did not: the cache holds
             _report_skipped(root, skipped + failures, len(images))
             return images, cached_labels, classes
-    images, failures = decode_all(files, preprocessing="resize", progress=f"decoding {root}" if progress else "")
+    images, failures = decode_all(files, prep, progress=f"decoding {root}" if progress else "")
     _refuse_if_strict(root, failures, strict)
     position = {path: i for i, path in enumerate(files)}
     failed = [[position[path], reason] for path, reason in failures]
@@ -163,20 +165,21 @@ def has_train_and_test(root: Path) -> bool:
     return (root / "train").is_dir() and (root / "test").is_dir()
 
 
-def load_dataset(root: str | Path, val_split: float = 0.0, strict: bool = False, seed: int = 0):
+def load_dataset(root: str | Path, val_split: float = 0.0, strict: bool = False, seed: int = 0,
+                 prep: Prep = Prep("resize")):
     """((train images, labels), (test images, labels), class names) of a folder dataset.
 
     With DIR/train and DIR/test both present, those; else DIR's class folders,
     with a val_split fraction held out (seeded) as the test set."""
     root = Path(root)
     if has_train_and_test(root):
-        train_images, train_labels, classes = load_folder(root / "train", strict)
-        test_images, test_labels, test_classes = load_folder(root / "test", strict)
+        train_images, train_labels, classes = load_folder(root / "train", strict, prep=prep)
+        test_images, test_labels, test_classes = load_folder(root / "test", strict, prep=prep)
         if test_classes != classes:
             raise FastnetError(f"{root}: train/ and test/ have different class folders "
                                f"({', '.join(classes)} vs {', '.join(test_classes)})")
         return (train_images, train_labels), (test_images, test_labels), classes
-    images, labels, classes = load_folder(root, strict)
+    images, labels, classes = load_folder(root, strict, prep=prep)
     if not 0.0 < val_split < 1.0:
         raise FastnetError(f"{root} has no train/ and test/ folders: give --val-split (e.g. 0.1) to hold out "
                            "a share of its images for testing")

@@ -1,4 +1,4 @@
-"""Finding image files and decoding them into 784-pixel rows, one process per core.
+"""Finding image files and decoding them into rows of a network's input, one process per core.
 
 Shared by `predict` (MNIST-style digits) and folder datasets (plain 28x28). What cannot be read (a FIFO or
 device named like an image, a link that loops or leads nowhere, a folder that cannot be listed, an image that
@@ -20,8 +20,8 @@ from typing import Iterator
 import numpy as np
 
 from .errors import FastnetError
-from .files import QUIT_SIGNALS, _kind, _signals_held
-from .preprocess import load_digit
+from .files import QUIT_SIGNALS, kind_of, signals_held
+from .preprocess import Prep, load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
 
@@ -50,16 +50,19 @@ def not_a_file(path: str | os.PathLike) -> str:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return "a link to nothing (its target is missing)"
-    return f"is {_kind(mode)}, not an image file; only regular files are read"
+    return f"is {kind_of(mode)}, not an image file; only regular files are read"
 
 
-def image_files(folder: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
+def image_files(folder: str | Path, within: str | Path | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """Image files under folder (recursive; each folder's files sorted by name, then its subfolders), hidden
     files and non-images passed over; and (path, reason) for each image name or folder that cannot be read.
 
     Only regular files are listed: a reader of a FIFO named like an image waits forever. A folder is searched
-    once, however many links lead to it (found by device and inode): a link back up would never end. Plain
-    strings and os.scandir: pathlib objects cost more than the listing itself for 70,000 files."""
+    once, however many links lead to it (found by device and inode): a link back up would never end. With
+    within (a dataset's root), a link to a folder elsewhere in it is skipped: its images belong to another
+    class. Plain strings and os.scandir: pathlib objects cost more than the listing itself for 70,000 files."""
+    own = os.path.realpath(folder)
+    root = os.path.realpath(within) if within is not None else None
     files: list[str] = []
     skipped: list[tuple[str, str]] = []
     searched: set[tuple[int, int]] = set()
@@ -78,7 +81,10 @@ def image_files(folder: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
                         continue
                     try:
                         if entry.is_dir():
-                            subfolders.append(entry.path)
+                            if root is not None and entry.is_symlink() and _elsewhere(entry.path, own, root):
+                                skipped.append((entry.path, "a link to another part of the dataset, skipped"))
+                            else:
+                                subfolders.append(entry.path)
                         elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                             if entry.is_file():  # from the listing itself, without a stat, but for links
                                 found.append(entry.path)
@@ -94,12 +100,18 @@ def image_files(folder: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
     return files, skipped
 
 
-def _decode_chunk(paths: list[str], invert: str, preprocessing: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    rows = np.zeros((len(paths), 784), np.uint8)
+def _elsewhere(link: str, own: str, root: str) -> bool:
+    """Whether the folder link leads to is inside root but not inside own."""
+    real = os.path.realpath(link)
+    return os.path.commonpath([real, root]) == root and os.path.commonpath([real, own]) != own
+
+
+def _decode_chunk(paths: list[str], prep: Prep) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    rows = np.zeros((len(paths), prep.row_size), np.uint8)
     failures = []
     for i, path in enumerate(paths):
         try:
-            rows[i] = load_digit(path, invert, preprocessing)
+            rows[i] = load_image(path, prep)
         except Exception as error:  # Pillow's decoders raise many kinds on odd bytes: one image, not the run
             reason = str(error) if isinstance(error, FastnetError) else \
                 f"not a readable image ({type(error).__name__}: {error})"
@@ -107,7 +119,7 @@ def _decode_chunk(paths: list[str], invert: str, preprocessing: str) -> tuple[np
     return rows, failures
 
 
-def _worker(connection, inherited: list, invert: str, preprocessing: str) -> None:
+def _worker(connection, inherited: list, prep: Prep) -> None:
     """A decoding process: decodes each (index, paths) it is sent and sends back (index, rows, failures),
     until the parent closes the connection (or goes away) or terminates it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
@@ -121,7 +133,7 @@ def _worker(connection, inherited: list, invert: str, preprocessing: str) -> Non
     try:
         while True:
             index, paths = connection.recv()
-            connection.send((index, *_decode_chunk(paths, invert, preprocessing)))
+            connection.send((index, *_decode_chunk(paths, prep)))
     except (EOFError, OSError):
         pass  # the parent is done, or gone
 
@@ -135,7 +147,7 @@ def _died(process, chunk: list[str]) -> FastnetError:
                         f"{path_text(chunk[0])} on: was memory short?")
 
 
-def _decode_in_processes(chunks: list[list[str]], invert: str, preprocessing: str, workers: int
+def _decode_in_processes(chunks: list[list[str]], prep: Prep, workers: int
                          ) -> Iterator[tuple[int, np.ndarray, list[tuple[int, str]]]]:
     """(index, rows, failures) of each chunk, in the order they are done, from `workers` processes.
 
@@ -146,10 +158,10 @@ def _decode_in_processes(chunks: list[list[str]], invert: str, preprocessing: st
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     processes, connections = [], []
     try:
-        with _signals_held():  # forked with the quitting signals held: a worker sets its own before taking one
+        with signals_held():  # forked with the quitting signals held: a worker sets its own before taking one
             for _ in range(workers):
                 own, theirs = context.Pipe()
-                process = context.Process(target=_worker, args=(theirs, connections + [own], invert, preprocessing),
+                process = context.Process(target=_worker, args=(theirs, connections + [own], prep),
                                           daemon=True)  # daemon: ended at exit even if this never gets to
                 process.start()
                 theirs.close()
@@ -192,27 +204,28 @@ def _decode_in_processes(chunks: list[list[str]], invert: str, preprocessing: st
             connection.close()
 
 
-def decode_all(paths: list, invert: str = "auto", preprocessing: str = "digit", workers: int | None = None,
+def decode_all(paths: list, prep: Prep = Prep(), workers: int | None = None,
                progress: str = "") -> tuple[np.ndarray, list[tuple[object, str]]]:
-    """(N, 784) uint8 rows for paths (fastnet.preprocess.load_digit), and (path, reason) for each unreadable one
+    """(N, prep.row_size) uint8 rows for paths (fastnet.preprocess.load_image), and (path, reason) for each
+    unreadable one
     (its row stays 0), in the order of paths. With progress, a counter labelled so on stderr. Interrupted
     (KeyboardInterrupt, cli.Stopped), it ends its worker processes before the exception goes on."""
     workers = workers or os.cpu_count() or 1
     names = [str(p) for p in paths]
     size = max(64, -(-len(names) // (workers * 8)))
     chunks = [names[s:s + size] for s in range(0, len(names), size)]
-    rows, failed, done = np.zeros((len(names), 784), np.uint8), [], 0
+    rows, failed, done = np.zeros((len(names), prep.row_size), np.uint8), [], 0
     if workers == 1 or len(chunks) <= 1:  # nothing to share out: no process to start
-        decoded = ((index, *_decode_chunk(chunk, invert, preprocessing)) for index, chunk in enumerate(chunks))
+        decoded = ((index, *_decode_chunk(chunk, prep)) for index, chunk in enumerate(chunks))
     else:
-        decoded = _decode_in_processes(chunks, invert, preprocessing, min(workers, len(chunks)))
+        decoded = _decode_in_processes(chunks, prep, min(workers, len(chunks)))
     with contextlib.closing(decoded):  # an interruption here ends the workers now, not when garbage-collected
         for index, part, fails in decoded:
             rows[index * size:index * size + len(part)] = part
             failed += [(index * size + i, reason) for i, reason in fails]
             done += len(part)
-            if progress:
+            if progress and sys.stderr.isatty():  # a progress line for people, not for logs
                 print(f"\r{progress}: {done:,}/{len(names):,} images", end="", file=sys.stderr, flush=True)
-    if progress:
+    if progress and sys.stderr.isatty():
         print(file=sys.stderr)
     return rows, [(paths[i], reason) for i, reason in sorted(failed)]

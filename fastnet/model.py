@@ -1,8 +1,9 @@
-"""The network: 784 inputs -> H hidden units (sigmoid or ReLU) -> 10 softmax outputs.
+"""The network: D inputs -> hidden layers (sigmoid, ReLU or tanh) -> K softmax outputs; the depth is data.
 
-Weight init (biases start at zero):
-- sigmoid: Glorot/Xavier uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), both layers;
-- relu: He normal for W1, N(0, 2 / fan_in); Glorot uniform for the output layer.
+Initialisation (biases start at zero), by the activation of the hidden layers:
+- sigmoid and tanh: Glorot/Xavier uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), every layer;
+- relu: He normal for the hidden layers, N(0, 2 / fan_in); Glorot uniform for the output layer.
+The layers are drawn in order from one generator, so the seed's 784-128-10 starts where it always has.
 """
 
 from __future__ import annotations
@@ -11,43 +12,52 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ACTIVATIONS = ("sigmoid", "relu")  # index = the activation code the kernels take
+from .kernels.common import ACTIVATIONS
 
 
 @dataclass
 class Network:
-    W1: np.ndarray  # (D, H) float32
-    b1: np.ndarray  # (H,)
-    W2: np.ndarray  # (H, K)
-    b2: np.ndarray  # (K,)
-    activation: str = "sigmoid"
+    weights: list[np.ndarray]  # W_l (fan_in, fan_out) float32, l = 1 .. L
+    biases: list[np.ndarray]  # b_l (fan_out,)
+    activation: str = "sigmoid"  # of every hidden layer
 
     @classmethod
-    def initialise(cls, n_inputs: int, n_hidden: int, n_classes: int, activation: str,
+    def initialise(cls, layer_sizes: tuple[int, ...] | list[int], activation: str,
                    rng: np.random.Generator) -> "Network":
+        """A new network of these layer sizes (D, H_1, ..., K)."""
         def glorot(fan_in, fan_out):
             limit = np.sqrt(6.0 / (fan_in + fan_out))
             return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
 
-        if activation == "relu":
-            W1 = (rng.standard_normal((n_inputs, n_hidden)) * np.sqrt(2.0 / n_inputs)).astype(np.float32)
-        else:
-            W1 = glorot(n_inputs, n_hidden)
-        return cls(W1, np.zeros(n_hidden, np.float32), glorot(n_hidden, n_classes),
-                   np.zeros(n_classes, np.float32), activation)
+        def he(fan_in, fan_out):
+            return (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+        shapes = list(zip(layer_sizes[:-1], layer_sizes[1:]))
+        hidden = he if activation == "relu" else glorot
+        weights = [hidden(*shape) for shape in shapes[:-1]] + [glorot(*shapes[-1])]
+        return cls(weights, [np.zeros(fan_out, np.float32) for _, fan_out in shapes], activation)
 
     @property
     def params(self) -> list[np.ndarray]:
-        """[W1, b1, W2, b2], the order every kernel takes them in."""
-        return [self.W1, self.b1, self.W2, self.b2]
+        """[W_1, b_1, ..., W_L, b_L], the order every kernel takes them in."""
+        return [array for pair in zip(self.weights, self.biases) for array in pair]
 
     @property
     def activation_code(self) -> int:
         return ACTIVATIONS.index(self.activation)
 
     @property
-    def layer_sizes(self) -> tuple[int, int, int]:
-        return self.W1.shape[0], self.W1.shape[1], self.W2.shape[1]
+    def layer_sizes(self) -> tuple[int, ...]:
+        """(D, H_1, ..., K)."""
+        return (self.weights[0].shape[0],) + tuple(w.shape[1] for w in self.weights)
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return self.layer_sizes[1:-1]
 
     def all_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.params)
+
+    def describe(self) -> str:
+        """784-128-10 sigmoid, say."""
+        return f"{'-'.join(map(str, self.layer_sizes))} {self.activation}"

@@ -1,17 +1,19 @@
 """parameters.npz: the trained weights plus what is needed to use and trust them.
 
 Plain numpy can read it, no pickle: np.load("parameters.npz", allow_pickle=False).
-    W1 (D, H), b1 (H,), W2 (H, K), b2 (K,)   float32 weights
-    format_version                          int, FORMAT_VERSION
-    layer_sizes                             int [D, H, K]
-    activation                              str, 'sigmoid' or 'relu'
-    input_scale                             float, x = pixel * input_scale (1/255)
-    class_names                             str (K,), output k means class_names[k]
-    training                                str, JSON of the settings that trained it
-    test_accuracy                           float, fraction of the MNIST test set right
-    fastnet_version                         str
-    preprocessing                           str, how predict prepares images: 'digit' (MNIST-style) or
-                                            'resize' (plain grayscale 28x28, for non-digit folder datasets)
+    W1, b1, ..., WL, bL     float32 weights of the L layers: W_l (fan_in, fan_out), b_l (fan_out,)
+    format_version          int, FORMAT_VERSION (version 1, the 784-H-10 files before, is still read)
+    layer_sizes             int [D, H_1, ..., K]
+    activation              str, of the hidden layers: 'sigmoid', 'relu' or 'tanh'
+    input_shape             int [height, width, channels] of the images it reads, each flattened in (height,
+                            width, channel) order (channels 1: grayscale, 3: RGB), or [D] for plain features
+    input_scale             float, the network reads input * input_scale: 1/255 for uint8 pixels, 1 for features
+    preprocessing           str, how predict prepares an image: 'digit' (MNIST-style: invert, crop, centre),
+                            'resize' (to input_shape, nothing else), or 'none' (a model of features, not images)
+    class_names             str (K,), output k means class_names[k]
+    training                str, JSON of the settings that trained it
+    test_accuracy           float, fraction of its test set right
+    fastnet_version         str
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ import numpy as np
 from . import __version__
 from .errors import FastnetError
 from .files import read_npz, write_atomically, write_npz
-from .model import ACTIVATIONS, Network
+from .kernels.common import ACTIVATIONS, PIXEL_SCALE
+from .model import Network
 
-FORMAT_VERSION = 1
-INPUT_SCALE = 1.0 / 255.0
-WEIGHTS = ("W1", "b1", "W2", "b2")
-REQUIRED = WEIGHTS + ("format_version", "layer_sizes", "activation", "class_names")
-OPTIONAL = ("input_scale", "training", "test_accuracy", "fastnet_version", "preprocessing")
-PREPROCESSING = ("digit", "resize")
+FORMAT_VERSION = 2
+REQUIRED = ("format_version", "layer_sizes", "activation", "class_names")
+OPTIONAL = ("input_shape", "input_scale", "training", "test_accuracy", "fastnet_version", "preprocessing")
+PREPROCESSING = ("digit", "resize", "none")
+MAX_LAYERS = 64  # more is not a network fastnet wrote
+DIGITS = (28, 28, 1)  # the input shape of version-1 files (MNIST)
 
 
 @dataclass
@@ -41,7 +44,14 @@ class Parameters:
     class_names: list[str]
     training: dict = field(default_factory=dict)
     test_accuracy: float = float("nan")
-    preprocessing: str = "digit"  # how predict prepares new images: "digit" (MNIST-style) or "resize"
+    preprocessing: str = "digit"  # how predict prepares new images (module docstring)
+    input_shape: tuple[int, ...] = DIGITS
+    input_scale: float = PIXEL_SCALE
+
+
+def weight_names(n_layers: int) -> list[str]:
+    """W1, b1, ..., WL, bL: the order of Network.params."""
+    return [f"{kind}{layer}" for layer in range(1, n_layers + 1) for kind in ("W", "b")]
 
 
 def shipped_path() -> Path:
@@ -67,17 +77,19 @@ def save(path: str | Path, parameters: Parameters) -> None:
     network = parameters.network
     if not network.all_finite():
         raise FastnetError(f"refusing to write {path}: the weights contain NaN or infinity")
-    arrays = {name: getattr(network, name).astype(np.float32) for name in WEIGHTS}
+    arrays = {name: array.astype(np.float32) for name, array in zip(weight_names(len(network.weights)),
+                                                                       network.params)}
     arrays.update(
         format_version=np.int64(FORMAT_VERSION),
         layer_sizes=np.array(network.layer_sizes, np.int64),
         activation=np.str_(network.activation),
-        input_scale=np.float64(INPUT_SCALE),
+        input_shape=np.array(parameters.input_shape, np.int64),
+        input_scale=np.float64(parameters.input_scale),
+        preprocessing=np.str_(parameters.preprocessing),
         class_names=np.array(parameters.class_names, dtype=np.str_),
         training=np.str_(json.dumps(parameters.training, sort_keys=True)),
         test_accuracy=np.float64(parameters.test_accuracy),
         fastnet_version=np.str_(__version__),
-        preprocessing=np.str_(parameters.preprocessing),
     )
     write_atomically(Path(path), lambda file: write_npz(file, arrays))
 
@@ -87,26 +99,42 @@ def load(path: str | Path) -> Parameters:
     path = Path(path)
     try:
         stored = read_npz(path, REQUIRED + OPTIONAL, "parameters file")
+        missing = [key for key in REQUIRED if key not in stored]
+        if missing:
+            raise FastnetError(f"{path}: not a fastnet parameters file (missing {', '.join(missing)})")
+        sizes = layer_sizes(path, stored["layer_sizes"])
+        stored.update(read_npz(path, weight_names(len(sizes) - 1), "parameters file", shapes=weight_shapes(sizes)))
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such parameters file; train one with 'python -m fastnet train'") from None
-    missing = [key for key in REQUIRED if key not in stored]
-    if missing:
-        raise FastnetError(f"{path}: not a fastnet parameters file (missing {', '.join(missing)})")
     try:
-        return _checked(path, stored)
+        return _checked(path, stored, sizes)
     except (TypeError, ValueError, OverflowError, IndexError) as error:  # entries of the wrong kind
         raise FastnetError(f"{path}: malformed parameters file ({type(error).__name__}: {error})") from None
 
 
+def weight_shapes(sizes: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight (by name) of a network of these layer sizes."""
+    shapes = [shape for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for shape in ((fan_in, fan_out), (fan_out,))]
+    return dict(zip(weight_names(len(sizes) - 1), shapes))
+
+
+def layer_sizes(path: Path, stored: np.ndarray) -> tuple[int, ...]:
+    """The layer sizes (D, H_1, ..., K) as stored, checked: at least one hidden layer, every size positive."""
+    if stored.dtype.kind not in "iu" or stored.ndim != 1 or not 3 <= stored.size <= MAX_LAYERS + 1 or \
+            (stored < 1).any():
+        raise FastnetError(f"{path}: layer sizes must be 3 to {MAX_LAYERS + 1} positive whole numbers, found "
+                           f"{stored.dtype} {stored.shape}")
+    return tuple(int(n) for n in stored)
+
+
 def checked_network(path: Path, stored: dict, sizes: tuple[int, ...], activation: str) -> Network:
-    """The network in stored (arrays by name), after checking that every weight is a finite float array of
-    the shape the layer sizes (D, H, K) give it: the kernels do not check their indices."""
-    if len(sizes) != 3 or min(sizes) < 1:
-        raise FastnetError(f"{path}: layer sizes must be three positive numbers, found {sizes}")
-    n_inputs, n_hidden, n_classes = sizes
-    expected = {"W1": (n_inputs, n_hidden), "b1": (n_hidden,), "W2": (n_hidden, n_classes), "b2": (n_classes,)}
-    for name, shape in expected.items():
-        array = stored[name]
+    """The network in stored (arrays by name: W1, b1, ...), after checking that every weight is a finite float
+    array of the shape the layer sizes (D, H_1, ..., K) give it: the kernels do not check their indices."""
+    names = weight_names(len(sizes) - 1)
+    for name, shape in weight_shapes(sizes).items():
+        array = stored.get(name)
+        if array is None:
+            raise FastnetError(f"{path}: not a fastnet parameters file (missing {name})")
         if array.shape != shape or array.dtype.kind != "f":
             raise FastnetError(f"{path}: {name} should be a float array of shape {shape}, "
                                f"found {array.dtype} {array.shape}")
@@ -114,20 +142,19 @@ def checked_network(path: Path, stored: dict, sizes: tuple[int, ...], activation
             raise FastnetError(f"{path}: {name} contains NaN or infinity; retrain or use another file")
     if activation not in ACTIVATIONS:
         raise FastnetError(f"{path}: unknown activation {activation!r} (expected one of {', '.join(ACTIVATIONS)})")
-    return Network(*(np.ascontiguousarray(stored[name], np.float32) for name in WEIGHTS), activation=activation)
+    params = [np.ascontiguousarray(stored[name], np.float32) for name in names]
+    return Network(params[0::2], params[1::2], activation)
 
 
-def _checked(path: Path, stored: dict) -> Parameters:
+def _checked(path: Path, stored: dict, sizes: tuple[int, ...]) -> Parameters:
     version = int(stored["format_version"])
     if version > FORMAT_VERSION:
         raise FastnetError(f"{path}: format version {version} is newer than this fastnet reads ({FORMAT_VERSION}); "
                            "upgrade fastnet")
-    sizes = tuple(int(n) for n in np.ravel(stored["layer_sizes"]))
-    activation = str(stored["activation"])
+    network = checked_network(path, stored, sizes, str(stored["activation"]))
     class_names = [str(name) for name in np.ravel(stored["class_names"])]
-    network = checked_network(path, stored, sizes, activation)
-    if len(class_names) != sizes[2]:
-        raise FastnetError(f"{path}: {len(class_names)} class names for {sizes[2]} outputs")
+    if len(class_names) != sizes[-1]:
+        raise FastnetError(f"{path}: {len(class_names)} class names for {sizes[-1]} outputs")
     try:
         training = json.loads(str(stored.get("training", "{}")))
     except json.JSONDecodeError:
@@ -135,4 +162,12 @@ def _checked(path: Path, stored: dict) -> Parameters:
     preprocessing = str(stored.get("preprocessing", "digit"))
     if preprocessing not in PREPROCESSING:
         raise FastnetError(f"{path}: unknown preprocessing {preprocessing!r} (expected one of {', '.join(PREPROCESSING)})")
-    return Parameters(network, class_names, training, float(stored.get("test_accuracy", float("nan"))), preprocessing)
+    shape = tuple(int(n) for n in np.ravel(stored["input_shape"])) if "input_shape" in stored else DIGITS
+    if not 1 <= len(shape) <= 3 or min(shape) < 1 or int(np.prod(shape)) != sizes[0] or \
+            (len(shape) == 3 and shape[2] not in (1, 3)):
+        raise FastnetError(f"{path}: input shape {shape} does not give the network's {sizes[0]} inputs")
+    scale = float(stored.get("input_scale", PIXEL_SCALE))
+    if scale not in (PIXEL_SCALE, 1.0):
+        raise FastnetError(f"{path}: input scale {scale} is neither 1/255 (pixels) nor 1 (features)")
+    return Parameters(network, class_names, training, float(stored.get("test_accuracy", float("nan"))), preprocessing,
+                      shape, scale)

@@ -123,3 +123,18 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title
             axis.text(j, i, str(value), ha="center", va="center", fontsize=7,
                       color="white" if value > threshold else "black")
     save_figure(figure, path)
+
+
+def evaluate_on_mnist(model, name: str | Path = "this model") -> np.ndarray:
+    """The confusion matrix of a model of MNIST-form digits (28x28 grayscale, classes '0'..'9') on the MNIST test
+    set."""
+    from .datasets import MNIST_CLASSES, load_mnist
+
+    if tuple(model.input_shape) != (28, 28, 1) or list(model.class_names) != list(MNIST_CLASSES):
+        shape = "x".join(map(str, model.input_shape))
+        raise FastnetError(f"{name}: evaluate scores on the MNIST test set, and this model reads {shape} inputs "
+                           f"into classes {', '.join(model.class_names[:5])}{'...' if len(model.class_names) > 5 else ''}"
+                           "; score it with predict on a labelled folder (DIR/<class>/...) instead")
+    images, labels = load_mnist("test")
+    predicted = model.predict_proba(images).argmax(axis=1)
+    return confusion_matrix(labels, predicted, len(model.class_names))

@@ -26,6 +26,7 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
@@ -59,7 +60,9 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
                 image = _decoded(Image.open(file), name)
     except FileNotFoundError:
         raise FastnetError(f"{name}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError:  # its message names the file object, not the file
+        raise FastnetError(f"{name}: not a readable image (not a format Pillow reads, or damaged)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise FastnetError(f"{name}: not a readable image ({error})") from None
     if image.width == 0 or image.height == 0:
         raise FastnetError(f"{name}: the image is empty (0 pixels)")
@@ -80,20 +83,47 @@ def _decoded(image: Image.Image, name: str) -> Image.Image:
     return image
 
 
+class Prep(NamedTuple):
+    """How an image becomes a row of a network's input: 'digit' (MNIST-style, below; grayscale) or 'resize'
+    (as it is, resized), to height x width pixels of channels (1: grayscale, 3: RGB), flattened in (height,
+    width, channel) order. invert: for 'digit', whether dark ink on light paper is inverted (INVERT_CHOICES)."""
+
+    kind: str = "digit"
+    height: int = SIZE
+    width: int = SIZE
+    channels: int = 1
+    invert: str = "auto"
+
+    @property
+    def row_size(self) -> int:
+        return self.height * self.width * self.channels
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """After EXIF orientation (exif_transpose costs 12 us even with no EXIF: only where there may be some)."""
+    if "exif" in image.info or image.format in ("TIFF", "MPO"):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """Transparency composited onto white; other images as they are."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if not has_alpha:
+        return image
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+
+
 def grayscale(image: Image.Image) -> np.ndarray:
     """(H, W) uint8, 0 black to 255 white, after EXIF orientation and compositing transparency onto white."""
-    if "exif" in image.info or image.format in ("TIFF", "MPO"):  # exif_transpose costs 12 us even with no EXIF
-        image = ImageOps.exif_transpose(image)
+    image = _upright(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image.convert("F") if image.mode != "F" else image, np.float32)
         low, high = float(values.min()), float(values.max())
         return np.zeros(values.shape, np.uint8) if high <= low else \
             np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
+    image = _on_white(image)
     if image.mode == "LAB":  # Pillow converts LAB to nothing else; its L channel is the lightness, 0-255
         return np.asarray(image.getchannel(0), np.uint8)
     try:
@@ -101,6 +131,19 @@ def grayscale(image: Image.Image) -> np.ndarray:
                           else image.convert("RGB").convert("L"), np.uint8)
     except ValueError as error:  # a mode Pillow cannot convert
         raise FastnetError(f"cannot make a grayscale image of mode {image.mode} ({error})") from None
+
+
+def colour(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, after EXIF orientation and compositing transparency onto white; grayscale modes
+    become three equal channels."""
+    image = _upright(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F", "LAB"):
+        gray = grayscale(image)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    try:
+        return np.asarray(_on_white(image).convert("RGB"), np.uint8)
+    except ValueError as error:
+        raise FastnetError(f"cannot make an RGB image of mode {image.mode} ({error})") from None
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -207,21 +250,26 @@ def _background(image: Image.Image) -> np.ndarray:
     return np.minimum(estimate, _median(np.asarray(image)) + 40)
 
 
-def load_digit(source: str | Path | bytes | Image.Image, invert: str = "auto", preprocessing: str = "digit"
-               ) -> np.ndarray:
-    """Any image source as (784,) uint8: an MNIST digit, or with preprocessing="resize" just grayscale 28x28
-    (as folder datasets of other things are loaded for training)."""
-    gray = grayscale(open_image(source))
-    if preprocessing == "resize":
-        return to_28x28(gray).reshape(-1)
-    return mnist_digit(gray, invert).reshape(-1)
+def load_image(source: str | Path | bytes | Image.Image, prep: Prep = Prep()) -> np.ndarray:
+    """Any image source as one row of a network's input, (height * width * channels,) uint8 (Prep)."""
+    image = open_image(source)
+    if prep.kind == "digit":
+        pixels = mnist_digit(grayscale(image), prep.invert)
+        return resized(pixels, prep.height, prep.width).reshape(-1)
+    pixels = colour(image) if prep.channels == 3 else grayscale(image)
+    return resized(pixels, prep.height, prep.width).reshape(-1)
 
 
-def to_28x28(gray: np.ndarray) -> np.ndarray:
-    """A grayscale image resized to 28x28 as it is (aspect not kept): area-averaged when shrinking, bicubic
-    when growing. How folder datasets are loaded for training."""
-    if gray.shape == (SIZE, SIZE):
-        return gray
-    image = Image.fromarray(gray)
-    filter = Image.Resampling.BOX if max(image.size) > SIZE else Image.Resampling.BICUBIC
-    return np.asarray(image.resize((SIZE, SIZE), filter))
+def load_digit(source: str | Path | bytes | Image.Image, invert: str = "auto") -> np.ndarray:
+    """Any image source as an MNIST digit, (784,) uint8."""
+    return load_image(source, Prep("digit", invert=invert))
+
+
+def resized(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A grayscale (H, W) or RGB (H, W, 3) image resized to height x width as it is (aspect not kept):
+    area-averaged when shrinking, bicubic when growing."""
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    image = Image.fromarray(pixels)
+    shrinking = image.width > width or image.height > height
+    return np.asarray(image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC))

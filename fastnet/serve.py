@@ -1,12 +1,13 @@
-"""`fastnet serve`: draw a digit in the browser and watch the network read it.
+"""`fastnet serve`: draw a digit (or upload an image) in the browser and watch the network read it.
 
 The standard library's ThreadingHTTPServer does the HTTP (no hand-written
 parsing, no dependency; a thread per connection, which the nogil kernels allow).
 One page, everything inline (no CDN): a canvas for mouse or touch, Clear, an
-upload button, the top-3 classes as bars, and the 28x28 image the network saw.
+upload button, the top-3 classes as bars, and the image the network saw (at its input size).
 
     GET  /          the page
-    POST /predict   body: a PNG or JPEG image -> {"top": [{"label", "probability"} x3], "digit": 784 ints}
+    POST /predict   body: a PNG or JPEG image -> {"top": [{"label", "probability"} x3], "seen": {"height",
+                    "width", "channels", "pixels": the input row as ints}}
                     411 without a Content-Length, 400 if it is invalid (negative, not a number, several
                     that differ) or the body is not an image, 413 if it is over MAX_BODY (the body is not
                     read), 408 if the request does not arrive in time, 503 if max_connections are open,
@@ -43,7 +44,7 @@ import numpy as np
 
 from .api import Model
 from .errors import FastnetError
-from .preprocess import load_digit
+from .preprocess import load_image
 
 MAX_BODY = 8 << 20  # 8 MB: any photo of a digit, not a denial of service
 BUSY = json.dumps({"error": "the server is busy: try again in a moment"}).encode()
@@ -52,11 +53,13 @@ MAX_LINGERING = 256  # refused connections drained at once; past that they are c
 
 
 def prediction(model: Model, body: bytes) -> dict:
-    digit = load_digit(body, model.invert, model.preprocessing)
-    probabilities = model.predict_proba(digit[None, :])[0]
+    prep = model.prep()
+    row = load_image(body, prep)
+    probabilities = model.predict_proba(row[None, :])[0]
     order = np.argsort(-probabilities, kind="stable")[:3]
     return {"top": [{"label": model.class_names[k], "probability": round(float(probabilities[k]), 6)}
-                    for k in order], "digit": digit.tolist()}
+                    for k in order],
+            "seen": {"height": prep.height, "width": prep.width, "channels": prep.channels, "pixels": row.tolist()}}
 
 
 class LateRequest(Exception):
@@ -331,7 +334,7 @@ def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000, *, time
     """A server for `model`, not yet serving (call serve_forever). timeout: the longest wait on a socket
     (idle keep-alive too); request_timeout: the longest a request may take to arrive, from its first byte;
     max_connections: open at once; workers: images decoded and predicted at once (default: the cores, at most 4)."""
-    model.predict_proba(np.zeros((1, 784), np.uint8))  # load the kernels before the first request
+    model.predict_proba(np.zeros((1, model.prep().row_size), np.uint8))  # load the kernels before the first request
     if workers is None:
         workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     handler = make_handler(model, PAGE.encode(), timeout=timeout, request_timeout=request_timeout, workers=workers)
@@ -365,7 +368,7 @@ button, label.upload { font-size: 1rem; padding: .4rem .9rem; margin-right: .5re
   <div>
     <h2>The network reads <span id="answer">-</span></h2>
     <div id="bars"></div>
-    <h3>What it saw (28x28)</h3>
+    <h3>What it saw (<span id="size">its input</span>)</h3>
     <canvas id="seen" width="28" height="28"></canvas>
   </div>
 </main>
@@ -400,15 +403,24 @@ async function send(blob) {
 function show(answer) {
   const bars = document.getElementById("bars"); bars.innerHTML = "";
   document.getElementById("answer").textContent = answer ? answer.top[0].label : "-";
-  seen.fillStyle = "#000"; seen.fillRect(0, 0, 28, 28);
+  seen.fillStyle = "#000"; seen.fillRect(0, 0, seen.canvas.width, seen.canvas.height);
   if (!answer) return;
   for (const t of answer.top) {
-    const row = document.createElement("div"); row.className = "bar";
-    row.innerHTML = `<span>${t.label}</span><div class="track"><div class="fill" style="width:${(100 * t.probability).toFixed(1)}%"></div></div><span>${(100 * t.probability).toFixed(1)}%</span>`;
+    const row = document.createElement("div"); row.className = "bar";  // class names as text, never as HTML
+    row.innerHTML = `<span></span><div class="track"><div class="fill"></div></div><span></span>`;
+    row.children[0].textContent = t.label;
+    row.querySelector(".fill").style.width = `${(100 * t.probability).toFixed(1)}%`;
+    row.children[2].textContent = `${(100 * t.probability).toFixed(1)}%`;
     bars.appendChild(row);
   }
-  const image = seen.createImageData(28, 28);
-  answer.digit.forEach((v, i) => { image.data.set([v, v, v, 255], 4 * i); });
+  const s = answer.seen;
+  seen.canvas.width = s.width; seen.canvas.height = s.height;
+  document.getElementById("size").textContent = `${s.width}x${s.height}`;
+  const image = seen.createImageData(s.width, s.height);
+  for (let i = 0; i < s.width * s.height; i++) {
+    const p = s.pixels.slice(i * s.channels, (i + 1) * s.channels);
+    image.data.set(s.channels === 3 ? [p[0], p[1], p[2], 255] : [p[0], p[0], p[0], 255], 4 * i);
+  }
   seen.putImageData(image, 0, 0);
 }
 </script>

@@ -15,29 +15,41 @@ import numpy as np
 from .checkpoint import Checkpoint, save_checkpoint
 from .errors import FastnetError
 from .kernels import BACKENDS, get_backend
-from .model import ACTIVATIONS, Network
+from .kernels.common import ACTIVATIONS, Optimizer, new_state
+from .kernels.ink import is_sparse
+from .model import Network
 
 SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("sgd", "adam")
+# Each optimiser's own defaults: SGD's suit the seed network (sigmoid, batch 32); Adam's are the usual ones
+# (PyTorch's and Keras's), with no weight decay unless asked for (it is then decoupled: AdamW).
+DEFAULT_LEARNING_RATE = {"sgd": 1.0, "adam": 0.001}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adam": 0.0}
+MAX_HIDDEN_LAYERS = 16
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 35
     batch_size: int = 32
-    learning_rate: float = 1.0
-    momentum: float = 0.0
-    weight_decay: float = 5e-5
+    learning_rate: float | None = None  # None: the optimiser's default (DEFAULT_LEARNING_RATE)
+    momentum: float = 0.0  # SGD's
+    nesterov: bool = False
+    weight_decay: float | None = None  # None: the optimiser's default (DEFAULT_WEIGHT_DECAY)
     schedule: str = "cosine"
-    hidden: int = 128
+    hidden: tuple[int, ...] = (128,)  # units of each hidden layer
     activation: str = "sigmoid"
+    optimizer: str = "sgd"
+    beta1: float = 0.9  # Adam's
+    beta2: float = 0.999
+    epsilon: float = 1e-8
     seed: int = 0
     backend: str = "numba"
 
     def __post_init__(self):
         """Every setting is checked here, whoever made the config (flags, a checkpoint, the API): one bad value
-        is one FastnetError naming it."""
-        def whole(name, low):
-            value = getattr(self, name)
+        is one FastnetError naming it. The optimiser's defaults are filled in."""
+        def whole(name, value, low):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise FastnetError(f"setting {name}={value!r}: must be a whole number, at least {low}")
 
@@ -48,46 +60,82 @@ class TrainConfig:
                 limits = f"{'[' if low_inclusive else '('}{low:g}, {high:g})"
                 raise FastnetError(f"setting {name}={value!r}: must be a finite number in {limits}")
 
-        whole("epochs", 1)
-        whole("batch_size", 1)
-        whole("hidden", 1)
-        whole("seed", 0)
+        for name, choices in (("schedule", SCHEDULES), ("activation", ACTIVATIONS), ("backend", BACKENDS),
+                              ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in choices:
+                raise FastnetError(f"setting {name}={getattr(self, name)!r}: must be one of {', '.join(choices)}")
+        if isinstance(self.hidden, (int, np.integer)) and not isinstance(self.hidden, bool):
+            self.hidden = (self.hidden,)
+        if not isinstance(self.hidden, (tuple, list)) or not 1 <= len(self.hidden) <= MAX_HIDDEN_LAYERS:
+            raise FastnetError(f"setting hidden={self.hidden!r}: must be 1 to {MAX_HIDDEN_LAYERS} layer widths")
+        for width in self.hidden:
+            whole("hidden", width, 1)
+        self.hidden = tuple(int(width) for width in self.hidden)
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATE[self.optimizer]
+        if self.weight_decay is None:
+            self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
+        for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+            whole(name, getattr(self, name), low)
         real("learning_rate", 0.0, low_inclusive=False)
         real("momentum", 0.0, 1.0)
         real("weight_decay", 0.0)
-        for name, choices in (("schedule", SCHEDULES), ("activation", ACTIVATIONS), ("backend", BACKENDS)):
-            if getattr(self, name) not in choices:
-                raise FastnetError(f"setting {name}={getattr(self, name)!r}: must be one of {', '.join(choices)}")
+        real("beta1", 0.0, 1.0)
+        real("beta2", 0.0, 1.0)
+        real("epsilon", 0.0, low_inclusive=False)
+        if not isinstance(self.nesterov, bool):
+            raise FastnetError(f"setting nesterov={self.nesterov!r}: must be true or false")
+        if self.optimizer == "adam" and self.momentum != 0:
+            raise FastnetError("setting momentum: it is SGD's; Adam's is beta1")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise FastnetError("setting nesterov: Nesterov momentum needs optimizer sgd and a momentum above 0")
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def optimizer_at(self, learning_rate: float) -> Optimizer:
+        """The optimiser's settings for the kernels, at this learning rate."""
+        return Optimizer(self.optimizer, learning_rate, self.momentum, self.nesterov, self.weight_decay,
+                         self.beta1, self.beta2, self.epsilon)
 
-def check_data(images: np.ndarray, labels: np.ndarray, n_classes: int, what: str = "training") -> None:
+    def describe(self) -> str:
+        """The optimiser in words: 'lr 1 (cosine), momentum 0, weight decay 5e-05' or 'adam, lr 0.001 ...'."""
+        if self.optimizer == "adam":
+            return (f"adam, lr {self.learning_rate:g} ({self.schedule}), betas {self.beta1:g} {self.beta2:g}, "
+                    f"weight decay {self.weight_decay:g} (decoupled)")
+        return (f"lr {self.learning_rate:g} ({self.schedule}), momentum {self.momentum:g}"
+                + (" (Nesterov)" if self.nesterov else "") + f", weight decay {self.weight_decay:g}")
+
+
+def check_data(inputs: np.ndarray, labels: np.ndarray, n_classes: int, what: str = "training") -> None:
     """The checks every dataset passes before it reaches the kernels, which do not check their indices:
-    images a C-contiguous uint8 (N, D) array, labels N integers in [0, n_classes)."""
+    inputs a C-contiguous (N, D) array of uint8 pixels or finite float32 features, labels N integers in
+    [0, n_classes)."""
     if not 2 <= n_classes <= 256:
         raise FastnetError(f"{n_classes} classes: fastnet trains 2 to 256 classes (one class cannot be learned)")
-    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
-            and images.flags.c_contiguous and images.shape[1] >= 1):
-        raise FastnetError(f"{what} images must be a C-contiguous uint8 array (N, D), not "
-                           f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
-    if not (isinstance(labels, np.ndarray) and labels.dtype.kind in "ui" and labels.shape == (len(images),)):
-        raise FastnetError(f"{what} labels must be {len(images)} integers, one per image, not "
+    if not (isinstance(inputs, np.ndarray) and inputs.dtype in (np.uint8, np.float32) and inputs.ndim == 2
+            and inputs.flags.c_contiguous and inputs.shape[1] >= 1):
+        raise FastnetError(f"{what} inputs must be a C-contiguous uint8 or float32 array (N, D), not "
+                           f"{getattr(inputs, 'dtype', type(inputs).__name__)} {getattr(inputs, 'shape', '')}")
+    if not (isinstance(labels, np.ndarray) and labels.dtype.kind in "ui" and labels.shape == (len(inputs),)):
+        raise FastnetError(f"{what} labels must be {len(inputs)} integers, one per input, not "
                            f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}")
-    if len(images) == 0:
-        raise FastnetError(f"no {what} images")
+    if len(inputs) == 0:
+        raise FastnetError(f"no {what} inputs")
+    if inputs.dtype == np.float32 and not np.isfinite(inputs).all():
+        raise FastnetError(f"{what} inputs contain NaN or infinity; fill or drop those values first")
     if labels.min() < 0 or labels.max() >= n_classes:
         raise FastnetError(f"{what} labels must be class numbers 0 to {n_classes - 1}; found "
                            f"{int(labels.min())} to {int(labels.max())}")
 
 
-def data_fingerprint(images: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+def data_fingerprint(inputs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
     """What a checkpoint records of its training data, so that it is never resumed on other data."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(memoryview(images).cast("B"))
+    digest.update(inputs.dtype.name.encode())
+    digest.update(memoryview(inputs).cast("B"))
     digest.update(np.ascontiguousarray(labels, np.int64).tobytes())
-    return {"images": len(images), "inputs": images.shape[1], "classes": n_classes, "digest": digest.hexdigest()}
+    return {"images": len(inputs), "inputs": inputs.shape[1], "classes": n_classes, "digest": digest.hexdigest()}
 
 
 @dataclass
@@ -108,32 +156,37 @@ def learning_rate_at(config: TrainConfig, epoch: int) -> float:
     return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
 
 
-def accuracy(backend, network: Network, images: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of images whose most probable class is the label."""
-    probs = np.empty((len(images), network.W2.shape[1]), np.float32)
-    backend.predict(probs, images, network.params, network.activation_code)
+def accuracy(backend, network: Network, inputs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of inputs whose most probable class is the label."""
+    probs = np.empty((len(inputs), network.layer_sizes[-1]), np.float32)
+    backend.predict(probs, inputs, network.params, network.activation_code)
     return float((probs.argmax(axis=1) == labels).mean())
 
 
-def warm_up(backend, config: TrainConfig, images: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+def warm_up(backend, config: TrainConfig, inputs: np.ndarray, labels: np.ndarray, n_classes: int,
+            child_environment: dict | None = None) -> float:
     """Compile (or load from cache) every kernel training will call; returns the seconds it took.
 
-    Runs them on copies of a few real images with the real argument types, so
-    that the timed epochs contain no compilation.
+    Runs them on copies of a few real rows with the real argument types (sparse or dense as the whole data is
+    read), so that the timed epochs contain no compilation. With child_environment, the prediction kernel is
+    compiled meanwhile in a second process (numba_backend.start_compiling_prediction).
     """
     start = time.perf_counter()
-    count = min(len(images), 2 * config.batch_size)
-    few_images, few_labels = images[:count].copy(), labels[:count].copy()
-    network = Network.initialise(images.shape[1], config.hidden, n_classes, config.activation,
-                                 np.random.default_rng(0))
-    velocity = [np.zeros_like(p) for p in network.params]
-    helper = backend.start_compiling_prediction()  # on the other core, if there is anything to compile
-    backend.train_epoch(network.params, velocity, backend.prepare(few_images), few_labels,
-                        np.arange(count, dtype=np.int64), config.batch_size, 0.0, config.momentum,
-                        network.activation_code, weight_decay=config.weight_decay)
+    count = min(len(inputs), 2 * config.batch_size)
+    few_inputs, few_labels = inputs[:count].copy(), labels[:count].copy()
+    sizes = (inputs.shape[1], *config.hidden, n_classes)
+    network = Network.initialise(sizes, config.activation, np.random.default_rng(0))
+    optimizer = config.optimizer_at(0.0)
+    helper = None
+    if child_environment is not None:  # on the other core, if there is anything to compile
+        helper = backend.start_compiling_prediction(sizes, network.activation_code, inputs.dtype.name,
+                                                    child_environment)
+    backend.train_epoch(network.params, new_state(network.params, optimizer),
+                        backend.prepare(few_inputs, sparse=is_sparse(inputs)), few_labels,
+                        np.arange(count, dtype=np.int64), config.batch_size, optimizer, network.activation_code)
     if helper is not None:
         helper.wait()  # whatever became of it, accuracy() below compiles or loads the kernel
-    accuracy(backend, network, few_images, few_labels)
+    accuracy(backend, network, few_inputs, few_labels)
     return time.perf_counter() - start
 
 
@@ -167,7 +220,7 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
           on_epoch: Callable[[EpochStats], None] = lambda stats: None, *,
           resume: Checkpoint | None = None, checkpoint_path: Path | None = None,
           stop: np.ndarray | None = None) -> tuple[Network, list[EpochStats]]:
-    """Train a network on train_set (images, labels); returns it and one EpochStats per epoch.
+    """Train a network on train_set (inputs, labels); returns it and one EpochStats per epoch.
 
     Test accuracy is measured on test_set after each epoch (NaN without one).
 
@@ -177,50 +230,49 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
     written after every epoch and when stopped; a stop raises Interrupted.
     """
     backend = get_backend(config.backend)
-    images, labels = train_set
-    check_data(images, labels, n_classes)
+    inputs, labels = train_set
+    check_data(inputs, labels, n_classes)
     if test_set is not None:
         check_data(*test_set, n_classes, "test")
-    n_batches = -(-len(images) // config.batch_size)
-    fingerprint = data_fingerprint(images, labels, n_classes) if resume is not None or checkpoint_path else None
+    n_batches = -(-len(inputs) // config.batch_size)
+    fingerprint = data_fingerprint(inputs, labels, n_classes) if resume is not None or checkpoint_path else None
     rng = np.random.default_rng(config.seed)
     if resume is not None:
         resume.check_resumable(config, fingerprint, n_batches)
-        network, velocity, history = resume.network, resume.velocity, [EpochStats(**h) for h in resume.history]
+        network, state, history = resume.network, resume.optimizer_state, [EpochStats(**h) for h in resume.history]
         rng.bit_generator.state = resume.rng_state
     else:
-        network = Network.initialise(images.shape[1], config.hidden, n_classes, config.activation, rng)
-        velocity, history = [np.zeros_like(p) for p in network.params], []
-    data = backend.prepare(images)
+        network = Network.initialise((inputs.shape[1], *config.hidden, n_classes), config.activation, rng)
+        state, history = new_state(network.params, config.optimizer_at(config.learning_rate)), []
+    data = backend.prepare(inputs)
 
     def save(epoch, next_batch, rng_state, loss_sum=0.0, correct=0):
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, Checkpoint(config.as_dict(), network, velocity, epoch, next_batch,
+            save_checkpoint(checkpoint_path, Checkpoint(config.as_dict(), network, state, epoch, next_batch,
                                                         rng_state, loss_sum, correct, [asdict(h) for h in history],
                                                         fingerprint))
 
     for epoch in range(len(history), config.epochs):
         rng_state = rng.bit_generator.state  # before the shuffle: a resumed run draws the same order
-        order = rng.permutation(len(images))
+        order = rng.permutation(len(inputs))
         continuing = resume is not None and epoch == resume.epoch
         first_batch, loss_sum, correct = (resume.next_batch, resume.loss_sum, resume.correct) if continuing else (0, 0.0, 0)
         learning_rate = learning_rate_at(config, epoch)
-        progress = ProgressBar(len(images), f"epoch {epoch + 1}")
+        progress = ProgressBar(len(inputs), f"epoch {epoch + 1}")
         start = time.perf_counter()
-        loss, hits, next_batch = backend.train_epoch(network.params, velocity, data, labels, order, config.batch_size,
-                                                     learning_rate, config.momentum, network.activation_code,
-                                                     weight_decay=config.weight_decay, progress=progress, stop=stop,
-                                                     first_batch=first_batch)
+        loss, hits, next_batch = backend.train_epoch(network.params, state, data, labels, order, config.batch_size,
+                                                     config.optimizer_at(learning_rate), network.activation_code,
+                                                     progress=progress, stop=stop, first_batch=first_batch)
         seconds = time.perf_counter() - start
         progress.close()
         loss_sum, correct = loss_sum + loss, correct + hits
-        done = min((next_batch - first_batch) * config.batch_size, len(images))
+        done = min((next_batch - first_batch) * config.batch_size, len(inputs))
         if not (math.isfinite(loss_sum) and network.all_finite()) or loss / max(done, 1) > diverged_loss(n_classes):
             raise Diverged(epoch + 1, learning_rate)
         if next_batch < n_batches:
             save(epoch, next_batch, rng_state, loss_sum, correct)
             raise Interrupted(epoch + 1, next_batch, checkpoint_path)
-        stats = EpochStats(epoch + 1, learning_rate, loss_sum / len(images), correct / len(images),
+        stats = EpochStats(epoch + 1, learning_rate, loss_sum / len(inputs), correct / len(inputs),
                            accuracy(backend, network, *test_set) if test_set is not None else math.nan,
                            seconds, done / seconds)
         history.append(stats)

@@ -3,15 +3,18 @@
     numpy_backend  the reference: plain numpy, obviously correct (the test oracle)
     numba_backend  the fast one: the same maths as explicit loops, JIT-compiled
 
-Each provides (N batch, D inputs, H hidden, K classes; params = [W1, b1, W2, b2]):
-    prepare(images)                                   the training data as the backend reads it
-    start_compiling_prediction()                      a process compiling predict's kernel meanwhile, or None
-    train_epoch(params, velocity, data, labels, order, batch_size, learning_rate, momentum, activation,
-                progress=None) -> (summed loss, correct predictions)
-    forward(hidden, probs, images, params, activation)
-    backward(grads, hidden, probs, images, labels, params, activation)
-    sgd_update(params, grads, velocity, learning_rate, momentum)
-    predict(probs, images, params, activation)
+Each provides (legend in common.py; params = [W_1, b_1, ..., W_L, b_L]; inputs (N, D) uint8 pixels or float32
+features; optimizer a common.Optimizer, state a common.OptimizerState):
+    prepare(inputs, sparse=None)                      the training data as the backend reads it
+    start_compiling_prediction(layer_sizes, activation, dtype, env)
+                                                      a process compiling predict's kernel meanwhile, or None
+    train_epoch(params, state, data, labels, order, batch_size, optimizer, activation, progress=None,
+                stop=None, first_batch=0) -> (summed loss, correct predictions, next batch)
+    forward(hidden, probs, inputs, params, activation)                 hidden: one (N, H_l) array per layer
+    backward(grads, hidden, probs, inputs, labels, params, activation)
+    optimizer_step(params, grads, state, optimizer)
+    predict(probs, inputs, params, activation)
+This package imports nothing from fastnet: it is the bottom layer.
 """
 
 from __future__ import annotations

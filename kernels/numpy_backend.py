@@ -1,32 +1,29 @@
 """The reference: plain numpy, vectorised, obviously correct.
 
-This is the test oracle for the Numba kernels (``numba_backend.py``), which
-compute the same maths with explicit loops. It runs in float32 for training
-and in float64 (pass float64 parameters) for finite-difference gradient checks.
+This is the test oracle for the Numba kernels (numba_backend.py), which compute
+the same maths with explicit loops. It runs in float32 for training and in
+float64 (pass float64 parameters) for finite-difference gradient checks.
 
-Dimension legend, used everywhere below:
-    N batch, D inputs (784), H hidden units, K classes.
-
-The network: images (N, D) uint8 -> x = images / 255
-    hidden = activation(x @ W1 + b1)        W1 is (D, H), b1 is (H,)
-    logits = hidden @ W2 + b2               W2 is (H, K), b2 is (K,)
-    probs  = softmax(logits); loss = mean cross-entropy against the labels
+The network (legend in common.py): x = inputs * input_scale (1/255 for uint8
+pixels, 1 for float features), then for l = 1 .. L
+    h_l = activation(h_{l-1} @ W_l + b_l)   (h_0 = x; hidden layers)
+    logits = h_{L-1} @ W_L + b_L;  probs = softmax(logits)
+and the loss is the mean cross-entropy of probs against the labels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-SIGMOID, RELU = 0, 1
-INPUT_SCALE = 1.0 / 255.0
+from .common import SIGMOID, TANH, Optimizer, OptimizerState, input_scale
 
 
-def prepare(images: np.ndarray) -> np.ndarray:
-    """The training data as this backend reads it: the uint8 array itself."""
-    return images
+def prepare(inputs: np.ndarray, sparse: bool | None = None) -> np.ndarray:
+    """The training data as this backend reads it: the array itself (sparse or not: numba_backend's choice)."""
+    return inputs
 
 
-def start_compiling_prediction() -> None:
+def start_compiling_prediction(layer_sizes, activation, dtype, env) -> None:
     """Nothing to compile here (see numba_backend)."""
     return None
 
@@ -52,6 +49,8 @@ def activation_forward(out, inp, activation):
     if activation == SIGMOID:
         with np.errstate(over="ignore"):  # exp(-z) = inf for z < -88 (float32) gives 1 / inf = 0, as it should
             out[...] = 1.0 / (1.0 + np.exp(-inp))
+    elif activation == TANH:
+        np.tanh(inp, out=out)
     else:
         np.maximum(inp, 0, out=out)
 
@@ -60,6 +59,8 @@ def activation_backward(dinp, dout, out, activation):
     """dinp = dout * activation'(.), written in terms of the activation's output."""
     if activation == SIGMOID:
         dinp[...] = dout * out * (1 - out)
+    elif activation == TANH:
+        dinp[...] = dout * (1 - out * out)
     else:
         dinp[...] = dout * (out > 0)
 
@@ -80,45 +81,64 @@ def cross_entropy_backward(dlogits, probs, labels):
 # ---------------------------------------------------------------- network
 
 
-def _inputs(images, dtype):
-    """The float conversion x = images / 255, for one batch only."""
-    return images.astype(dtype) * dtype.type(INPUT_SCALE)
+def _inputs(inputs, dtype):
+    """x = inputs * input_scale, in the parameters' dtype, for one batch only."""
+    return inputs.astype(dtype) * dtype.type(input_scale(inputs.dtype))
 
 
-def forward(hidden, probs, images, params, activation):
-    """hidden (N, H) and probs (N, K) from images (N, D) uint8."""
-    W1, b1, W2, b2 = params
-    linear_forward(hidden, _inputs(images, W1.dtype), W1, b1)
-    activation_forward(hidden, hidden, activation)
+def forward(hidden, probs, inputs, params, activation):
+    """hidden (one (N, H_l) array per hidden layer) and probs (N, K) from inputs (N, D)."""
+    weights, biases = params[0::2], params[1::2]
+    layer_input = _inputs(inputs, weights[0].dtype)
+    for out, weight, bias in zip(hidden, weights, biases):
+        linear_forward(out, layer_input, weight, bias)
+        activation_forward(out, out, activation)
+        layer_input = out
     logits = np.empty_like(probs)
-    linear_forward(logits, hidden, W2, b2)
+    linear_forward(logits, layer_input, weights[-1], biases[-1])
     softmax_forward(probs, logits)
 
 
-def backward(grads, hidden, probs, images, labels, params, activation):
-    """grads = (dW1, db1, dW2, db2) of the batch-mean loss, after forward()."""
-    W1, b1, W2, b2 = params
-    dW1, db1, dW2, db2 = grads
-    dlogits = np.empty_like(probs)
-    cross_entropy_backward(dlogits, probs, labels)
-    dhidden = np.empty_like(hidden)
-    linear_backward(dW2, db2, dhidden, dlogits, hidden, W2)
-    activation_backward(dhidden, dhidden, hidden, activation)
-    linear_backward(dW1, db1, None, dhidden, _inputs(images, W1.dtype), W1)
+def backward(grads, hidden, probs, inputs, labels, params, activation):
+    """grads (dW_1, db_1, ..., dW_L, db_L) of the batch-mean loss, after forward()."""
+    weights = params[0::2]
+    layer_inputs = [_inputs(inputs, weights[0].dtype)] + list(hidden)
+    dout = np.empty_like(probs)
+    cross_entropy_backward(dout, probs, labels)
+    for layer in reversed(range(len(weights))):
+        dinp = np.empty_like(layer_inputs[layer]) if layer > 0 else None
+        linear_backward(grads[2 * layer], grads[2 * layer + 1], dinp, dout, layer_inputs[layer], weights[layer])
+        if layer > 0:
+            activation_backward(dinp, dinp, layer_inputs[layer], activation)
+            dout = dinp
 
 
-def sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay=0.0):
-    """SGD with (PyTorch-style) momentum and L2 weight decay on W1 and W2 (not the biases):
-    g' = g + weight_decay * w;  v = momentum * v + g';  w -= learning_rate * v  (v = g' without momentum)."""
-    for weight, grad, v in zip(params, grads, velocity):
-        if weight_decay and weight.ndim == 2:
-            grad = grad + weight_decay * weight
-        if momentum:
-            v *= momentum
-            v += grad
-            weight -= learning_rate * v
-        else:
-            weight -= learning_rate * grad
+def optimizer_step(params, grads, state: OptimizerState, optimizer: Optimizer):
+    """One step of the optimiser (common.Optimizer says the maths) for every parameter, in place."""
+    state.step[0] += 1
+    for i, (weight, grad) in enumerate(zip(params, grads)):
+        decay = optimizer.weight_decay if weight.ndim == 2 else 0.0  # weights, not biases
+        rate = weight.dtype.type(optimizer.learning_rate)
+        if optimizer.kind == "adam":
+            t = state.step[0]
+            m, s = state.first[i], state.second[i]
+            m *= optimizer.beta1
+            m += (1 - optimizer.beta1) * grad
+            s *= optimizer.beta2
+            s += (1 - optimizer.beta2) * grad * grad
+            weight *= 1 - rate * decay
+            m_hat = m / (1 - optimizer.beta1 ** t)
+            s_hat = s / (1 - optimizer.beta2 ** t)
+            weight -= rate * m_hat / (np.sqrt(s_hat) + optimizer.epsilon)
+            continue
+        grad = grad + decay * weight if decay else grad
+        if state.first is None:
+            weight -= rate * grad
+            continue
+        v = state.first[i]
+        v *= optimizer.momentum
+        v += grad
+        weight -= rate * (grad + optimizer.momentum * v if optimizer.nesterov else v)
 
 
 def cross_entropy_sum(probs, labels):
@@ -127,30 +147,30 @@ def cross_entropy_sum(probs, labels):
     return float(-np.log(np.maximum(picked, np.finfo(probs.dtype).tiny)).sum())
 
 
-def train_epoch(params, velocity, data, labels, order, batch_size, learning_rate, momentum, activation,
-                weight_decay=0.0, progress=None, stop=None, first_batch=0):
-    """One pass over data in the given order from batch first_batch, updating params in place.
+def train_epoch(params, state: OptimizerState, data, labels, order, batch_size, optimizer: Optimizer, activation,
+                progress=None, stop=None, first_batch=0):
+    """One pass over data in the given order from batch first_batch, updating params and state in place.
 
     Returns (summed loss, correct predictions, next batch): next batch is the
     number of batches when the epoch is complete, less if stop[0] was set: the
-    batch in progress is finished, and every batch before next batch is done. Each batch is forward, backward and
-    update; the loss and accuracy are those of each batch before its update
-    (running figures, as in most trainers). progress(images done) is called
-    now and then: an epoch here can take a while.
+    batch in progress is finished, and every batch before next batch is done.
+    Each batch is forward, backward and update; the loss and accuracy are those
+    of each batch before its update (running figures, as in most trainers).
+    progress(images done) is called now and then: an epoch here can take a while.
     """
-    W1, _, W2, _ = params
+    weights = params[0::2]
     grads = [np.empty_like(p) for p in params]
     loss_sum, correct = 0.0, 0
     for start in range(first_batch * batch_size, len(order), batch_size):
         rows = order[start:start + batch_size]
-        images, batch_labels = data[rows], labels[rows]
-        hidden = np.empty((len(rows), W1.shape[1]), W1.dtype)
-        probs = np.empty((len(rows), W2.shape[1]), W1.dtype)
-        forward(hidden, probs, images, params, activation)
+        inputs, batch_labels = data[rows], labels[rows]
+        hidden = [np.empty((len(rows), w.shape[1]), w.dtype) for w in weights[:-1]]
+        probs = np.empty((len(rows), weights[-1].shape[1]), weights[0].dtype)
+        forward(hidden, probs, inputs, params, activation)
         loss_sum += cross_entropy_sum(probs, batch_labels)
         correct += int((probs.argmax(axis=1) == batch_labels).sum())
-        backward(grads, hidden, probs, images, batch_labels, params, activation)
-        sgd_update(params, grads, velocity, learning_rate, momentum, weight_decay)
+        backward(grads, hidden, probs, inputs, batch_labels, params, activation)
+        optimizer_step(params, grads, state, optimizer)
         if progress is not None and (start // batch_size) % 64 == 0:
             progress(start + len(rows))
         if stop is not None and stop[0]:  # as in the Numba backend: the batch in progress is finished first
@@ -158,7 +178,8 @@ def train_epoch(params, velocity, data, labels, order, batch_size, learning_rate
     return loss_sum, correct, -(-len(order) // batch_size)
 
 
-def predict(probs, images, params, activation):
-    """probs (N, K) for images (N, D) uint8."""
-    hidden = np.empty((len(images), params[0].shape[1]), params[0].dtype)
-    forward(hidden, probs, images, params, activation)
+def predict(probs, inputs, params, activation):
+    """probs (N, K) for inputs (N, D)."""
+    weights = params[0::2]
+    hidden = [np.empty((len(inputs), w.shape[1]), w.dtype) for w in weights[:-1]]
+    forward(hidden, probs, inputs, params, activation)

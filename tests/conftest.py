@@ -15,12 +15,16 @@ def random_images(rng: np.random.Generator, n: int, ink: float = 0.2) -> np.ndar
     return images
 
 
-def new_network(hidden=128, activation="sigmoid", seed=0, dtype=np.float32) -> Network:
-    network = Network.initialise(784, hidden, 10, activation, np.random.default_rng(seed))
-    network.b1[:] = np.random.default_rng(seed + 1).normal(0, 0.1, hidden)  # non-zero biases catch more bugs
-    network.b2[:] = np.random.default_rng(seed + 2).normal(0, 0.1, 10)
-    for name in ("W1", "b1", "W2", "b2"):
-        setattr(network, name, getattr(network, name).astype(dtype))
+def new_network(hidden=128, activation="sigmoid", seed=0, dtype=np.float32, inputs=784, classes=10) -> Network:
+    """A network of 784 (or `inputs`) inputs, hidden layers of these widths (one int: one layer) and 10 classes,
+    with non-zero biases (they catch more bugs), in dtype."""
+    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    network = Network.initialise((inputs, *hidden, classes), activation, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed + 1)
+    for bias in network.biases:
+        bias[:] = rng.normal(0, 0.1, bias.shape)
+    network.weights = [w.astype(dtype) for w in network.weights]
+    network.biases = [b.astype(dtype) for b in network.biases]
     return network
 
 

@@ -47,7 +47,8 @@ def test_train_evaluate_and_no_training(tmp_path):
 
 def test_bench_prints_the_table_and_writes_json_and_plot(tmp_path):
     records_path, plot = tmp_path / "bench.json", tmp_path / "bench.png"
-    result = fastnet("bench", "--batch-sizes", 128, "--threads", 1, "--json", records_path, "--plot", plot)
+    result = fastnet("bench", "--dry-run", "--batch-sizes", 128, "--threads", 1, "--json", records_path,
+                     "--plot", plot)
     assert result.returncode == 0, result.stderr
     assert "compile into an empty cache" in result.stdout and "images/s" in result.stdout
     assert "backend  batch  threads  s/epoch" in result.stdout
@@ -93,15 +94,20 @@ def test_shipped_parameters_evaluate_at_98_3_percent_or_better():
     (["--hidden", "0"], "--hidden"),
     (["--momentum", "1"], "--momentum"),
     (["--threads", "999"], "--threads"),
-    (["--activation", "tanh"], "--activation"),
+    (["--activation", "softplus"], "--activation"),
+    (["--hidden", "128,0"], "--hidden"),
+    (["--hidden", "many"], "--hidden"),
+    (["--optimizer", "lbfgs"], "--optimizer"),
+    (["--image-size", "0"], "--image-size"),
+    (["--image-size", "32x"], "--image-size"),
     (["--epochs", "ten"], "--epochs"),
     (["--seed", "-1"], "--seed"),
     (["--batch-size", "1e20"], "--batch-size"),
     (["--lr", "inf"], "--lr"),
     (["--weight-decay", "inf"], "--weight-decay"),
 ])
-def test_bad_flags_get_one_line_naming_the_flag(flags, named):
-    result = fastnet("train", *flags)
+def test_bad_flags_get_one_line_naming_the_flag(flags, named, tmp_path):
+    result = fastnet("train", *flags, cwd=tmp_path)  # (were one accepted, it would train there, not here)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.stderr
@@ -208,6 +214,7 @@ def subcommands(parser):
 def test_every_option_has_help_and_train_shows_the_defaults_a_run_uses():
     """`train --help` said `--weight-decay (default 0)` while runs used 5e-05, and several options had no help."""
     from fastnet.cli import HelpFormatter, build_parser, train_config
+    from fastnet.training import DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY
 
     parser = build_parser()
     for name, command in subcommands(parser).items():
@@ -215,15 +222,23 @@ def test_every_option_has_help_and_train_shows_the_defaults_a_run_uses():
             assert action.help, f"{name} {'/'.join(action.option_strings) or action.dest} has no help"
     train = subcommands(parser)["train"]
     config = train_config(parser.parse_args(["train"]))
-    fields = {"--epochs": "epochs", "--batch-size": "batch_size", "--lr": "learning_rate", "--momentum": "momentum",
-              "--weight-decay": "weight_decay", "--schedule": "schedule", "--hidden": "hidden",
-              "--activation": "activation", "--seed": "seed", "--backend": "backend"}
+    fields = {"--epochs": "epochs", "--batch-size": "batch_size", "--momentum": "momentum",
+              "--schedule": "schedule", "--activation": "activation", "--optimizer": "optimizer", "--seed": "seed",
+              "--backend": "backend"}
     formatter = HelpFormatter("fastnet train")
+    helps = {}
     for action in train._actions:
-        if action.option_strings and action.option_strings[0] in fields:
-            shown = formatter._get_help_string(action) % {"default": action.default}
-            assert shown.endswith(f"(default: {getattr(config, fields[action.option_strings[0]])})"), shown
-    assert "(default: 5e-05)" in " ".join(fastnet("train", "--help").stdout.split())
+        if action.option_strings:
+            helps[action.option_strings[0]] = formatter._get_help_string(action) % {"default": action.default}
+    for flag, field in fields.items():
+        assert helps[flag].endswith(f"(default: {getattr(config, field)})"), helps[flag]
+    assert helps["--hidden"].endswith(f"(default: {','.join(map(str, config.hidden))})")
+    for flag, optimizer_defaults in (("--lr", DEFAULT_LEARNING_RATE), ("--weight-decay", DEFAULT_WEIGHT_DECAY)):
+        for optimizer, value in optimizer_defaults.items():  # what each optimiser's run uses, as the help says
+            resolved = train_config(parser.parse_args(["train", "--optimizer", optimizer]))
+            assert f"{value:g} for {optimizer}" in helps[flag]
+            assert {"--lr": resolved.learning_rate, "--weight-decay": resolved.weight_decay}[flag] == value
+    assert "(default: 5e-05 for sgd" in " ".join(fastnet("train", "--help").stdout.split())
 
 
 def test_with_no_parameters_named_the_shipped_model_is_used_and_named(tmp_path):

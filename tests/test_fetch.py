@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tracemalloc
@@ -258,10 +257,14 @@ def test_a_read_only_folder_is_one_error_simulated(mirrors, tmp_path, capsys, mo
     assert "cannot create the folder" in err and "Permission denied" in err
     monkeypatch.undo()
 
-    def refused(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    def refused(path, flags, *args, **kwargs):  # the temporary file write_atomically makes
+        if flags & os.O_CREAT and str(path).endswith(".tmp"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
     err = fetch_error(tmp_path / "deep" / "mnist", "--mirror", mirrors["good"], capsys=capsys)
     assert "cannot write" in err and "Permission denied" in err and "nothing was written" in err
     assert listing(tmp_path) == ["existing"]  # and the folders it made are gone again

@@ -19,6 +19,7 @@ from fastnet.errors import FastnetError
 from fastnet.export import export
 from fastnet.folders import CACHE_NAME, load_dataset, load_folder
 from fastnet.images import decode_all
+from fastnet.parameters import load as load_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -111,7 +112,7 @@ def test_a_skipped_image_is_tried_again_when_it_may_have_become_readable(tmp_pat
     assert "later.png" in capsys.readouterr().err
     with monkeypatch.context() as patched:  # unchanged: only the skipped image is decoded again
         tried = []
-        patched.setattr(folders, "decode_all", lambda paths, **kw: tried.extend(paths) or decode_all(paths, **kw))
+        patched.setattr(folders, "decode_all", lambda paths, *args, **kw: tried.extend(paths) or decode_all(paths, *args, **kw))
         assert len(load_folder(tmp_path, progress=False)[0]) == 2
     assert tried == [str(later)] and "later.png" in capsys.readouterr().err
 
@@ -206,3 +207,71 @@ def test_train_and_predict_on_a_folder_dataset_with_named_classes(tmp_path):
     assert predicted.returncode == 0, predicted.stderr
     accuracy = float(predicted.stdout.split("accuracy ")[1].split("%")[0])
     assert accuracy >= 90 and " ring " in predicted.stdout.replace("\n", " ")
+
+
+def test_links_into_other_classes_are_skipped_not_read_twice(tmp_path, capsys):
+    """`train/a/up -> ..` made every image of b/ and c/ train a second time, labelled a."""
+    root = tmp_path / "shapes"
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((28, 28), 40 * i + ord(name) - 90, np.uint8)).save(root / name / f"{i}.png")
+    os.symlink("..", root / "a" / "up")
+    os.symlink("../b", root / "a" / "b_too")
+    outside = tmp_path / "more_a"
+    outside.mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(outside / "9.png")
+    os.symlink(outside, root / "a" / "more")  # a folder outside the dataset is the user's to add
+    images, labels, classes = load_folder(root, cache=False, progress=False)
+    assert classes == ["a", "b", "c"] and labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped")]
+    assert sorted(line.split(":")[0] for line in skipped) == [f"skipped {root}/a/b_too", f"skipped {root}/a/up"]
+
+
+def gray_of(rgb: tuple[int, int, int]) -> int:
+    return int(np.asarray(Image.new("RGB", (1, 1), rgb).convert("L"))[0, 0])
+
+
+def colours_of_one_gray(level: int = 128) -> list[tuple[int, int, int]]:
+    """Three clearly different colours that Pillow's grayscale makes exactly level, as it does the background."""
+    found = []
+    for red, blue in ((230, 40), (40, 230), (140, 250)):  # reddish, bluish, purplish: green then sets the gray
+        green = next(g for g in range(256) if gray_of((red, g, blue)) == level)
+        found.append((red, green, blue))
+    return found
+
+
+def shapes_in_colours(root: Path, per_class: int, seed: int) -> None:
+    """The same kind of random shapes in each class, drawn in the class's colour on a background of the same
+    gray: only the colour tells the classes apart."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for name, colour in zip(("red", "blue", "purple"), colours_of_one_gray()):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = Image.new("RGB", (16, 16), (128, 128, 128))
+            x, y = rng.integers(0, 6, 2)
+            box = (int(x), int(y), int(x + rng.integers(6, 11)), int(y + rng.integers(6, 11)))
+            draw = ImageDraw.Draw(image)
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+            image.save(root / name / f"{i}.png")
+
+
+def test_colour_reaches_the_network(tmp_path):
+    """With --color the classes are told apart; in grayscale every image is one flat gray, and training can
+    only end at chance (which train calls an error rather than save)."""
+    shapes_in_colours(tmp_path / "data" / "train", 100, seed=1)
+    shapes_in_colours(tmp_path / "data" / "test", 30, seed=2)
+    flags = ["train", "--data", tmp_path / "data", "--image-size", "16", "--hidden", "24", "--epochs", "30",
+             "--optimizer", "adam", "--lr", "0.01", "--activation", "relu",
+             "--plot", tmp_path / "e.png"]
+    colour = subprocess.run([sys.executable, "-m", "fastnet", *map(str, flags), "--color", "--out",
+                             tmp_path / "colour.npz"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert colour.returncode == 0, colour.stderr
+    assert float(colour.stdout.split("test accuracy ")[-1].split("%")[0]) >= 99.0, colour.stdout
+    assert list(load_parameters(tmp_path / "colour.npz").input_shape) == [16, 16, 3]
+    gray = subprocess.run([sys.executable, "-m", "fastnet", *map(str, flags), "--out", tmp_path / "gray.npz"],
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert gray.returncode == 1 and "training ended at chance accuracy" in gray.stderr, gray.stdout + gray.stderr
+    assert not (tmp_path / "gray.npz").exists()

@@ -9,15 +9,17 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fastnet.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fastnet.checkpoint import load_checkpoint
+from fastnet.training import Interrupted, TrainConfig, train
 from fastnet.errors import FastnetError
 from fastnet.idx import parse_idx
 from fastnet.parameters import Parameters, load, save
 from fastnet.preprocess import load_digit
 
-from .conftest import new_network
+from .conftest import new_network, random_images
 
 EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -86,11 +88,15 @@ def test_parameters_loader(tmp_path_factory, data):
 @given(data=st.data())
 def test_checkpoint_loader(tmp_path_factory, data):
     global CHECKPOINT
-    if CHECKPOINT is None:
+    if CHECKPOINT is None:  # a real one: a small run with momentum, written after its first of two epochs
         path = tmp_path_factory.mktemp("valid") / "c.npz"
-        network = new_network(16)
-        save_checkpoint(path, Checkpoint({"epochs": 1}, network, [np.zeros_like(p) for p in network.params], 0, 3,
-                                         np.random.default_rng(0).bit_generator.state))
+        rng = np.random.default_rng(0)
+        inputs, labels = random_images(rng, 64), rng.integers(0, 10, 64).astype(np.uint8)
+        stop = np.zeros(16, np.int64)
+        with pytest.raises(Interrupted):
+            train(TrainConfig(epochs=2, hidden=16, momentum=0.5), (inputs, labels), None, 10,
+                  lambda stats: stop.__setitem__(0, 1), checkpoint_path=path, stop=stop)
+        load_checkpoint(path)  # valid to start with
         CHECKPOINT = path.read_bytes()
     path = tmp_path_factory.mktemp("fuzz") / "c.npz"
     path.write_bytes(data.draw(mutated(CHECKPOINT)))

@@ -20,7 +20,7 @@ from fastnet import images
 from fastnet.errors import FastnetError
 from fastnet.folders import load_folder
 from fastnet.images import decode_all
-from fastnet.preprocess import load_digit
+from fastnet.preprocess import Prep, load_image
 
 from .test_predict import ENV, ROOT, fastnet_cli
 
@@ -138,23 +138,23 @@ def test_an_image_that_breaks_the_decoder_is_skipped_not_fatal(tmp_path, workers
     for i in range(150):  # more than one chunk, so that two processes decode
         os.link(good, tmp_path / f"copy{i}.png")
         paths.append(tmp_path / f"copy{i}.png")
-    rows, failures = decode_all(paths, preprocessing="resize", workers=workers)
+    rows, failures = decode_all(paths, Prep("resize"), workers=workers)
     assert [(path.name, "not a readable image" in reason) for path, reason in failures] == [("exif.png", True)]
     assert (rows[0] == 200).all()  # LAB's lightness, as gray
     assert rows[2].any() and (rows[3:] == rows[2]).all()
 
 
 def dying_on_crash_png(path, *args):
-    """load_digit, but the process dies (as if killed for memory) on crash.png."""
+    """load_image, but the process dies (as if killed for memory) on crash.png."""
     if str(path).endswith("crash.png"):
         os.kill(os.getpid(), signal.SIGKILL)
-    return load_digit(path, *args)
+    return load_image(path, *args)
 
 
 def test_a_decoding_process_that_dies_is_one_error_not_a_hang(tmp_path, monkeypatch):
     good = digit_png(tmp_path / "good.png")
     paths = [good] * 150 + [good.rename(tmp_path / "crash.png")] + [digit_png(good)] * 150
-    monkeypatch.setattr(images, "load_digit", dying_on_crash_png)  # the forked workers have it too
+    monkeypatch.setattr(images, "load_image", dying_on_crash_png)  # the forked workers have it too
     with pytest.raises(FastnetError, match=r"a decoding process died \(killed by SIGKILL\) on one of the 64 images"):
         decode_all(paths, workers=2)
     assert multiprocessing.active_children() == []  # every worker ended and reaped

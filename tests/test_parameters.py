@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fastnet import files, parameters
 from fastnet.errors import FastnetError
+from fastnet.kernels import get_backend
 from fastnet.parameters import Parameters, load, save
 
 from .conftest import new_network
+
+DATA = Path(__file__).parent / "data"
 
 
 def saved(tmp_path, **changes):
@@ -42,6 +46,7 @@ def test_readable_with_plain_numpy_and_no_pickle(tmp_path):
     with np.load(saved(tmp_path), allow_pickle=False) as archive:
         assert archive["W1"].shape == (784, 32) and archive["W1"].dtype == np.float32
         assert list(archive["layer_sizes"]) == [784, 32, 10]
+        assert list(archive["input_shape"]) == [28, 28, 1]
         assert str(archive["activation"]) == "relu"
         assert float(archive["input_scale"]) == pytest.approx(1 / 255)
         assert json.loads(str(archive["training"])) == {"epochs": 3}
@@ -65,7 +70,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 
 def test_nan_weights_are_never_written(tmp_path):
     network = new_network(32)
-    network.W2[3, 4] = np.nan
+    network.weights[1][3, 4] = np.nan
     with pytest.raises(FastnetError, match="NaN"):
         save(tmp_path / "p.npz", Parameters(network, list("0123456789")))
     assert not (tmp_path / "p.npz").exists()
@@ -76,7 +81,13 @@ def test_nan_weights_are_never_written(tmp_path):
     ({"W2": np.zeros((32, 9), np.float32)}, "W2 should be"),
     ({"b1": np.zeros(32, np.int64)}, "b1 should be a float array"),
     ({"format_version": np.int64(99)}, "newer than this fastnet"),
-    ({"activation": np.str_("tanh")}, "unknown activation"),
+    ({"activation": np.str_("softplus")}, "unknown activation"),
+    ({"layer_sizes": np.array([784, 10])}, "layer sizes must be"),
+    ({"layer_sizes": np.array([784, 32, 16, 10])}, r"W2 should be of shape \(32, 16\), found \(32, 10\)"),
+    ({"input_shape": np.array([28, 27, 1])}, "does not give the network's 784 inputs"),
+    ({"input_shape": np.array([28, 14, 2])}, "does not give the network's 784 inputs"),
+    ({"input_scale": np.float64(0.5)}, "neither 1/255"),
+    ({"preprocessing": np.str_("sharpen")}, "unknown preprocessing"),
     ({"class_names": np.array(["a", "b"])}, "2 class names for 10 outputs"),
     ({"b2": np.full(10, np.inf, np.float32)}, "NaN or infinity"),
 ])
@@ -102,3 +113,31 @@ def test_truncated_or_foreign_files_are_rejected(tmp_path, content):
 def test_missing_file(tmp_path):
     with pytest.raises(FastnetError, match="no such parameters file"):
         load(tmp_path / "nothing.npz")
+
+
+def test_any_depth_round_trips(tmp_path):
+    original = new_network((40, 30, 20), "tanh")
+    save(tmp_path / "deep.npz", Parameters(original, list("abcdefghij"), {}, 0.5, "resize", (28, 28, 1)))
+    loaded = load(tmp_path / "deep.npz")
+    assert loaded.network.layer_sizes == (784, 40, 30, 20, 10) and loaded.network.activation == "tanh"
+    for a, b in zip(loaded.network.params, original.params):
+        np.testing.assert_array_equal(a, b)
+    with np.load(tmp_path / "deep.npz", allow_pickle=False) as archive:
+        assert [archive[f"W{layer}"].shape for layer in (1, 2, 3, 4)] == [(784, 40), (40, 30), (30, 20), (20, 10)]
+
+
+def test_a_version_1_file_loads_and_predicts_as_it_did(tmp_path, mnist_test):
+    """tests/data/parameters-v1.npz was written by fastnet before format 2 (784-24-10 relu): it still loads, and
+    written again as format 2 it predicts the very same."""
+    old = load(DATA / "parameters-v1.npz")
+    assert old.network.layer_sizes == (784, 24, 10) and old.input_shape == (28, 28, 1)
+    save(tmp_path / "again.npz", old)
+    new = load(tmp_path / "again.npz")
+    with np.load(tmp_path / "again.npz", allow_pickle=False) as archive:
+        assert int(archive["format_version"]) == 2
+    images = mnist_test[0][:500]
+    probs = [np.empty((500, 10), np.float32) for _ in range(3)]
+    for out, stored, backend in zip(probs, (old, new, old), ("numba", "numba", "numpy")):
+        get_backend(backend).predict(out, images, stored.network.params, stored.network.activation_code)
+    np.testing.assert_array_equal(probs[0], probs[1])
+    np.testing.assert_allclose(probs[0], probs[2], atol=2e-6)

@@ -1,7 +1,7 @@
 """The kernels on CPUs this machine is not: their LLVM IR must lower for 64-bit Arm too.
 
-Numba compiles for the host only, so the check takes the IR of every kernel called
-from Python, as compiled here, puts Arm's spin-wait hint where the host's is (the one
+Numba compiles for the host only, so the check takes the IR of each kernel called
+from Python (in variants that hold every intrinsic), as compiled here, puts Arm's spin-wait hint where the host's is (the one
 instruction intrinsics.py chooses by architecture), and asks LLVM for an AArch64
 object file. Any intrinsic that does not lower there (an x86-only one, say) fails it.
 """
@@ -38,14 +38,17 @@ rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (64, 784), dtype=np.uint8)
 images[rng.random(images.shape) < 0.8] = 0
 labels = rng.integers(0, 10, 64).astype(np.uint8)
-for batch, momentum, activation in ((32, 0.0, 0), (4, 0.9, 1)):  # both ways of adding W1's gradient, both SGDs
-    network = Network.initialise(784, 96, 10, "sigmoid", rng)
-    velocity = [np.zeros_like(p) for p in network.params]
-    nb.train_epoch(network.params, velocity, nb.prepare(images), labels, np.arange(64), batch, 0.1, momentum,
-                   activation)
+from fastnet.kernels.common import Optimizer, new_state
+# One variant of the epoch (10-20 s to compile each): W1's gradient pixel by pixel (the other ways and the other
+# optimisers use no intrinsic this one lacks) and sigmoid (float32_from_bits).
+network = Network.initialise((784, 96, 10), "sigmoid", rng)
+optimizer = Optimizer("sgd", 0.1)
+nb.train_epoch(network.params, new_state(network.params, optimizer), nb.prepare(images), labels, np.arange(64), 32,
+               optimizer, 0)
+from fastnet.kernels import predict
 for compress in (True, None):  # both ways of listing ink in prediction
-    nb._vector_compress.cache_clear()
-    nb.has_vector_compress = lambda: compress is not None
+    predict._vector_compress.cache_clear()
+    predict.has_vector_compress = lambda: compress is not None
     nb.predict(np.empty((64, 10), np.float32), images, network.params, 0)
 
 host_name, host_argument = intrinsics.SPIN_HINTS[intrinsics.ARCH]
@@ -77,5 +80,5 @@ def test_the_kernels_lower_for_64_bit_arm(tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(tmp_path)))
     assert result.returncode == 0, result.stderr[-3000:]
     modules, spins = map(int, result.stdout.split())
-    assert modules >= 6, "every kernel variant should have been compiled and checked"
+    assert modules >= 3, "every kernel variant should have been compiled and checked"
     assert spins > 0, "the spin-wait loop should be in the epoch kernel's IR"

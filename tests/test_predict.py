@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,8 +190,12 @@ def test_python_api(test_digits, tmp_path):
     assert probabilities.shape == (5, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     Image.fromarray(images[0].reshape(28, 28)).save(tmp_path / "a.png")
     assert model.predict(tmp_path / "a.png")[0] == model.predict(Image.open(tmp_path / "a.png"))[0] == flat[0]
-    with pytest.raises(FastnetError, match="uint8"):
-        model.predict(images.astype(np.float32))
+    as_floats = model.predict_proba(images / 255.0)  # floats are read as they are: pixels / 255 are the same
+    np.testing.assert_allclose(as_floats, model.predict_proba(images), atol=2e-6)
+    with pytest.raises(FastnetError, match="numbers"):
+        model.predict(np.array([["a"] * 784]))
+    with pytest.raises(FastnetError, match="NaN"):
+        model.predict(np.full((1, 784), np.nan))
     with pytest.raises(FastnetError, match="shape"):
         model.predict(np.zeros((3, 10), np.uint8))
 
@@ -204,12 +209,30 @@ def test_fit_and_save(test_digits, tmp_path, mnist_train):
     assert np.mean(again.predict(test_digits[0]) == test_digits[1].astype(str)) > 0.8
 
 
+def test_fit_takes_a_table_of_features_and_any_labels(tmp_path):
+    """A (N, D) float table: the model reads D features (no image preprocessing), its classes are the sorted
+    distinct labels, and both survive saving."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((600, 5))  # float64, standardised: the dense first layer
+    labels = np.where(table[:, 0] + table[:, 1] > 0, "yes", "no")
+    model = fastnet.Model().fit(table, labels, epochs=20, hidden=(16,), optimizer="adam", learning_rate=0.01)
+    assert model.class_names == ["no", "yes"] and model.input_shape == (5,)
+    model.save(tmp_path / "table.npz")
+    again = fastnet.load(tmp_path / "table.npz")
+    assert np.mean(again.predict(table) == labels) > 0.95
+    with pytest.raises(FastnetError, match="features, not images"):
+        again.predict(tmp_path / "table.npz")
+    images = fastnet.Model().fit(rng.integers(0, 256, (90, 8, 6, 3), dtype=np.uint8), rng.integers(2, 5, 90),
+                                 epochs=1, activation="relu", optimizer="adam")  # the colour test's kernels
+    assert images.input_shape == (8, 6, 3) and images.class_names == ["2", "3", "4"]
+
+
 def test_predict_says_the_path_once_and_counts_in_words(tmp_path, test_digits):
     Image.fromarray(test_digits[0][0].reshape(28, 28)).save(tmp_path / "one.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     result = fastnet_cli("predict", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "1 image in " in result.stdout and "1 images" not in result.stdout
+    assert "1 image in " in result.stdout and not re.search(r"\b1 images", result.stdout)
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
     assert len(skipped) == 1 and skipped[0].startswith(f"skipped {tmp_path / 'broken.png'}: not a readable image")
     assert skipped[0].count("broken.png") == 1

@@ -16,6 +16,7 @@ import pytest
 
 from fastnet.checkpoint import load_checkpoint
 from fastnet.kernels import get_backend
+from fastnet.kernels.common import Optimizer, new_state
 from fastnet.kernels.threads import new_stop_flag
 from fastnet.parameters import load
 from fastnet.training import Interrupted, TrainConfig, train
@@ -33,19 +34,21 @@ def test_a_stopped_epoch_continues_to_the_same_weights(backend_name, mnist_train
     backend = get_backend(backend_name)
     images, labels = mnist_train
     data, order = backend.prepare(images), np.random.default_rng(0).permutation(len(images))[:640]
+    optimizer = Optimizer("sgd", 0.5, momentum=0.9)
     whole, parts = new_network(128), new_network(128)
-    velocities = [[np.zeros_like(p) for p in whole.params] for _ in range(2)]
-    assert backend.train_epoch(whole.params, velocities[0], data, labels, order, 32, 0.5, 0.9, 0)[2] == 20
+    states = [new_state(whole.params, optimizer), new_state(parts.params, optimizer)]
+    assert backend.train_epoch(whole.params, states[0], data, labels, order, 32, optimizer, 0)[2] == 20
     stop = new_stop_flag()
     stop[0] = 1
-    loss, correct, next_batch = backend.train_epoch(parts.params, velocities[1], data, labels, order, 32, 0.5, 0.9, 0,
+    loss, correct, next_batch = backend.train_epoch(parts.params, states[1], data, labels, order, 32, optimizer, 0,
                                                     stop=stop)
     assert next_batch == 1, "a raised stop flag should end the epoch after one batch"
     stop[0] = 0
-    assert backend.train_epoch(parts.params, velocities[1], data, labels, order, 32, 0.5, 0.9, 0, stop=stop,
+    assert backend.train_epoch(parts.params, states[1], data, labels, order, 32, optimizer, 0, stop=stop,
                                first_batch=next_batch)[2] == 20
-    for a, b in zip(whole.params + velocities[0], parts.params + velocities[1]):
+    for a, b in zip(whole.params + states[0].first, parts.params + states[1].first):
         np.testing.assert_array_equal(a, b)
+    assert states[0].step[0] == states[1].step[0] == 20
 
 
 @pytest.mark.parametrize("backend_name", ["numba", "numpy"])
@@ -146,7 +149,7 @@ import sys
 import numpy as np
 from fastnet.model import Network
 from fastnet.parameters import Parameters, save
-versions = [Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(seed)) for seed in (1, 2)]
+versions = [Network.initialise((784, 128, 10), "sigmoid", np.random.default_rng(seed)) for seed in (1, 2)]
 print("ready", flush=True)
 i = 0
 while True:
@@ -158,7 +161,8 @@ while True:
 def test_sigkill_while_saving_never_leaves_a_broken_file(tmp_path):
     """20 kills at random moments of a loop saving two versions in turn: the file is always one of them, whole."""
     path = tmp_path / "parameters.npz"
-    expected = [Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(seed)).W1 for seed in (1, 2)]
+    expected = [Network.initialise((784, 128, 10), "sigmoid", np.random.default_rng(seed)).weights[0]
+                for seed in (1, 2)]
     rng = random.Random(0)
     for _ in range(20):
         process = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path)], env=ENV, stdout=subprocess.PIPE,
@@ -168,7 +172,7 @@ def test_sigkill_while_saving_never_leaves_a_broken_file(tmp_path):
         process.kill()
         process.wait()
         if path.exists():
-            W1 = load(path).network.W1
+            W1 = load(path).network.weights[0]
             assert any(np.array_equal(W1, e) for e in expected)
     assert path.exists()
 

@@ -98,7 +98,7 @@ def test_predict_answers_with_top_3_and_the_digit_it_saw(server, mnist_test):
     for i in range(5):
         status, body = request(server, "POST", "/predict", png(255 - images[i].reshape(28, 28)))  # dark on light
         answer = json.loads(body)
-        assert status == 200 and len(answer["top"]) == 3 and len(answer["digit"]) == 784
+        assert status == 200 and len(answer["top"]) == 3 and len(answer["seen"]["pixels"]) == 784
         assert answer["top"][0]["label"] == str(labels[i])
         assert answer["top"][0]["probability"] >= answer["top"][1]["probability"]
 

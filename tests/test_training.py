@@ -12,7 +12,8 @@ import numba
 import numpy as np
 import pytest
 
-from fastnet.kernels import numba_backend
+from fastnet.kernels import epoch, numba_backend
+from fastnet.kernels.common import Optimizer, new_state
 from fastnet.kernels.threads import SLOT, SOLO_AT, new_control
 from fastnet.model import Network
 from fastnet.training import ProgressBar, TrainConfig, learning_rate_at, train
@@ -75,8 +76,9 @@ def test_worker_0_going_on_alone_mid_epoch_gives_the_same_weights(momentum, monk
     data, order = numba_backend.prepare(images), np.random.default_rng(0).permutation(len(images))
     networks, controls = [], []
     for solo in (False, True):
-        network = Network.initialise(784, 128, 10, "sigmoid", np.random.default_rng(0))
-        velocity = [np.zeros_like(p) for p in network.params]
+        network = Network.initialise((784, 128, 10), "sigmoid", np.random.default_rng(0))
+        optimizer = Optimizer("sgd", 0.5, momentum=momentum)
+        state = new_state(network.params, optimizer)
 
         def control_for(n_workers, solo=solo):
             control = new_control(n_workers)
@@ -84,8 +86,8 @@ def test_worker_0_going_on_alone_mid_epoch_gives_the_same_weights(momentum, monk
             controls.append(control)
             return control
 
-        monkeypatch.setattr(numba_backend, "new_control", control_for)
-        numba_backend.train_epoch(network.params, velocity, data, labels, order, 32, 0.5, momentum, 0)
+        monkeypatch.setattr(epoch, "new_control", control_for)
+        numba_backend.train_epoch(network.params, state, data, labels, order, 32, optimizer, 0)
         networks.append(network)
     assert controls[1][2 * SLOT] == 2, "worker 1 should have stopped after the first batch (its step 2)"
     for together, alone in zip(*(n.params for n in networks)):
@@ -102,13 +104,15 @@ def test_freshly_compiled_and_cached_kernels_give_bit_identical_weights(tmp_path
 
 
 WARM_UP_AND_REPORT = """
+from fastnet import _child_environment
 from fastnet.datasets import load_mnist
-from fastnet.kernels import numba_backend
+from fastnet.kernels import numba_backend, predict
 from fastnet.training import TrainConfig, warm_up
 images, labels = load_mnist("test")
-warm_up(numba_backend, TrainConfig(), images[:100], labels[:100], 10)
-stats = numba_backend._predict_rows.stats
-print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()), numba_backend.start_compiling_prediction())
+warm_up(numba_backend, TrainConfig(), images[:100], labels[:100], 10, child_environment=_child_environment())
+stats = predict._predict_rows.stats
+again = numba_backend.start_compiling_prediction([784, 128, 10], 0, "uint8", _child_environment())
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()), again)
 """
 
 
@@ -128,7 +132,7 @@ def test_same_seed_same_weights_other_seed_other_weights(mnist_train, mnist_test
     again, _ = train(TrainConfig(epochs=1, seed=3), small, mnist_test, 10)
     other, _ = train(TrainConfig(epochs=1, seed=4), small, mnist_test, 10)
     assert all(np.array_equal(a, b) for a, b in zip(first.params, again.params))
-    assert not np.array_equal(first.W1, other.W1)
+    assert not np.array_equal(first.weights[0], other.weights[0])
 
 
 class FakeStream:

@@ -1,0 +1,274 @@
+"""A whole training epoch as one compiled call per thread: the epoch worker, and train_epoch that runs it.
+
+Worker w owns blocks w, w + workers, ... of every hidden layer (layout.py). For
+each batch b it does, meeting the other workers where one needs another's work:
+
+1. the backward of batch b-1 for the layers after the second, top down: for
+   its blocks of each layer's input, the gradient there and the update of the
+   weights from them (layers.gather_backward, gather_update); a meeting after
+   each layer, whose gradients the next one down needs whole;
+2. for its blocks of the first hidden layer: the same for the second layer,
+   the update of the first layer's block (its weights are read by no one else),
+   and that block's forward for batch b: W1's block is then touched once;
+3. the forward of every later layer for its share of batch b's images
+   (layers.gather_forward), a meeting after each, then the output layer
+   (softmax, loss, dlogits) for its share, and a meeting: dlogits is whole.
+   Worker 0 updates the output bias.
+For one hidden layer that is two meetings per batch. Every number is computed
+by one thread, in an order that does not depend on the thread count.
+
+stop[0] != 0 asks for a stop: worker 0 then sets control[STOP_AT] to the batch
+after the one it has just done, before the output meeting, so that every
+worker finishes that batch's backward and stops there. On a busy machine a
+worker that has lost its core holds up the others at every meeting: when
+worker 0 has had to nap (threads.wait_for) in more than one batch in
+SOLO_EVERY (judged after SOLO_WARM_UP batches), it sets control[SOLO_AT] the
+same way, the others stop after that batch, and worker 0 carries on with all
+the blocks and images; the results are the same, bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .common import RELU, TANH, Optimizer, OptimizerState, input_scale
+from .ink import Dense, InkIndex, prefetch_row
+from .intrinsics import load_acquire
+from .jit import jit
+from .layers import (TILE, Step, first_forward_dense, first_forward_sparse, first_gradient_by_image,
+                     first_gradient_by_pixel, first_gradient_dense, gather_backward, gather_forward, gather_update,
+                     output_backward, output_bias_update, output_forward, rule_from_buffer, scale_add)
+from .layout import BLOCK, Blocked, aligned_zeros, from_blocks, n_blocks, to_blocks
+from .threads import SOLO_AT, STOP_AT, new_control, new_stop_flag, publish, run_workers, thread_count, wait_for
+
+PIXEL_MAJOR_FROM = 16  # batches of this many images or more add the first layer's gradient pixel by pixel
+# (first_gradient_by_pixel); image by image is as fast or faster in smaller ones
+# Worker 0 goes on alone once it has napped in more than one batch in SOLO_EVERY, judged over 16 batches or
+# more after the first SOLO_WARM_UP (whose naps, while caches and cores warm up, say nothing).
+SOLO_EVERY = 4
+SOLO_WARM_UP = 32
+
+
+class Buffers(NamedTuple):
+    """One batch's intermediate values: hidden[i] and dz[i] (blocks of H_{i+1}, batch, BLOCK) per hidden layer
+    (dz: the loss's gradient at its units), probs (batch, K), dlogits (blocks of K, batch, BLOCK), a tile per
+    worker (first_gradient_by_pixel), and the first layer's gradient in blocks for Nesterov and Adam."""
+
+    hidden: tuple
+    dz: tuple
+    probs: np.ndarray
+    dlogits: np.ndarray
+    tiles: np.ndarray
+    gradient: np.ndarray
+
+
+@jit
+def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, params, velocity, second, adaptive,
+                  buffers, widths, batch_size, step, steps_before, relu, tanh, image_by_image, deep, first_batch,
+                  scale):
+    """One worker's share of an epoch, from batch first_batch; returns (summed loss, correct, next batch).
+    (loss and correct are this worker's images'.) The module docstring says what it does and when.
+
+    The helpers are called from here one after another, not through helpers of their own: Numba copies an
+    inlined function's IR with the caller's whole scope, so each level of nesting costs compile time out of
+    proportion. Each optional part is guarded by a test that its argument is None where it does not apply:
+    only so does Numba drop it before typing it.
+    """
+    hidden, dz, probs, dlogits, tiles, gradient = buffers
+    tile = tiles[worker]
+    n_hidden = len(hidden)  # L - 1
+    end = -(-order.size // batch_size)
+    loss_sum, correct = 0.0, 0
+    active, naps, meeting = n_workers, 0, 0  # active: workers sharing the batches (1 once worker 0 goes on alone)
+    for b in range(first_batch, end + 1):
+        prev_rows = order[max(b - 1, 0) * batch_size:b * batch_size]
+        rows = order[b * batch_size:(b + 1) * batch_size]
+        if ink is not None:
+            for image in order[(b + 1) * batch_size:(b + 2) * batch_size]:  # ask for the batch after this one
+                prefetch_row(ink, image)
+        # Adam's step t counts batches from 1; the backward below finishes batch b-1 (the output bias, batch b)
+        t = steps_before + b - first_batch
+        corrections = (np.float32(1.0 / (1.0 - np.float64(step.momentum) ** t)),
+                       np.float32(1.0 / (1.0 - np.float64(step.beta2) ** t)))
+        if deep is not None and b > first_batch:  # 1. the backward of batch b-1, down to the second layer's input
+            for i in range(n_hidden - 1, 0, -1):
+                dz_out = dlogits if i == n_hidden - 1 else dz[i + 1]
+                for blk in range(worker, hidden[i].shape[0], active):
+                    gather_backward(dz[i], dz_out, hidden[i], params.W[i], relu, tanh, blk, prev_rows.size)
+                    gather_update(params, velocity, second, adaptive, i, dz[i], dz_out, hidden[i], step,
+                                  corrections, blk, prev_rows.size, False)
+                meeting += 1
+                publish(control, worker + 1, meeting)
+                for other in range(active):
+                    naps += wait_for(control, other + 1, meeting)
+        dz_out = dlogits if n_hidden == 1 else dz[min(1, n_hidden - 1)]  # (a constant index must exist)
+        for blk in range(worker, hidden[0].shape[0], active):  # 2. the first hidden layer's blocks
+            if b > first_batch:
+                gather_backward(dz[0], dz_out, hidden[0], params.W[0], relu, tanh, blk, prev_rows.size)
+                gather_update(params, velocity, second, adaptive, 0, dz[0], dz_out, hidden[0], step, corrections,
+                              blk, prev_rows.size, True)
+                # The first layer's update: its gradient (from dz, left scaled by gather_update for plain SGD
+                # and momentum) added straight to the weights or the velocity, or (Nesterov, Adam) summed in
+                # the gradient buffer first, as every weight takes a step there, with ink or not.
+                weight = params.W1[blk]
+                if adaptive is None:
+                    if velocity is None:
+                        if step.weight_decay != np.float32(0.0):
+                            scale_add(weight, np.float32(1.0) - step.learning_rate * step.weight_decay, weight,
+                                      np.float32(0.0))
+                        target = weight
+                    else:
+                        target = velocity.W1[blk]
+                        scale_add(target, step.momentum, weight, step.weight_decay)
+                else:
+                    target = gradient[blk]
+                if inputs is not None:
+                    first_gradient_dense(target, dz[0][blk], inputs, prev_rows, scale)
+                if ink is not None:
+                    if image_by_image is None:
+                        first_gradient_by_pixel(target, dz[0][blk], ink, prev_rows, tile, scale)
+                    else:
+                        first_gradient_by_image(target, dz[0][blk], ink, prev_rows, scale)
+                if adaptive is None:
+                    if velocity is not None:
+                        scale_add(weight, np.float32(1.0), velocity.W1[blk], -step.learning_rate)
+                elif second is None:
+                    rule_from_buffer(weight, velocity.W1[blk], velocity.W1[blk], gradient[blk], step,
+                                     step.weight_decay, corrections, None)
+                else:
+                    rule_from_buffer(weight, velocity.W1[blk], second.W1[blk], gradient[blk], step,
+                                     step.weight_decay, corrections, True)
+            if b < end:
+                if inputs is not None:
+                    first_forward_dense(hidden[0], inputs, rows, params.W1, params.b[0], relu, tanh, blk,
+                                        min(BLOCK, widths[0] - blk * BLOCK), scale)
+                if ink is not None:
+                    first_forward_sparse(hidden[0], ink, rows, params.W1, params.b[0], relu, tanh, blk,
+                                         min(BLOCK, widths[0] - blk * BLOCK), scale)
+        if b == end:
+            break
+        meeting += 1
+        publish(control, worker + 1, meeting)
+        for other in range(active):
+            naps += wait_for(control, other + 1, meeting)
+        lo, hi = rows.size * worker // active, rows.size * (worker + 1) // active
+        if deep is not None:  # 3. the later layers' forward, for this worker's share of the images
+            for i in range(1, n_hidden):
+                gather_forward(hidden[i], hidden[i - 1], params.W[i - 1], params.b[i], relu, tanh, lo, hi)
+                meeting += 1
+                publish(control, worker + 1, meeting)
+                for other in range(active):
+                    naps += wait_for(control, other + 1, meeting)
+        output_forward(probs, hidden[n_hidden - 1], params.W[n_hidden - 1], params.b_out, lo, hi)
+        loss, hits = output_backward(dlogits, probs, labels, rows, lo, hi)
+        loss_sum += loss
+        correct += hits
+        if worker == 0:
+            if load_acquire(stop, 0) != 0:
+                control[STOP_AT] = b + 1
+            judged = b - first_batch - SOLO_WARM_UP  # batches since the warm-up, whose naps are forgotten
+            if judged == 0:
+                naps = 0
+            if active > 1 and judged >= 16 and naps * SOLO_EVERY > judged:
+                control[SOLO_AT] = b + 1
+        meeting += 1
+        publish(control, worker + 1, meeting)
+        for other in range(active):
+            naps += wait_for(control, other + 1, meeting)
+        if worker == 0:
+            output_bias_update(params, velocity, second, adaptive, dlogits, rows.size, step,
+                               (np.float32(1.0 / (1.0 - np.float64(step.momentum) ** (t + 1))),
+                                np.float32(1.0 / (1.0 - np.float64(step.beta2) ** (t + 1)))))
+        if control[STOP_AT] >= 0:
+            end = control[STOP_AT]
+        if control[SOLO_AT] >= 0 and active > 1:
+            if worker != 0:
+                return loss_sum, correct, end
+            active = 1
+    return loss_sum, correct, end
+
+
+def _workers_for(batch_size: int, blocks: int) -> int:
+    """Threads worth using: at most one per block of the first hidden layer, one for tiny batches."""
+    return 1 if batch_size < 4 else max(1, min(thread_count(), blocks))
+
+
+def image_by_image(batch_size: int, ink: InkIndex | None) -> bool | None:
+    """The epoch's image_by_image argument: True for batches under PIXEL_MAJOR_FROM of ink (the first layer's
+    gradient then goes in by first_gradient_by_image), else None (first_gradient_by_pixel, or dense inputs:
+    one compiled kernel for every batch size)."""
+    return True if ink is not None and batch_size < PIXEL_MAJOR_FROM else None
+
+
+def deep_flag(params) -> bool | None:
+    """The kernels' deep argument: True for two hidden layers or more, None for one (whose kernels then hold no
+    code for the layers between: a shorter compile)."""
+    return True if len(params) > 4 else None
+
+
+def activation_flags(activation: int) -> tuple[bool | None, bool | None]:
+    """The kernels' (relu, tanh) arguments: True where that is the activation, else None (both None: sigmoid)."""
+    return (True if activation == RELU else None), (True if activation == TANH else None)
+
+
+def tiles(count: int, ink: InkIndex | None, n_inputs: int, by_image: bool | None) -> np.ndarray:
+    """count zeroed tiles for first_gradient_by_pixel, of the ink's value dtype; empty where they go unused."""
+    used = ink is not None and by_image is None
+    return np.zeros((count, n_inputs if used else 0, TILE), np.uint8 if ink is None else ink.values.dtype)
+
+
+def new_buffers(blocked: Blocked, batch_size: int, n_workers: int, ink, n_inputs: int, by_image, adaptive
+                ) -> Buffers:
+    """Allocated here: np.zeros inside the kernel would lengthen its compile."""
+    n_classes = len(blocked.b_out)
+    hidden = tuple(aligned_zeros((len(b), batch_size, BLOCK)) for b in blocked.b)
+    return Buffers(hidden, tuple(aligned_zeros(h.shape) for h in hidden),
+                   np.empty((batch_size, n_classes), np.float32),
+                   aligned_zeros((n_blocks(n_classes), batch_size, BLOCK)), tiles(n_workers, ink, n_inputs, by_image),
+                   aligned_zeros(blocked.W1.shape) if adaptive else aligned_zeros((0, 0, BLOCK)))
+
+
+def kernel_step(optimizer: Optimizer) -> tuple[Step, bool | None]:
+    """The optimiser as the kernels take it: its settings in float32, and adaptive (layers.Step)."""
+    beta = optimizer.beta1 if optimizer.kind == "adam" else optimizer.momentum
+    step = Step(np.float32(optimizer.learning_rate), np.float32(beta), np.float32(optimizer.weight_decay),
+                np.float32(optimizer.beta2), np.float32(optimizer.epsilon))
+    return step, (True if optimizer.kind == "adam" or (optimizer.nesterov and optimizer.momentum != 0) else None)
+
+
+def train_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, order, batch_size,
+                optimizer: Optimizer, activation, progress=None, stop=None, first_batch=0):
+    """One pass over data in the given order from batch first_batch, updating params and state in place.
+
+    Returns (summed loss, correct predictions, next batch): next batch is the
+    number of batches when the epoch is complete, less if stop (an array from
+    new_stop_flag()) was raised: the batches before it are fully done. The epoch
+    is one compiled call, so progress (if given) hears only of its end.
+    """
+    ink, inputs = (data, None) if isinstance(data, InkIndex) else (None, data.inputs)
+    n_inputs = params[0].shape[0]
+    blocked = to_blocks(params)
+    velocity = to_blocks(state.first) if state.first is not None else None
+    second = to_blocks(state.second) if state.second is not None else None
+    step, adaptive = kernel_step(optimizer)
+    widths = np.array([w.shape[1] for w in params[0:-2:2]], np.int64)
+    n_workers, by_image = _workers_for(batch_size, len(blocked.b[0])), image_by_image(batch_size, ink)
+    buffers = new_buffers(blocked, batch_size, n_workers, ink, n_inputs, by_image, adaptive)
+    relu, tanh = activation_flags(activation)
+    scale = np.float32(input_scale(ink.values.dtype if ink is not None else inputs.dtype))
+    losses, hits, next_batches = zip(*run_workers(
+        n_workers, _epoch_worker, n_workers, new_control(n_workers), new_stop_flag() if stop is None else stop, ink,
+        inputs, labels.astype(np.int64, copy=False), order.astype(np.int64, copy=False), blocked, velocity, second, adaptive, buffers, widths,
+        batch_size, step, int(state.step[0]), relu, tanh, by_image, deep_flag(params), first_batch, scale,
+        wait_in_threads=stop is not None))
+    next_batch = int(next_batches[0])
+    from_blocks(blocked, params)
+    for moments, blocks in ((state.first, velocity), (state.second, second)):
+        if blocks is not None:
+            from_blocks(blocks, moments)
+    state.step[0] += next_batch - first_batch
+    if progress is not None:
+        progress(min(len(order), next_batch * batch_size))
+    return float(sum(losses)), int(sum(hits)), next_batch

@@ -1,0 +1,445 @@
+"""One layer's forward, backward and update as explicit loops: the fast twin of numpy_backend's layers.
+
+Legend in common.py, storage in layout.py. Each function works on one block of BLOCK units of a hidden layer
+(the first layer's forward and update, every later layer's backward and update: the thread that owns the block
+calls it), or on a share of a batch's images (every later layer's forward, one thread per share).
+
+Inner loops run over range(BLOCK), a constant from 0: LLVM unrolls them into vector FMAs (with a variable
+signed start Numba adds a negative-index check that stops vectorisation; checked in the assembly). Running
+sums over a block's units live in a scratch row on the stack (intrinsics.stack_floats), which LLVM keeps in
+vector registers; in an ordinary array they would be stored and loaded again every few inputs, as LLVM cannot
+rule out that they alias the weights.
+
+Some arguments are None or True, decided when a kernel is compiled: the activation (relu, tanh; both None:
+sigmoid) and the optimiser (see Step). Numba drops the branch that `argument is None` rules out before
+compiling it, so a kernel holds only the code its run uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import carray
+
+from .ink import four_inputs, ink_span
+from .intrinsics import float32_from_bits, nonzero_bits32, stack_floats, trailing_zeros
+from .jit import inline_jit
+from .layout import BLOCK
+
+TILE = 32  # images whose first-layer gradient is summed pixel by pixel at a time (see first_gradient_by_pixel)
+
+
+class Step(NamedTuple):
+    """An optimiser's settings as the kernels take them (common.Optimizer says the maths), float32. Beside them
+    the kernels take the moments, in blocks: velocity (SGD's, or Adam's first moment; None for plain SGD) and
+    second (Adam's; else None), and adaptive: None where the gradient is simply added (plain SGD, momentum),
+    True for Nesterov SGD and Adam (rule)."""
+
+    learning_rate: np.float32
+    momentum: np.float32  # SGD's momentum, or Adam's beta1
+    weight_decay: np.float32
+    beta2: np.float32
+    epsilon: np.float32
+
+
+# ---------------------------------------------------------------- activations
+
+# exp(-z) = 2^y with y = -z log2(e) = k + f, k = round(y), |f| <= 1/2: 2^f by its Taylor series to f^6
+# (relative error 1.2e-7, float32's epsilon) and 2^k by writing k + 127 into a float's exponent bits.
+# Unlike a call to libm's expf, LLVM vectorises this: a vector of sigmoids per instruction sequence.
+LOG2E = np.float32(1.4426950408889634)
+EXP2_TAYLOR = tuple(np.float32(np.log(2.0) ** i / math.factorial(i)) for i in range(1, 7))
+
+
+@inline_jit
+def activate(z, relu, tanh):
+    """The hidden layers' activation: ReLU, tanh (as 2 sigmoid(2z) - 1, which vectorises) or sigmoid,
+    1 / (1 + exp(-z)) with exp as EXP2_TAYLOR says; z is clamped to +-87, where float32's exp ends. (One
+    function, no helper of its own: each level of inlined helpers costs compile time out of proportion.)"""
+    if relu is not None:
+        return max(z, np.float32(0.0))
+    x = np.float32(2.0) * z if tanh is not None else z
+    c1, c2, c3, c4, c5, c6 = EXP2_TAYLOR
+    y = min(max(-x, np.float32(-87.0)), np.float32(87.0)) * LOG2E
+    k = np.floor(y + np.float32(0.5))
+    f = y - k
+    two_f = np.float32(1.0) + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
+    s = np.float32(1.0) / (np.float32(1.0) + two_f * float32_from_bits((np.int32(k) + np.int32(127)) << 23))
+    return np.float32(2.0) * s - np.float32(1.0) if tanh is not None else s
+
+
+@inline_jit
+def backprop(d, h, relu, tanh):
+    """d * activation'(z), written in terms of the activation's output h."""
+    if relu is not None:
+        return d if h > np.float32(0.0) else np.float32(0.0)
+    if tanh is not None:
+        return d * (np.float32(1.0) - h * h)
+    return d * (h * (np.float32(1.0) - h))
+
+
+# ---------------------------------------------------------------- the first layer: in blocks of its output units
+
+
+@inline_jit
+def first_forward_sparse(hidden, ink, rows, W1, b1, relu, tanh, blk, width, scale):
+    """hidden[blk, n] = activation(x[rows[n]] @ W1[blk] + b1[blk]) from the ink index (x = values * scale);
+    units >= width (padding) = 0.
+
+    Most of the forward time goes here: four inputs per pass over a row of W1, the sums in registers.
+    """
+    _, pixels, values = ink
+    W, h, b = W1[blk], hidden[blk], b1[blk]
+    z = carray(stack_floats(BLOCK), BLOCK)
+    for n in range(rows.size):
+        for j in range(BLOCK):
+            z[j] = b[j]
+        t, end = ink_span(ink, rows[n])
+        while t + np.uint64(4) <= end:
+            p0, p1, p2, p3, x0, x1, x2, x3 = four_inputs(ink, t, scale)
+            for j in range(BLOCK):
+                z[j] += x0 * W[p0, j] + x1 * W[p1, j] + x2 * W[p2, j] + x3 * W[p3, j]
+            t += np.uint64(4)
+        while t < end:
+            p, x = pixels[t], values[t] * scale
+            for j in range(BLOCK):
+                z[j] += x * W[p, j]
+            t += np.uint64(1)
+        for j in range(BLOCK):
+            h[n, j] = activate(z[j], relu, tanh)
+        for j in range(width, BLOCK):
+            h[n, j] = np.float32(0.0)
+
+
+@inline_jit
+def first_forward_dense(hidden, inputs, rows, W1, b1, relu, tanh, blk, width, scale):
+    """first_forward_sparse for inputs read as they are (N, D): every input, four per pass."""
+    W, h, b = W1[blk], hidden[blk], b1[blk]
+    n_inputs = np.uint64(inputs.shape[1])
+    z = carray(stack_floats(BLOCK), BLOCK)
+    for n in range(rows.size):
+        x = inputs[rows[n]]
+        for j in range(BLOCK):
+            z[j] = b[j]
+        i = np.uint64(0)
+        while i + np.uint64(4) <= n_inputs:
+            i1, i2, i3 = i + np.uint64(1), i + np.uint64(2), i + np.uint64(3)
+            x0, x1, x2, x3 = x[i] * scale, x[i1] * scale, x[i2] * scale, x[i3] * scale
+            for j in range(BLOCK):
+                z[j] += x0 * W[i, j] + x1 * W[i1, j] + x2 * W[i2, j] + x3 * W[i3, j]
+            i += np.uint64(4)
+        while i < n_inputs:
+            x0 = x[i] * scale
+            for j in range(BLOCK):
+                z[j] += x0 * W[i, j]
+            i += np.uint64(1)
+        for j in range(BLOCK):
+            h[n, j] = activate(z[j], relu, tanh)
+        for j in range(width, BLOCK):
+            h[n, j] = np.float32(0.0)
+
+
+@inline_jit
+def first_gradient_by_pixel(T1, dz, ink, rows, tile, scale):
+    """T1[p] += sum_n x[rows[n], p] * dz[n] over the ink pixels p: W1's gradient (times whatever dz carries),
+    ink rows only.
+
+    Pixel by pixel: each ink row's gradient is summed over the images in
+    registers, then added to the row once. Most of the backward time goes here.
+    tile (D, TILE), all zero between batches, holds TILE images at a time
+    transposed: tile[p, n] is image n's value at pixel p, so row p's nonzero
+    entries say which images have ink there.
+    """
+    _, pixels, values = ink
+    row_sum = carray(stack_floats(BLOCK), BLOCK)
+    for c in range(0, rows.size, TILE):
+        images, dz_part = rows[c:c + TILE], dz[c:c + TILE]
+        for n in range(images.size):
+            first, end = ink_span(ink, images[n])
+            for t in range(first, end):
+                tile[pixels[t], n] = values[t]
+        for p in range(T1.shape[0]):
+            with_ink = nonzero_bits32(tile, p)  # one vector compare
+            if with_ink == 0:
+                continue
+            for j in range(BLOCK):
+                row_sum[j] = np.float32(0.0)
+            while with_ink != 0:
+                n = trailing_zeros(with_ink)
+                with_ink &= with_ink - np.uint64(1)
+                x = tile[p, n] * scale
+                for j in range(BLOCK):
+                    row_sum[j] += x * dz_part[n, j]
+            for j in range(BLOCK):
+                T1[p, j] += row_sum[j]
+            for n in range(TILE):
+                tile[p, n] = 0
+
+
+@inline_jit
+def first_gradient_by_image(T1, dz, ink, rows, scale):
+    """The same sum image by image: each image adds its gradient into each of its ink rows. Faster in batches
+    under PIXEL_MAJOR_FROM (epoch.py) images."""
+    _, pixels, values = ink
+    g = carray(stack_floats(BLOCK), BLOCK)  # the image's dz, in registers
+    for n in range(rows.size):
+        for j in range(BLOCK):
+            g[j] = dz[n, j]
+        first, end = ink_span(ink, rows[n])
+        for t in range(first, end):
+            p, x = pixels[t], values[t] * scale
+            for j in range(BLOCK):
+                T1[p, j] += x * g[j]
+
+
+@inline_jit
+def first_gradient_dense(T1, dz, inputs, rows, scale):
+    """T1[i] += sum_n x[rows[n], i] * dz[n] for every input i, each row's sum in registers."""
+    row_sum = carray(stack_floats(BLOCK), BLOCK)
+    for i in range(T1.shape[0]):
+        for j in range(BLOCK):
+            row_sum[j] = np.float32(0.0)
+        for n in range(rows.size):
+            x = inputs[rows[n], i] * scale
+            for j in range(BLOCK):
+                row_sum[j] += x * dz[n, j]
+        for j in range(BLOCK):
+            T1[i, j] += row_sum[j]
+
+
+# ---------------------------------------------------------------- later layers: in blocks of their input units
+
+
+@inline_jit
+def gather_forward(hidden_out, hidden_in, W, b, relu, tanh, lo, hi):
+    """hidden_out[., n] = activation(hidden_in[., n] @ W + b) for images lo..hi-1: each unit a dot product over
+    all blocks of the layer before, in a fixed order (whichever thread computes it); padding units = 0."""
+    n_out = W.shape[1]
+    for n in range(lo, hi):
+        for k in range(n_out):
+            z = b[k >> 6, k & 63]
+            for blk in range(W.shape[0]):
+                for j in range(BLOCK):
+                    z += hidden_in[blk, n, j] * W[blk, k, j]
+            hidden_out[k >> 6, n, k & 63] = activate(z, relu, tanh)
+        for k in range(n_out, hidden_out.shape[0] * BLOCK):
+            hidden_out[k >> 6, n, k & 63] = np.float32(0.0)
+
+
+@inline_jit
+def output_forward(probs, hidden_in, W, b, lo, hi):
+    """probs[n] = softmax(hidden_in[., n] @ W + b) for n in lo..hi-1, summing block by block in a fixed order."""
+    n_classes = probs.shape[1]
+    for n in range(lo, hi):
+        p = probs[n]
+        for k in range(n_classes):
+            logit = b[k]
+            for blk in range(W.shape[0]):
+                for j in range(BLOCK):
+                    logit += hidden_in[blk, n, j] * W[blk, k, j]
+            p[k] = logit
+        largest = p[0]  # a loop, not p.max(): Numba would compile its generic max for this kernel
+        for k in range(1, n_classes):
+            largest = max(largest, p[k])
+        total = np.float32(0.0)
+        for k in range(n_classes):
+            p[k] = np.exp(p[k] - largest)
+            total += p[k]
+        for k in range(n_classes):
+            p[k] /= total
+
+
+@inline_jit
+def output_backward(dlogits, probs, labels, rows, lo, hi):
+    """dlogits[., n] (in blocks, as every layer's gradient) of the cross-entropy's mean over the batch (images
+    rows, their labels labels[rows]) for n in lo..hi-1; returns those images' summed loss and correct ones."""
+    n_classes = probs.shape[1]
+    tiny = np.float32(1.1754944e-38)
+    loss = 0.0
+    correct = 0
+    inv_rows = np.float32(1.0) / np.float32(rows.size)
+    for n in range(lo, hi):
+        label = labels[rows[n]]
+        p = probs[n]
+        loss -= np.log(max(p[label], tiny))
+        best = 0  # np.argmax's first largest, as a loop (np.argmax would compile a generic function)
+        for k in range(1, n_classes):
+            if p[k] > p[best]:
+                best = k
+        correct += best == label
+        for k in range(n_classes):
+            dlogits[k >> 6, n, k & 63] = p[k] * inv_rows
+        dlogits[label >> 6, n, label & 63] -= inv_rows
+    return loss, correct
+
+
+@inline_jit
+def gather_backward(dz_in, dz_out, hidden_in, W, relu, tanh, blk, n_images):
+    """dz_in[blk, n] = (dz_out[., n] @ W[blk]^T) * activation'(hidden_in[blk, n]): the gradient at block blk of
+    the layer before, from this layer's (W in blocks of its input units, as stored)."""
+    dz, h, Wb = dz_in[blk], hidden_in[blk], W[blk]
+    d = carray(stack_floats(BLOCK), BLOCK)  # the image's sums, in registers
+    for n in range(n_images):
+        for j in range(BLOCK):
+            d[j] = np.float32(0.0)
+        for k in range(Wb.shape[0]):
+            g = dz_out[k >> 6, n, k & 63]
+            for j in range(BLOCK):
+                d[j] += g * Wb[k, j]
+        for j in range(BLOCK):
+            dz[n, j] = backprop(d[j], h[n, j], relu, tanh)
+
+
+# ---------------------------------------------------------------- updates
+# The optimiser's choices are tested on the arguments velocity, second and adaptive themselves (never on a value
+# computed from them), and each branch that could not be typed is guarded by a test that its argument is None:
+# inside an inlined helper Numba drops a branch before typing it only where the argument tested is None.
+
+
+@inline_jit
+def scale_add(target, scale, source, source_scale):
+    """target = scale * target + source_scale * source, elementwise (2-D arrays of one shape)."""
+    for r in range(target.shape[0]):
+        for j in range(target.shape[1]):
+            target[r, j] = scale * target[r, j] + source_scale * source[r, j]
+
+
+@inline_jit
+def nesterov_rule(weight, v, g, r, j, step, decay):
+    """Nesterov SGD for weight[r, j] with gradient g: g' = g + decay w, v = momentum v + g',
+    w -= lr (g' + momentum v)."""
+    g = g + decay * weight[r, j]
+    v[r, j] = step.momentum * v[r, j] + g
+    weight[r, j] -= step.learning_rate * (g + step.momentum * v[r, j])
+
+
+@inline_jit
+def adam_rule(weight, m, s, g, r, j, step, decay, corrections):
+    """Adam with decoupled weight decay (common.Optimizer) for weight[r, j] with gradient g; corrections are
+    1 / (1 - beta1^t) and 1 / (1 - beta2^t)."""
+    first_correction, second_correction = corrections
+    m[r, j] = step.momentum * m[r, j] + (np.float32(1.0) - step.momentum) * g
+    s[r, j] = step.beta2 * s[r, j] + (np.float32(1.0) - step.beta2) * g * g
+    weight[r, j] *= np.float32(1.0) - step.learning_rate * decay
+    weight[r, j] -= step.learning_rate * (m[r, j] * first_correction) / (
+        np.sqrt(s[r, j] * second_correction) + step.epsilon)
+
+
+@inline_jit
+def rule_from_buffer(weight, m, s, gradient, step, decay, corrections, adam):
+    """Nesterov (adam None) or Adam for every element of 2-D weight, its gradient summed in the buffer
+    gradient, which it zeroes for the next batch."""
+    for r in range(weight.shape[0]):
+        for j in range(weight.shape[1]):
+            if adam is None:
+                nesterov_rule(weight, m, gradient[r, j], r, j, step, decay)
+            else:
+                adam_rule(weight, m, s, gradient[r, j], r, j, step, decay, corrections)
+            gradient[r, j] = np.float32(0.0)
+
+
+@inline_jit
+def gather_update(params, velocity, second, adaptive, i, dz_in, dz_out, hidden_in, step, corrections, blk,
+                  n_images, scale_in_place):
+    """The update of W[i][blk] (layer i+2's weights from block blk of the layer before) and of b[i][blk] (the
+    layer before's biases there), after gather_backward has written dz_in[blk].
+
+    Gradients: dW[blk][k] = sum_n dz_out[k, n] * hidden_in[blk, n], db[blk] = sum_n dz_in[blk, n], each summed
+    in registers. With adaptive None, plain SGD (velocity None) adds -lr times them straight into the weights
+    and SGD with momentum into the velocity, which then moves the weights; with scale_in_place, dz_in[blk] is
+    left multiplied by that factor (-lr, or 1), for the first layer's gradient, added the same way. With
+    adaptive True, Nesterov SGD (second None) or Adam takes each summed gradient as it is.
+    """
+    Wb, bb, dz, h = params.W[i][blk], params.b[i][blk:blk + 1], dz_in[blk], hidden_in[blk]
+    g = carray(stack_floats(BLOCK), BLOCK)  # one row's gradient, summed over the batch in registers
+    if adaptive is None:
+        if velocity is None:  # w = (1 - lr decay) w (- lr * the gradient, below)
+            scale = -step.learning_rate
+            if step.weight_decay != np.float32(0.0):
+                scale_add(Wb, np.float32(1.0) - step.learning_rate * step.weight_decay, Wb, np.float32(0.0))
+            target_W, target_b = Wb, bb
+        else:  # v = momentum v + decay w (+ the gradient, below)
+            scale = np.float32(1.0)
+            target_W, target_b = velocity.W[i][blk], velocity.b[i][blk:blk + 1]
+            scale_add(target_W, step.momentum, Wb, step.weight_decay)
+            scale_add(target_b, step.momentum, bb, np.float32(0.0))
+        for k in range(Wb.shape[0]):  # dW[k, j] = sum_n dz_out[k, n] * h[n, j]
+            for j in range(BLOCK):
+                g[j] = np.float32(0.0)
+            for n in range(n_images):
+                d = scale * dz_out[k >> 6, n, k & 63]
+                for j in range(BLOCK):
+                    g[j] += d * h[n, j]
+            for j in range(BLOCK):
+                target_W[k, j] += g[j]
+        for j in range(BLOCK):
+            g[j] = np.float32(0.0)
+        for n in range(n_images):  # db
+            if scale_in_place:
+                for j in range(BLOCK):
+                    dz[n, j] *= scale
+                    g[j] += dz[n, j]
+            else:
+                for j in range(BLOCK):
+                    g[j] += scale * dz[n, j]
+        for j in range(BLOCK):
+            target_b[0, j] += g[j]
+        if velocity is not None:  # w -= lr v
+            scale_add(Wb, np.float32(1.0), velocity.W[i][blk], -step.learning_rate)
+            scale_add(bb, np.float32(1.0), velocity.b[i][blk:blk + 1], -step.learning_rate)
+    else:
+        for k in range(Wb.shape[0]):
+            for j in range(BLOCK):
+                g[j] = np.float32(0.0)
+            for n in range(n_images):
+                d = dz_out[k >> 6, n, k & 63]
+                for j in range(BLOCK):
+                    g[j] += d * h[n, j]
+            for j in range(BLOCK):
+                if second is None:
+                    nesterov_rule(Wb, velocity.W[i][blk], g[j], k, j, step, step.weight_decay)
+                else:
+                    adam_rule(Wb, velocity.W[i][blk], second.W[i][blk], g[j], k, j, step, step.weight_decay,
+                              corrections)
+        for j in range(BLOCK):
+            g[j] = np.float32(0.0)
+        for n in range(n_images):
+            for j in range(BLOCK):
+                g[j] += dz[n, j]
+        for j in range(BLOCK):
+            if second is None:
+                nesterov_rule(bb, velocity.b[i][blk:blk + 1], g[j], 0, j, step, np.float32(0.0))
+            else:
+                adam_rule(bb, velocity.b[i][blk:blk + 1], second.b[i][blk:blk + 1], g[j], 0, j, step,
+                          np.float32(0.0), corrections)
+
+
+@inline_jit
+def output_bias_update(params, velocity, second, adaptive, dlogits, n_images, step, corrections):
+    """b_out's step (SGD plain, with momentum, Nesterov or Adam); its gradient is sum_n dlogits[., n]."""
+    b = params.b_out
+    n_classes = b.shape[0]
+    if velocity is None:
+        for n in range(n_images):
+            for k in range(n_classes):
+                b[k] -= step.learning_rate * dlogits[k >> 6, n, k & 63]
+    elif adaptive is None:
+        v = velocity.b_out
+        v *= step.momentum
+        for n in range(n_images):
+            for k in range(n_classes):
+                v[k] += dlogits[k >> 6, n, k & 63]
+        b -= step.learning_rate * v
+    else:
+        row, m_row = b.reshape((1, n_classes)), velocity.b_out.reshape((1, n_classes))
+        for k in range(n_classes):
+            g = np.float32(0.0)
+            for n in range(n_images):
+                g += dlogits[k >> 6, n, k & 63]
+            if second is None:
+                nesterov_rule(row, m_row, g, 0, k, step, np.float32(0.0))
+            else:
+                adam_rule(row, m_row, second.b_out.reshape((1, n_classes)), g, 0, k, step, np.float32(0.0),
+                          corrections)
