@@ -1,7 +1,7 @@
 """Threads for the Numba kernels without Numba's parallel regions.
 
 Each worker is a Python thread calling the same nogil compiled function; the
-workers meet twice per batch through progress counters, published with release
+workers meet a few times per batch (epoch.py says when) through progress counters, published with release
 stores and read with acquire loads (real LLVM atomics, so the compiler keeps
 the ordering and the other core sees the writes made before the counter).
 

@@ -51,11 +51,27 @@ def test_a_stopped_epoch_continues_to_the_same_weights(backend_name, mnist_train
     assert states[0].step[0] == states[1].step[0] == 20
 
 
-@pytest.mark.parametrize("backend_name", ["numba", "numpy"])
-def test_interrupted_training_resumes_to_bit_identical_weights(backend_name, mnist_train, mnist_test, tmp_path):
-    small = tuple(a[:4000] for a in mnist_train)
-    config = TrainConfig(epochs=3, momentum=0.5, learning_rate=0.3, backend=backend_name)
-    unbroken, _ = train(config, small, mnist_test, 10)
+def dense_table(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """rows x 300 float32 features with no zeros (the dense first layer) and 10 classes they tell apart."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((rows, 300)).astype(np.float32)
+    return table, (table[:, :10].argmax(axis=1)).astype(np.int64)
+
+
+@pytest.mark.parametrize("backend_name,kind", [("numba", "sgd"), ("numpy", "sgd"), ("numba", "adam"),
+                                               ("numpy", "adam")])
+def test_interrupted_training_resumes_to_bit_identical_weights(backend_name, kind, mnist_train, mnist_test,
+                                                               tmp_path):
+    """SGD with momentum on MNIST pixels, and Adam (its moments and step count in the checkpoint) on a dense
+    table with three hidden layers (the kernel test's dense case: no kernels of its own to compile)."""
+    if kind == "sgd":
+        small, test = tuple(a[:4000] for a in mnist_train), mnist_test
+        config = TrainConfig(epochs=3, momentum=0.5, learning_rate=0.3, backend=backend_name)
+    else:
+        small, test = dense_table(4000), dense_table(500, seed=1)
+        config = TrainConfig(epochs=3, hidden=(130, 65, 30), activation="tanh", optimizer="adam",
+                             weight_decay=0.01, batch_size=16, backend=backend_name)
+    unbroken, _ = train(config, small, test, 10)
     stop = new_stop_flag()
     checkpoint = tmp_path / "run.checkpoint.npz"
 
@@ -63,11 +79,11 @@ def test_interrupted_training_resumes_to_bit_identical_weights(backend_name, mni
         stop[0] = 1
 
     with pytest.raises(Interrupted) as interrupted:
-        train(config, small, mnist_test, 10, stop_after_first_epoch, checkpoint_path=checkpoint, stop=stop)
+        train(config, small, test, 10, stop_after_first_epoch, checkpoint_path=checkpoint, stop=stop)
     assert interrupted.value.checkpoint_path == checkpoint
     state = load_checkpoint(checkpoint)
     assert (state.epoch, state.next_batch) == (1, 1)  # stopped in epoch 2 after its first batch
-    resumed, history = train(config, small, mnist_test, 10, resume=state, checkpoint_path=checkpoint)
+    resumed, history = train(config, small, test, 10, resume=state, checkpoint_path=checkpoint)
     assert len(history) == 3
     for a, b in zip(unbroken.params, resumed.params):
         np.testing.assert_array_equal(a, b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,24 +43,33 @@ def test_cosine_schedule_decays_from_the_base_rate():
 
 
 TRAIN_AND_HASH = """
-import hashlib, sys
+import hashlib, json, sys
+import numpy as np
 from fastnet.datasets import load_mnist
 from fastnet.training import TrainConfig, train
 import numba
-images, labels = load_mnist("train")
-network, _ = train(TrainConfig(epochs=1, batch_size=int(sys.argv[1]), momentum=float(sys.argv[2])),
-                   (images[:8000], labels[:8000]), load_mnist("test"), 10)
+settings = json.loads(sys.argv[1])
+if settings.pop("dense", False):  # as tests/test_reliability.py's dense_table
+    table = np.random.default_rng(0).standard_normal((4000, 300)).astype(np.float32)
+    data = table, table[:, :10].argmax(axis=1).astype(np.int64)
+else:
+    images, labels = load_mnist("train")
+    data = images[:8000], labels[:8000]
+network, _ = train(TrainConfig(epochs=1, **settings), data, None, 10)
 digest = hashlib.sha256(b"".join(p.tobytes() for p in network.params)).hexdigest()
 print(numba.get_num_threads(), digest)
 """
 
 
-@pytest.mark.parametrize("batch_size,momentum", [(32, 0.0), (64, 0.9)])
-def test_weights_are_bit_identical_for_one_and_two_threads(batch_size, momentum):
+@pytest.mark.parametrize("settings", [{"batch_size": 32}, {"batch_size": 64, "momentum": 0.9},
+                                      {"dense": True, "hidden": [130, 65, 30], "activation": "tanh",
+                                       "optimizer": "adam", "weight_decay": 0.01, "batch_size": 16}], ids=str)
+def test_weights_are_bit_identical_for_one_and_two_threads(settings):
+    """The default network, momentum, and Adam with three hidden layers on dense inputs."""
     digests = set()
     for threads in ("1", "2"):
         env = dict(os.environ, NUMBA_NUM_THREADS=threads, PYTHONPATH=str(ROOT))
-        result = subprocess.run([sys.executable, "-c", TRAIN_AND_HASH, str(batch_size), str(momentum)], env=env,
+        result = subprocess.run([sys.executable, "-c", TRAIN_AND_HASH, json.dumps(settings)], env=env,
                                 capture_output=True, text=True, timeout=600, check=True)
         count, digest = result.stdout.split()
         assert count == threads
