@@ -390,6 +390,12 @@ def gather_update(params, velocity, second, adaptive, i, dz_in, dz_out, hidden_i
             scale_add(Wb, np.float32(1.0), velocity.W[i][blk], -step.learning_rate)
             scale_add(bb, np.float32(1.0), velocity.b[i][blk:blk + 1], -step.learning_rate)
     else:
+        # The moments' blocks are taken once, here: taken per element, the views kept the loops scalar.
+        mW, mb = velocity.W[i][blk], velocity.b[i][blk:blk + 1]
+        if second is None:
+            sW, sb = mW, mb  # (unused: Nesterov has no second moment)
+        else:
+            sW, sb = second.W[i][blk], second.b[i][blk:blk + 1]
         for k in range(Wb.shape[0]):
             for j in range(BLOCK):
                 g[j] = np.float32(0.0)
@@ -399,10 +405,9 @@ def gather_update(params, velocity, second, adaptive, i, dz_in, dz_out, hidden_i
                     g[j] += d * h[n, j]
             for j in range(BLOCK):
                 if second is None:
-                    nesterov_rule(Wb, velocity.W[i][blk], g[j], k, j, step, step.weight_decay)
+                    nesterov_rule(Wb, mW, g[j], k, j, step, step.weight_decay)
                 else:
-                    adam_rule(Wb, velocity.W[i][blk], second.W[i][blk], g[j], k, j, step, step.weight_decay,
-                              corrections)
+                    adam_rule(Wb, mW, sW, g[j], k, j, step, step.weight_decay, corrections)
         for j in range(BLOCK):
             g[j] = np.float32(0.0)
         for n in range(n_images):
@@ -410,10 +415,9 @@ def gather_update(params, velocity, second, adaptive, i, dz_in, dz_out, hidden_i
                 g[j] += dz[n, j]
         for j in range(BLOCK):
             if second is None:
-                nesterov_rule(bb, velocity.b[i][blk:blk + 1], g[j], 0, j, step, np.float32(0.0))
+                nesterov_rule(bb, mb, g[j], 0, j, step, np.float32(0.0))
             else:
-                adam_rule(bb, velocity.b[i][blk:blk + 1], second.b[i][blk:blk + 1], g[j], 0, j, step,
-                          np.float32(0.0), corrections)
+                adam_rule(bb, mb, sb, g[j], 0, j, step, np.float32(0.0), corrections)
 
 
 @inline_jit
