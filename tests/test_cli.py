@@ -45,6 +45,7 @@ def test_train_evaluate_and_no_training(tmp_path):
     assert reports[0] == reports[1], "--no-training is evaluate, as the original spelled it"
 
 
+@pytest.mark.slow
 def test_bench_prints_the_table_and_writes_json_and_plot(tmp_path):
     records_path, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     result = fastnet("bench", "--dry-run", "--batch-sizes", 128, "--threads", 1, "--json", records_path,

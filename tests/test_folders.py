@@ -258,6 +258,7 @@ def shapes_in_colours(root: Path, per_class: int, seed: int) -> None:
             image.save(root / name / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_colour_reaches_the_network(tmp_path):
     """With --color the classes are told apart; in grayscale every image is one flat gray, and training can
     only end at chance (which train calls an error rather than save)."""
