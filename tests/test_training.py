@@ -107,8 +107,9 @@ def test_worker_0_going_on_alone_mid_epoch_gives_the_same_weights(momentum, monk
 def test_freshly_compiled_and_cached_kernels_give_bit_identical_weights(tmp_path):
     """A first run compiles the kernels into an empty cache, the second loads them: same weights."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), PYTHONPATH=str(ROOT))
-    digests = [subprocess.run([sys.executable, "-c", TRAIN_AND_HASH, "32", "0.0"], env=env, capture_output=True,
-                              text=True, timeout=600, check=True).stdout.split()[1] for _ in ("cold", "warm")]
+    digests = [subprocess.run([sys.executable, "-c", TRAIN_AND_HASH, '{"batch_size": 32}'], env=env,
+                              capture_output=True, text=True, timeout=600, check=True).stdout.split()[1]
+               for _ in ("cold", "warm")]
     assert any((tmp_path / "numba-cache").rglob("*.nbc")), "the first run should have filled the cache"
     assert digests[0] == digests[1], "compiled and cached kernels gave different weights"
 
