@@ -23,7 +23,8 @@ from .errors import FastnetError
 from .kernels import get_backend
 from .kernels.common import PIXEL_SCALE, input_scale
 from .model import Network
-from .parameters import DIGITS, Parameters, default_path, load as load_parameters, save as save_parameters
+from .parameters import (DIGITS, Parameters, default_path, is_digit_model, load as load_parameters,
+                         save as save_parameters)
 from .preprocess import Prep, load_image
 
 FILES = (str, Path, bytes, Image.Image)
@@ -81,8 +82,8 @@ class Model:
         elif array.ndim >= 2 and array.shape[1:] in shapes:
             array = array.reshape(len(array), size)
         else:
-            raise FastnetError(f"inputs must be (N, {size}) or (N, {', '.join(map(str, self.input_shape))}), "
-                               f"not shape {array.shape}")
+            shapes = sorted({f"(N, {', '.join(map(str, shape))})" for shape in shapes}, key=len)
+            raise FastnetError(f"inputs must be {' or '.join(shapes)}, not shape {array.shape}")
         if array.dtype == np.float32 and not np.isfinite(array).all():
             raise FastnetError("inputs contain NaN or infinity")
         return np.ascontiguousarray(array)
@@ -127,6 +128,12 @@ class Model:
             labels = np.array([index[str(label)] for label in labels])
         if len(labels) != len(rows) or len(rows) == 0:
             raise FastnetError(f"{len(rows)} inputs but {len(labels)} labels")
+        if self.preprocessing == "digit" and not is_digit_model(self.input_shape, self.class_names):
+            self.preprocessing = "resize"  # MNIST's preparation is for 28x28 gray digits only
+        unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            raise FastnetError(f"fit: unknown settings {unknown}; the settings are "
+                               f"{', '.join(TrainConfig.__dataclass_fields__)}")
         config = TrainConfig(backend=self.backend, **settings)
         self.network, _ = train(config, (rows, labels.astype(np.int64)), None, len(self.class_names))
         self.training, self.input_scale = config.as_dict(), input_scale(rows.dtype)

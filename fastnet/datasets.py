@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import FastnetError
 from .idx import read_idx
+from .parameters import is_digit_model
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -89,5 +90,16 @@ def load_data(data: str, val_split: float | None = None, strict: bool = False, s
     height, width = image_size or (28, 28)
     prep = Prep("resize", height, width, 3 if color else 1)
     train, test, classes = load_dataset(folder, val_split or 0.0, strict, seed, prep)
-    digits = all(name.isdigit() and len(name) == 1 for name in classes) and not color
+    digits = is_digit_model((height, width, prep.channels), classes) and looks_like_mnist(train[0], height, width)
     return Dataset(train, test, classes, (height, width, prep.channels), "digit" if digits else "resize")
+
+
+
+def looks_like_mnist(images: np.ndarray, height: int, width: int) -> bool:
+    """Light digits on black, as MNIST's (and fastnet export's): nine in ten pixels of the outer 2-pixel frame
+    are 0. Only then is the MNIST preparation of new images (preprocess.load_digit) what training saw."""
+    if len(images) == 0:
+        return False
+    frame = np.ones((height, width), bool)
+    frame[2:-2, 2:-2] = False
+    return float((images.reshape(len(images), height, width)[:, frame] == 0).mean()) >= 0.9

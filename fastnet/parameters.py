@@ -38,6 +38,11 @@ MAX_LAYERS = 64  # more is not a network fastnet wrote
 DIGITS = (28, 28, 1)  # the input shape of version-1 files (MNIST)
 
 
+def is_digit_model(input_shape: tuple[int, ...], classes: list[str]) -> bool:
+    """Whether a model of this input shape and these classes may read images the MNIST way: 28x28 gray digits."""
+    return tuple(input_shape) == DIGITS and all(len(name) == 1 and name.isdigit() for name in classes)
+
+
 @dataclass
 class Parameters:
     network: Network
@@ -162,10 +167,16 @@ def _checked(path: Path, stored: dict, sizes: tuple[int, ...]) -> Parameters:
     preprocessing = str(stored.get("preprocessing", "digit"))
     if preprocessing not in PREPROCESSING:
         raise FastnetError(f"{path}: unknown preprocessing {preprocessing!r} (expected one of {', '.join(PREPROCESSING)})")
-    shape = tuple(int(n) for n in np.ravel(stored["input_shape"])) if "input_shape" in stored else DIGITS
-    if not 1 <= len(shape) <= 3 or min(shape) < 1 or int(np.prod(shape)) != sizes[0] or \
-            (len(shape) == 3 and shape[2] not in (1, 3)):
+    raw_shape = np.ravel(stored["input_shape"]) if "input_shape" in stored else np.array(DIGITS)
+    if raw_shape.dtype.kind not in "iu":
+        raise FastnetError(f"{path}: input shape {raw_shape.tolist()} is not whole numbers")
+    shape = tuple(int(n) for n in raw_shape)
+    if not 1 <= len(shape) <= 3 or min(shape) < 1 or int(np.prod(shape)) != sizes[0]:
         raise FastnetError(f"{path}: input shape {shape} does not give the network's {sizes[0]} inputs")
+    if len(shape) == 3 and shape[2] not in (1, 3):
+        raise FastnetError(f"{path}: input shape {shape}: images have 1 channel (gray) or 3 (colour), not {shape[2]}")
+    if preprocessing == "digit" and shape != DIGITS or preprocessing == "resize" and len(shape) != 3:
+        raise FastnetError(f"{path}: preprocessing {preprocessing!r} does not fit input shape {shape}")
     scale = float(stored.get("input_scale", PIXEL_SCALE))
     if scale not in (PIXEL_SCALE, 1.0):
         raise FastnetError(f"{path}: input scale {scale} is neither 1/255 (pixels) nor 1 (features)")

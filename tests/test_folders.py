@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from fastnet import folders
+from fastnet.datasets import load_data
 from fastnet.errors import FastnetError
 from fastnet.export import export
 from fastnet.folders import CACHE_NAME, load_dataset, load_folder
@@ -276,3 +277,21 @@ def test_colour_reaches_the_network(tmp_path):
                           env=ENV, capture_output=True, text=True, timeout=600)
     assert gray.returncode == 1 and "training ended at chance accuracy" in gray.stderr, gray.stdout + gray.stderr
     assert not (tmp_path / "gray.npz").exists()
+
+
+def test_digit_classes_get_mnist_preparation_only_when_their_images_look_like_mnist(tmp_path, mnist_test):
+    """Classes 0/ 1/ 2/ of dark bars on light paper trained resized, but were saved as 'digit', so predict
+    inverted, cropped and centred new images as training never had: 7.5% where training said 100%."""
+    images, labels = mnist_test
+    for name, paper in (("mnist-like", None), ("on-paper", 230)):
+        for digit in range(3):
+            folder = tmp_path / name / str(digit)
+            folder.mkdir(parents=True)
+            for i, image in enumerate(images[labels == digit][:5]):
+                pixels = image.reshape(28, 28) if paper is None else np.full((28, 28), paper, np.uint8)
+                if paper is not None:
+                    pixels[4:24, 4 + 6 * digit:8 + 6 * digit] = 20 + i  # a dark bar: the class is its place
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    assert load_data(str(tmp_path / "mnist-like"), val_split=0.2).preprocessing == "digit"
+    assert load_data(str(tmp_path / "on-paper"), val_split=0.2).preprocessing == "resize"
+    assert load_data(str(tmp_path / "mnist-like"), val_split=0.2, image_size=(20, 20)).preprocessing == "resize"

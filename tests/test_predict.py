@@ -225,6 +225,9 @@ def test_fit_takes_a_table_of_features_and_any_labels(tmp_path):
     images = fastnet.Model().fit(rng.integers(0, 256, (90, 8, 6, 3), dtype=np.uint8), rng.integers(2, 5, 90),
                                  epochs=1, activation="relu", optimizer="adam")  # the colour test's kernels
     assert images.input_shape == (8, 6, 3) and images.class_names == ["2", "3", "4"]
+    assert images.preprocessing == "resize"  # MNIST's preparation is for 28x28 gray digits only
+    clothes = fastnet.Model().fit(rng.integers(0, 256, (40, 784), dtype=np.uint8), ["shirt", "shoe"] * 20, epochs=1)
+    assert clothes.preprocessing == "resize" and clothes.input_shape == (28, 28, 1)
 
 
 def test_predict_says_the_path_once_and_counts_in_words(tmp_path, test_digits):
