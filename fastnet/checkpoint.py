@@ -154,6 +154,8 @@ def _checked(path: Path, arrays: dict) -> Checkpoint:
         if any(m is None or m.shape != p.shape or m.dtype.kind != "f" or not np.isfinite(m).all()
                for m, p in zip(kept, network.params)):
             raise FastnetError("checkpoint optimiser moments do not match its weights or are not finite")
+        if prefix == "s_" and any((m < 0).any() for m in kept):  # a mean of squares: its square root is taken
+            raise FastnetError("checkpoint second moments are negative: the file is damaged")
         moments.append([np.ascontiguousarray(m, np.float32) for m in kept])
     steps = _whole(state["steps"], "steps", 0)
     epoch = _whole(state["epoch"], "epoch", 0, config.epochs)

@@ -507,7 +507,8 @@ def train(args: argparse.Namespace) -> int:
         with _stop_on_signals() as stop:
             network, history = run_training(config, train_set, test_set, len(classes), report, resume=resume,
                                             checkpoint_path=checkpoint, stop=stop)
-        _check_learned(history[-1], train_set[1], test_set[1], len(classes))
+        _check_learned(history[-1], train_set[1], test_set[1], len(classes),
+                       config.epochs * -(-len(train_set[1]) // config.batch_size))
     except FastnetError:
         if resume is None and checkpoint is not None:
             checkpoint.unlink(missing_ok=True)  # this run's own, and it led nowhere: no leftover to refuse next time
@@ -532,11 +533,14 @@ def train(args: argparse.Namespace) -> int:
             raise
         raise FastnetError(f"{error}; the trained network is kept in {checkpoint}: once there is room, "
                            f"python -m fastnet train --resume {checkpoint}{_data_flags(args)} saves it") from None
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)  # the run is complete: parameters.npz holds its result
+    kept = ""
+    if checkpoint is not None and (out is not None or resume is None):
+        checkpoint.unlink(missing_ok=True)  # the run is complete: --out holds its result
+    elif checkpoint is not None:  # a resumed run that saved no parameters (--dry-run): its checkpoint is all there is
+        kept = f"; the trained network is kept in {checkpoint} (resume it with --out FILE to save it)"
     saved = ", ".join(f"{what} {path}" for what, path in (("saved", out), ("plot", plot)) if path is not None)
     print(f"test accuracy {100 * final:.2f}% after {config.epochs} epochs; "
-          f"{time.perf_counter() - started:.1f} s in all" + (f"; {saved}" if saved else ""))
+          f"{time.perf_counter() - started:.1f} s in all" + (f"; {saved}" if saved else "") + kept)
     return 0
 
 
@@ -611,20 +615,27 @@ def _check_size(config: TrainConfig, sizes: tuple[int, ...], n_train: int, resum
                            f"{available / 2**30:,.1f} GiB available; choose fewer hidden units")
 
 
-def _check_learned(last: EpochStats, train_labels: np.ndarray, test_labels: np.ndarray, n_classes: int) -> None:
+def _check_learned(last: EpochStats, train_labels: np.ndarray, test_labels: np.ndarray, n_classes: int,
+                   steps: int) -> None:
     """A run that ends no better than always guessing the commonest class learned nothing: say so, rather than
     replace whatever parameters file is there. Judged on the test set when it has 100 images or more (enough to
-    tell), else on the training images of the last epoch."""
+    tell), else on the training images of the last epoch. After fewer than MIN_STEPS steps, with the loss
+    still near guessing's (ln K), the advice is to train longer rather than slower."""
     if len(test_labels) >= 100:
         labels, accuracy, where = test_labels, last.test_accuracy, "test"
     else:
         labels, accuracy, where = train_labels, last.train_accuracy, "training"
     chance = np.bincount(labels, minlength=n_classes).max() / len(labels)
     if accuracy <= chance + 0.01:
+        undertrained = steps < MIN_STEPS and last.loss <= 1.1 * math.log(n_classes)  # near guessing's loss
+        advice = (f"only {steps} steps were taken: train longer (--epochs, a smaller --batch-size)" if
+                  undertrained else "the learning rate (or momentum) is probably too high; try a smaller --lr")
         raise FastnetError(f"training ended at chance accuracy ({100 * accuracy:.1f}% of the {where} images; "
-                           f"always guessing the commonest class gives {100 * chance:.1f}%): the learning rate (or "
-                           "momentum) is probably too high; try a smaller --lr. Nothing was saved")
+                           f"always guessing the commonest class gives {100 * chance:.1f}%): {advice}. Nothing was "
+                           "saved")
 
+
+MIN_STEPS = 100  # fewer steps than this may end at chance whatever the learning rate
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 

@@ -117,6 +117,25 @@ def test_crafted_checkpoint_fields_are_refused(name, stopped_run, small_mnist, t
         resume(path, small_mnist)
 
 
+def test_negative_adam_second_moments_are_refused(tmp_path):
+    """Adam takes their square root: a damaged file would make the resumed run diverge, and its advice (a smaller
+    --lr) could not help, as a resumed run keeps its settings."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((64, 5)).astype(np.float32)  # the feature-table fit test's kernels
+    path, stop = tmp_path / "adam.checkpoint.npz", new_stop_flag()
+    with pytest.raises(Interrupted):
+        train(TrainConfig(epochs=2, hidden=16, optimizer="adam"), (table, (table[:, 0] > 0).astype(np.int64)),
+              None, 2, lambda stats: stop.__setitem__(0, 1), checkpoint_path=path, stop=stop)
+    load_checkpoint(path)  # valid as written
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["s_W1"] = -arrays["s_W1"] - 1
+    with open(path, "wb") as file:
+        write_npz(file, arrays)
+    with pytest.raises(FastnetError, match="second moments are negative"):
+        load_checkpoint(path)
+
+
 def test_the_untouched_checkpoint_resumes(stopped_run, small_mnist, tmp_path):
     """The other half of the test above: the same path with no edit trains on (the edits are what fails)."""
     network, history = resume(edited(stopped_run, tmp_path / "same.npz", lambda state: None), small_mnist)

@@ -171,6 +171,36 @@ def test_a_run_that_ends_at_chance_says_so_and_saves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_resuming_without_saving_keeps_the_checkpoint(tmp_path, mnist_train):
+    """--resume with --dry-run (and so no --out) ran to the end and deleted the checkpoint: the trained network
+    was then nowhere. It stays in the checkpoint, and the output says so."""
+    from fastnet.cli import DRY_RUN_IMAGES
+    from fastnet.kernels.threads import new_stop_flag
+    from fastnet.training import Interrupted, TrainConfig, train
+
+    checkpoint, stop = tmp_path / "run.checkpoint.npz", new_stop_flag()
+    dry_run_data = tuple(np.ascontiguousarray(a[:DRY_RUN_IMAGES[0]]) for a in mnist_train)
+    with pytest.raises(Interrupted):
+        train(TrainConfig(epochs=2), dry_run_data, None, 10, lambda stats: stop.__setitem__(0, 1),
+              checkpoint_path=checkpoint, stop=stop)
+    result = fastnet("train", "--resume", checkpoint, "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert checkpoint.exists() and f"kept in {checkpoint}" in result.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.checkpoint.npz"]
+
+
+def test_a_quick_run_at_chance_is_told_to_train_longer(tmp_path):
+    """Two steps on a tiny folder end at chance whatever the learning rate: the advice says so."""
+    for name, shade in (("dark", 40), ("light", 200)):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(np.full((8, 8), shade + i, np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    result = fastnet("train", "--data", tmp_path / "data", "--val-split", "0.2", "--image-size", "8", "--epochs", 1,
+                     "--batch-size", 16, "--lr", "1e-9", "--out", tmp_path / "p.npz", "--plot", tmp_path / "e.png")
+    assert result.returncode == 1 and "chance" in result.stderr, result.stdout + result.stderr
+    assert "steps were taken: train longer" in result.stderr and "smaller --lr" not in result.stderr
+
+
 def test_unwritable_output_is_refused_before_training(tmp_path):
     result = fastnet("train", "--out", tmp_path / "missing-folder" / "p.npz")
     assert result.returncode == 1
