@@ -110,7 +110,7 @@ class Model:
 
         settings are TrainConfig fields (epochs, batch_size, hidden, optimizer, learning_rate, ...); defaults
         as the CLI."""
-        from .training import TrainConfig, train
+        from .training import TrainConfig, check_size, train
 
         self._take_input_shape(inputs)
         rows = self.as_inputs(inputs)
@@ -135,6 +135,7 @@ class Model:
             raise FastnetError(f"fit: unknown settings {unknown}; the settings are "
                                f"{', '.join(TrainConfig.__dataclass_fields__)}")
         config = TrainConfig(backend=self.backend, **settings)
+        check_size(config, (rows.shape[1], *config.hidden, len(self.class_names)), len(rows))
         self.network, _ = train(config, (rows, labels.astype(np.int64)), None, len(self.class_names))
         self.training, self.input_scale = config.as_dict(), input_scale(rows.dtype)
         return self

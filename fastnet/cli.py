@@ -457,7 +457,7 @@ def train(args: argparse.Namespace) -> int:
     from .parameters import Parameters, save
     from .plot import plot_history
     from .kernels.threads import thread_count
-    from .training import Interrupted, check_data, train as run_training, warm_up
+    from .training import Interrupted, check_data, check_size, train as run_training, warm_up
 
     resume = load_checkpoint(args.resume) if args.resume else None
     config = TrainConfig(**resume.config) if resume is not None else train_config(args)
@@ -483,7 +483,8 @@ def train(args: argparse.Namespace) -> int:
     check_data(*train_set, len(classes))
     check_data(*test_set, len(classes), "test")
     sizes = (train_set[0].shape[1], *config.hidden, len(classes))
-    _check_size(config, sizes, len(train_set[0]), resumed=resume is not None)
+    check_size(config, sizes, len(train_set[0]),
+               (lambda name: f"the checkpoint's {name}") if resume is not None else _flag_name)
     if resume is not None and resume.network.layer_sizes != sizes:
         raise FastnetError(f"{args.resume} holds a {'-'.join(map(str, resume.network.layer_sizes))} network, but its "
                            f"settings and {args.data} make {'-'.join(map(str, sizes))}: resume with the --data "
@@ -587,34 +588,6 @@ def _dataset_files(data: str) -> dict[str, Path]:
             for sub in ((), ("train",), ("test",))}
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _check_size(config: TrainConfig, sizes: tuple[int, ...], n_train: int, resumed: bool) -> None:
-    """Refuse, before anything is allocated, a batch larger than the data or a network that cannot fit."""
-    flag = (lambda name: f"the checkpoint's {name}") if resumed else (lambda name: f"--{name.replace('_', '-')}")
-    if config.batch_size > n_train:
-        raise FastnetError(f"{flag('batch_size')} {config.batch_size:,} is larger than the {n_train:,} training "
-                           f"images; use {n_train:,} or fewer")
-    weights = sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
-    # Weights, their moments (up to two) and a blocked copy of each, a gradient buffer, the batch's buffers.
-    needed = 4 * (7 * weights + 3 * config.batch_size * (sum(sizes[1:]) + 64 * len(sizes)))
-    available = _available_memory()
-    if available is not None and needed > available:
-        raise FastnetError(f"{flag('hidden')} {','.join(map(str, config.hidden))} with {flag('batch_size')} "
-                           f"{config.batch_size:,} needs about {needed / 2**30:,.1f} GiB of memory, more than the "
-                           f"{available / 2**30:,.1f} GiB available; choose fewer hidden units")
-
-
 def _check_learned(last: EpochStats, train_labels: np.ndarray, test_labels: np.ndarray, n_classes: int,
                    steps: int) -> None:
     """A run that ends no better than always guessing the commonest class learned nothing: say so, rather than
@@ -633,6 +606,11 @@ def _check_learned(last: EpochStats, train_labels: np.ndarray, test_labels: np.n
         raise FastnetError(f"training ended at chance accuracy ({100 * accuracy:.1f}% of the {where} images; "
                            f"always guessing the commonest class gives {100 * chance:.1f}%): {advice}. Nothing was "
                            "saved")
+
+
+def _flag_name(setting: str) -> str:
+    """The train flag of a TrainConfig setting: batch_size -> --batch-size."""
+    return f"--{setting.replace('_', '-')}"
 
 
 MIN_STEPS = 100  # fewer steps than this may end at chance whatever the learning rate

@@ -163,6 +163,35 @@ def accuracy(backend, network: Network, inputs: np.ndarray, labels: np.ndarray) 
     return float((probs.argmax(axis=1) == labels).mean())
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def check_size(config: TrainConfig, sizes: tuple[int, ...], n_train: int,
+               flag: Callable[[str], str] = lambda name: f"setting {name}") -> None:
+    """Refuse, before anything is allocated, a batch larger than the data or a network that cannot fit; flag
+    names a setting in the message (the command line's flag, say)."""
+    if config.batch_size > n_train:
+        raise FastnetError(f"{flag('batch_size')} {config.batch_size:,} is larger than the {n_train:,} training "
+                           f"images; use {n_train:,} or fewer")
+    weights = sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    # Weights, their moments (up to two) and a blocked copy of each, a gradient buffer, the batch's buffers.
+    needed = 4 * (7 * weights + 3 * config.batch_size * (sum(sizes[1:]) + 64 * len(sizes)))
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise FastnetError(f"{flag('hidden')} {','.join(map(str, config.hidden))} with {flag('batch_size')} "
+                           f"{config.batch_size:,} needs about {needed / 2**30:,.1f} GiB of memory, more than the "
+                           f"{available / 2**30:,.1f} GiB available; choose fewer hidden units")
+
+
 def warm_up(backend, config: TrainConfig, inputs: np.ndarray, labels: np.ndarray, n_classes: int,
             child_environment: dict | None = None) -> float:
     """Compile (or load from cache) every kernel training will call; returns the seconds it took.

@@ -222,6 +222,12 @@ def test_fit_takes_a_table_of_features_and_any_labels(tmp_path):
     assert np.mean(again.predict(table) == labels) > 0.95
     with pytest.raises(FastnetError, match="features, not images"):
         again.predict(tmp_path / "table.npz")
+    with pytest.raises(FastnetError, match="setting hidden .* needs about"):  # checked before any allocation
+        fastnet.Model().fit(table, labels, hidden=(2**40,))
+    with pytest.raises(FastnetError, match="setting batch_size 1,000 is larger than the 600"):
+        fastnet.Model().fit(table, labels, batch_size=1000)
+    with pytest.raises(FastnetError, match="unknown settings \\['hiden'\\]"):
+        fastnet.Model().fit(table, labels, hiden=3)
     images = fastnet.Model().fit(rng.integers(0, 256, (90, 8, 6, 3), dtype=np.uint8), rng.integers(2, 5, 90),
                                  epochs=1, activation="relu", optimizer="adam")  # the colour test's kernels
     assert images.input_shape == (8, 6, 3) and images.class_names == ["2", "3", "4"]
