@@ -37,9 +37,10 @@ from .common import RELU, TANH, Optimizer, OptimizerState, input_scale
 from .ink import Dense, InkIndex, prefetch_row
 from .intrinsics import load_acquire
 from .jit import jit
-from .layers import (TILE, Step, first_forward_dense, first_forward_sparse, first_gradient_by_image,
-                     first_gradient_by_pixel, first_gradient_dense, gather_backward, gather_forward, gather_update,
-                     output_backward, output_bias_update, output_forward, rule_from_buffer, scale_add)
+from .layers import (TILE, Step, bias_corrections, first_forward_dense, first_forward_sparse,
+                     first_gradient_by_image, first_gradient_by_pixel, first_gradient_dense, gather_backward,
+                     gather_forward, gather_update, output_backward, output_bias_update, output_forward,
+                     rule_from_buffer, scale_add)
 from .layout import BLOCK, Blocked, aligned_zeros, from_blocks, n_blocks, to_blocks
 from .threads import SOLO_AT, STOP_AT, new_control, new_stop_flag, publish, run_workers, thread_count, wait_for
 
@@ -90,8 +91,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
                 prefetch_row(ink, image)
         # Adam's step t counts batches from 1; the backward below finishes batch b-1 (the output bias, batch b)
         t = steps_before + b - first_batch
-        corrections = (np.float32(1.0 / (1.0 - np.float64(step.momentum) ** t)),
-                       np.float32(1.0 / (1.0 - np.float64(step.beta2) ** t)))
+        corrections = bias_corrections(step, t)
         if deep is not None and b > first_batch:  # 1. the backward of batch b-1, down to the second layer's input
             for i in range(n_hidden - 1, 0, -1):
                 dz_out = dlogits if i == n_hidden - 1 else dz[i + 1]
@@ -179,8 +179,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
             naps += wait_for(control, other + 1, meeting)
         if worker == 0:
             output_bias_update(params, velocity, second, adaptive, dlogits, rows.size, step,
-                               (np.float32(1.0 / (1.0 - np.float64(step.momentum) ** (t + 1))),
-                                np.float32(1.0 / (1.0 - np.float64(step.beta2) ** (t + 1)))))
+                               bias_corrections(step, t + 1))
         if control[STOP_AT] >= 0:
             end = control[STOP_AT]
         if control[SOLO_AT] >= 0 and active > 1:
@@ -247,6 +246,14 @@ def train_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, o
     new_stop_flag()) was raised: the batches before it are fully done. The epoch
     is one compiled call, so progress (if given) hears only of its end.
     """
+    return run_epoch(params, state, data, labels, order, batch_size, optimizer, activation, progress, stop,
+                     first_batch)[:3]
+
+
+def run_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, order, batch_size,
+              optimizer: Optimizer, activation, progress=None, stop=None, first_batch=0):
+    """train_epoch's work; returns its three results and the Buffers of the last batch (the hidden layers'
+    activations and the probabilities, which numba_backend's one-batch forward reads)."""
     ink, inputs = (data, None) if isinstance(data, InkIndex) else (None, data.inputs)
     n_inputs = params[0].shape[0]
     blocked = to_blocks(params)
@@ -271,4 +278,4 @@ def train_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, o
     state.step[0] += next_batch - first_batch
     if progress is not None:
         progress(min(len(order), next_batch * batch_size))
-    return float(sum(losses)), int(sum(hits)), next_batch
+    return float(sum(losses)), int(sum(hits)), next_batch, buffers

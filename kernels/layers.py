@@ -316,6 +316,13 @@ def nesterov_rule(weight, v, g, r, j, step, decay):
 
 
 @inline_jit
+def bias_corrections(step, t):
+    """Adam's (1 / (1 - beta1^t), 1 / (1 - beta2^t)) for step t, from 1 (the powers in float64)."""
+    return (np.float32(1.0 / (1.0 - np.float64(step.momentum) ** t)),
+            np.float32(1.0 / (1.0 - np.float64(step.beta2) ** t)))
+
+
+@inline_jit
 def adam_rule(weight, m, s, g, r, j, step, decay, corrections):
     """Adam with decoupled weight decay (common.Optimizer) for weight[r, j] with gradient g; corrections are
     1 / (1 - beta1^t) and 1 / (1 - beta2^t)."""

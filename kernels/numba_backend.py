@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import Optimizer, OptimizerState, check_inputs
-from .epoch import kernel_step, train_epoch
+from .epoch import kernel_step, run_epoch, train_epoch
 from .ink import Dense, InkIndex, prepare as _prepare
 from .jit import jit
 from .layers import rule_from_buffer, scale_add
@@ -39,23 +39,9 @@ def prepare(inputs: np.ndarray, chunk: int = 4096, sparse: bool | None = None) -
 
 def _one_batch(params, inputs, labels, activation):
     """(hidden activations, probabilities, gradients) of one batch, from the epoch kernel."""
-    from . import epoch
-
     state = OptimizerState(np.zeros(1, np.int64), [np.zeros_like(p) for p in params], None)
-    captured = {}
-    new_buffers = epoch.new_buffers
-
-    def keep(*args, **kwargs):
-        captured["buffers"] = buffers = new_buffers(*args, **kwargs)
-        return buffers
-
-    epoch.new_buffers = keep
-    try:
-        train_epoch(params, state, prepare(inputs), np.asarray(labels, np.int64), np.arange(len(inputs)),
-                    len(inputs), Optimizer("sgd", learning_rate=0.0, momentum=1.0), activation)
-    finally:
-        epoch.new_buffers = new_buffers
-    buffers = captured["buffers"]
+    buffers = run_epoch(params, state, prepare(inputs), np.asarray(labels, np.int64), np.arange(len(inputs)),
+                        len(inputs), Optimizer("sgd", learning_rate=0.0, momentum=1.0), activation)[3]
     hidden = [blocks.transpose(1, 0, 2).reshape(len(inputs), -1)[:, :w.shape[1]]
               for blocks, w in zip(buffers.hidden, params[0:-2:2])]
     return hidden, buffers.probs, state.first
@@ -99,10 +85,10 @@ def optimizer_step(params, grads, state: OptimizerState, optimizer: Optimizer):
     state.step[0] += 1
     t = int(state.step[0])
     corrections = (np.float32(1.0 / (1.0 - optimizer.beta1 ** t)), np.float32(1.0 / (1.0 - optimizer.beta2 ** t)))
-    for i, (weight, grad) in enumerate(zip(params, grads)):
-        def row(array):
-            return None if array is None else array.reshape(1, -1) if array.ndim == 1 else array
+    def row(array):  # a bias as a 1-row matrix: _step_array takes 2-D parameters
+        return None if array is None else array.reshape(1, -1) if array.ndim == 1 else array
 
+    for i, (weight, grad) in enumerate(zip(params, grads)):
         moments = [None if state.first is None else state.first[i], None if state.second is None else state.second[i]]
         decay = np.float32(optimizer.weight_decay if weight.ndim == 2 else 0.0)
         _step_array(row(weight), row(grad).copy(), row(moments[0]), row(moments[1]), adaptive, step, decay,
