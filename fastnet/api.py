@@ -30,6 +30,15 @@ from .preprocess import Prep, load_image
 FILES = (str, Path, bytes, Image.Image)
 
 
+def _as_files(inputs) -> list | None:
+    """inputs as a list of image files (paths, bytes, Pillow images), or None if they are not such."""
+    if isinstance(inputs, FILES):
+        return [inputs]
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, FILES) for i in inputs):
+        return list(inputs)
+    return None
+
+
 class Model:
     def __init__(self, network: Network | None = None, class_names: list[str] | None = None,
                  backend: str = "numba", invert: str = "auto", preprocessing: str = "digit",
@@ -63,11 +72,10 @@ class Model:
 
     def as_inputs(self, inputs) -> np.ndarray:
         """inputs in any accepted form as a C-contiguous (N, D) uint8 or float32 array."""
-        if isinstance(inputs, FILES):
-            inputs = [inputs]
-        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, FILES) for i in inputs):
+        files = _as_files(inputs)
+        if files is not None:
             prep = self.prep()
-            return np.stack([load_image(i, prep) for i in inputs])
+            return np.stack([load_image(i, prep) for i in files])
         array = np.asarray(inputs)
         size = int(np.prod(self.input_shape))
         shapes = self._row_shapes()
@@ -143,8 +151,7 @@ class Model:
     def _take_input_shape(self, inputs) -> None:
         """Before fit: an array of rows that are not this model's input shape sets it, with no image
         preprocessing for (N, D) features; (N, H, W) or (N, H, W, C) arrays are images of that size."""
-        if isinstance(inputs, FILES) or isinstance(inputs, (list, tuple)) and inputs and \
-                all(isinstance(i, FILES) for i in inputs):
+        if _as_files(inputs) is not None:
             return
         array = np.asarray(inputs)
         if array.ndim < 2 or array.shape[1:] in self._row_shapes():
