@@ -1,6 +1,7 @@
 """fastnet: a small, fast trainer for multilayer perceptrons (the classic 784-128-10 MNIST network by default).
 
-Numba kernels (fastnet.kernels.numba_backend) beside a plain numpy reference
+From Python: fastnet.MLPClassifier, a scikit-learn estimator (estimator.py; needs scikit-learn). The command
+line: python -m fastnet (cli.py). Numba kernels (fastnet.kernels.numba_backend) beside a plain numpy reference
 (fastnet.kernels.numpy_backend) that they are tested against.
 """
 
@@ -23,6 +24,26 @@ def _child_environment(**settings: str) -> dict:
     return dict(os.environ, **settings, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
-from .api import Model, load  # noqa: E402  (after __path__ is set: api imports fastnet.kernels)
+def __getattr__(name: str):
+    """fastnet.MLPClassifier, imported when first asked for: scikit-learn takes a second to import, which the
+    command line need not pay; without scikit-learn, a class that says what to install."""
+    if name != "MLPClassifier":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from .estimator import MLPClassifier
+    except ImportError as error:
+        if not (error.name or "").startswith("sklearn"):
+            raise
+        from .errors import FastnetError
 
-__all__ = ["Model", "load", "__version__"]
+        class MLPClassifier:  # type: ignore[no-redef]
+            """Needs scikit-learn: pip install "fastnet[sklearn]"."""
+
+            def __init__(self, *args, **kwargs):
+                raise FastnetError('fastnet.MLPClassifier needs scikit-learn: pip install "fastnet[sklearn]"')
+
+            from_file = classmethod(__init__)
+    return MLPClassifier
+
+
+__all__ = ["MLPClassifier", "__version__"]

@@ -93,6 +93,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             arrays.update(read_npz(path, list(shapes), "checkpoint", shapes=shapes))
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such checkpoint") from None
+    except FastnetError:  # a ValueError, but already the message to give
+        raise
     except (json.JSONDecodeError, OverflowError, ValueError) as error:
         raise FastnetError(f"{path}: not a usable fastnet checkpoint ({type(error).__name__}: {error})") from None
     try:

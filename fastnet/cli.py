@@ -183,8 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="N", help="train on N synthetic dense float features (10,000 rows) instead of MNIST")
     bench.add_argument("--busy", type=_number(int, 0, maximum=65, what="must be 0 to 64"), default=0, metavar="N",
                        help="measure with N competing processes each keeping a core busy, as on a shared machine")
+    bench.add_argument("--sklearn", action="store_true",
+                       help="instead: fastnet.MLPClassifier beside scikit-learn's on digits, breast cancer and MNIST "
+                            "(accuracy and fit time; needs scikit-learn)")
     bench.add_argument("--dry-run", action="store_true",
-                       help="a quick check: compile into an empty cache once, not twice, and time as asked")
+                       help="a quick check: compile into an empty cache once, not twice, and time as asked "
+                            "(with --sklearn: one seed, 5,000 MNIST images)")
     bench.add_argument("--json", type=Path, help="write the records as a JSON list")
     bench.add_argument("--plot", type=Path, help="draw seconds per epoch as a PNG")
 
@@ -348,7 +352,7 @@ def _set_threads(threads: int | None, backend: str) -> None:
 
 
 def evaluate(parameters_path: Path, backend_name: str, confusion: Path | None = None) -> int:
-    from .api import load
+    from .trained import load
     from .predict import evaluate_on_mnist, plot_confusion, score_report
 
     check_outputs({"--confusion": confusion}, {"--parameters": parameters_path})
@@ -365,7 +369,7 @@ def evaluate(parameters_path: Path, backend_name: str, confusion: Path | None = 
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .api import load
+    from .trained import load
     from .serve import make_server
 
     try:
@@ -385,7 +389,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .api import load
+    from .trained import load
     from .images import decode_all, path_text, plural, skip_line
     from .predict import (Prediction, confusion_matrix, find_images, plot_confusion, score_report, true_labels,
                           write_rows)
@@ -552,6 +556,10 @@ def bench(args: argparse.Namespace) -> int:
     from . import bench as benchmarks
 
     check_outputs({"--json": args.json, "--plot": args.plot})
+    if args.sklearn:
+        if args.plot is not None:
+            raise FastnetError("bench --sklearn draws no plot; write its results with --json")
+        return bench_sklearn(args)
     workload = benchmarks.Workload(args.hidden, args.activation, args.optimizer, args.dense)
     print(f"fastnet bench: {workload.describe()}; {args.epochs} epoch(s) per measurement, "
           + ("adam at lr 0.001" if args.optimizer == "adam" else "plain SGD at lr min(1, 0.05 x batch)")
@@ -575,6 +583,29 @@ def bench(args: argparse.Namespace) -> int:
         write_atomically(args.json, lambda file: file.write(text))
     if args.plot is not None:
         benchmarks.plot(records, args.plot)
+    return 0
+
+
+def bench_sklearn(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    try:
+        import sklearn  # noqa: F401
+
+        from . import bench_sklearn as versus
+    except ImportError:
+        raise FastnetError('bench --sklearn needs scikit-learn: pip install "fastnet[sklearn]"') from None
+    seeds = 1 if args.dry_run else 5
+    print(f"fastnet bench --sklearn: fastnet.MLPClassifier and scikit-learn's, same data and settings; "
+          f"{os.cpu_count()} cores")
+    results = versus.compare(seeds, 5000 if args.dry_run else None)
+    print(versus.format_table(results, seeds))
+    if args.json is not None:
+        from .files import write_atomically
+
+        text = json.dumps([asdict(r) for r in results], indent=1).encode()
+        write_atomically(args.json, lambda file: file.write(text))
     return 0
 
 

@@ -4,6 +4,7 @@ Initialisation (biases start at zero), by the activation of the hidden layers:
 - sigmoid and tanh: Glorot/Xavier uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), every layer;
 - relu: He normal for the hidden layers, N(0, 2 / fan_in); Glorot uniform for the output layer.
 The layers are drawn in order from one generator, so the seed's 784-128-10 starts where it always has.
+MLPClassifier starts as scikit-learn's does (initialise_as_scikit_learn).
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ class Network:
         hidden = he if activation == "relu" else glorot
         weights = [hidden(*shape) for shape in shapes[:-1]] + [glorot(*shapes[-1])]
         return cls(weights, [np.zeros(fan_out, np.float32) for _, fan_out in shapes], activation)
+
+    @classmethod
+    def initialise_as_scikit_learn(cls, layer_sizes: tuple[int, ...] | list[int], activation: str,
+                                   rng: np.random.Generator) -> "Network":
+        """A new network initialised as scikit-learn's MLPClassifier does: each layer's weights, then its biases,
+        U(-a, a) with a = sqrt(f / (fan_in + fan_out)), f = 2 for sigmoid, else 6."""
+        factor = 2.0 if activation == "sigmoid" else 6.0
+        weights, biases = [], []
+        for fan_in, fan_out in zip(layer_sizes[:-1], layer_sizes[1:]):
+            limit = np.sqrt(factor / (fan_in + fan_out))
+            weights.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32))
+            biases.append(rng.uniform(-limit, limit, fan_out).astype(np.float32))
+        return cls(weights, biases, activation)
 
     @property
     def params(self) -> list[np.ndarray]:

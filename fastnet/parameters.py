@@ -11,6 +11,8 @@ Plain numpy can read it, no pickle: np.load("parameters.npz", allow_pickle=False
     preprocessing           str, how predict prepares an image: 'digit' (MNIST-style: invert, crop, centre),
                             'resize' (to input_shape, nothing else), or 'none' (a model of features, not images)
     class_names             str (K,), output k means class_names[k]
+    classes                 optional: the K labels as numbers or booleans, where the model was fitted on such
+                            (MLPClassifier's classes_); class_names are then their text
     training                str, JSON of the settings that trained it
     test_accuracy           float, fraction of its test set right
     fastnet_version         str
@@ -32,7 +34,8 @@ from .model import Network
 
 FORMAT_VERSION = 2
 REQUIRED = ("format_version", "layer_sizes", "activation", "class_names")
-OPTIONAL = ("input_shape", "input_scale", "training", "test_accuracy", "fastnet_version", "preprocessing")
+OPTIONAL = ("input_shape", "input_scale", "training", "test_accuracy", "fastnet_version", "preprocessing",
+            "classes")
 PREPROCESSING = ("digit", "resize", "none")
 MAX_LAYERS = 64  # more is not a network fastnet wrote
 DIGITS = (28, 28, 1)  # the input shape of version-1 files (MNIST)
@@ -52,6 +55,7 @@ class Parameters:
     preprocessing: str = "digit"  # how predict prepares new images (module docstring)
     input_shape: tuple[int, ...] = DIGITS
     input_scale: float = PIXEL_SCALE
+    classes: np.ndarray | None = None  # the labels as numbers or booleans, where they were such
 
 
 def weight_names(n_layers: int) -> list[str]:
@@ -96,6 +100,8 @@ def save(path: str | Path, parameters: Parameters) -> None:
         test_accuracy=np.float64(parameters.test_accuracy),
         fastnet_version=np.str_(__version__),
     )
+    if parameters.classes is not None:
+        arrays["classes"] = np.asarray(parameters.classes)
     write_atomically(Path(path), lambda file: write_npz(file, arrays))
 
 
@@ -113,6 +119,8 @@ def load(path: str | Path) -> Parameters:
         raise FastnetError(f"{path}: no such parameters file; train one with 'python -m fastnet train'") from None
     try:
         return _checked(path, stored, sizes)
+    except FastnetError:  # a ValueError, but already the message to give
+        raise
     except (TypeError, ValueError, OverflowError, IndexError) as error:  # entries of the wrong kind
         raise FastnetError(f"{path}: malformed parameters file ({type(error).__name__}: {error})") from None
 
@@ -180,5 +188,8 @@ def _checked(path: Path, stored: dict, sizes: tuple[int, ...]) -> Parameters:
     scale = float(stored.get("input_scale", PIXEL_SCALE))
     if scale not in (PIXEL_SCALE, 1.0):
         raise FastnetError(f"{path}: input scale {scale} is neither 1/255 (pixels) nor 1 (features)")
+    classes = stored.get("classes")
+    if classes is not None and (classes.dtype.kind not in "biuf" or classes.shape != (len(class_names),)):
+        raise FastnetError(f"{path}: classes should be {len(class_names)} numbers, found {classes.dtype} {classes.shape}")
     return Parameters(network, class_names, training, float(stored.get("test_accuracy", float("nan"))), preprocessing,
-                      shape, scale)
+                      shape, scale, classes)

@@ -60,6 +60,8 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
                 image = _decoded(Image.open(file), name)
     except FileNotFoundError:
         raise FastnetError(f"{name}: no such file") from None
+    except FastnetError:  # a ValueError, but already the message to give
+        raise
     except UnidentifiedImageError:  # its message names the file object, not the file
         raise FastnetError(f"{name}: not a readable image (not a format Pillow reads, or damaged)") from None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:

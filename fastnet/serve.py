@@ -42,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from .api import Model
+from .trained import TrainedModel
 from .errors import FastnetError
 from .preprocess import load_image
 
@@ -52,7 +52,7 @@ LINGER = 2.0  # seconds a refused client has to finish sending before its connec
 MAX_LINGERING = 256  # refused connections drained at once; past that they are closed at once
 
 
-def prediction(model: Model, body: bytes) -> dict:
+def prediction(model: TrainedModel, body: bytes) -> dict:
     prep = model.prep()
     row = load_image(body, prep)
     probabilities = model.predict_proba(row[None, :])[0]
@@ -101,7 +101,7 @@ def _log(message: str) -> None:
     print(f"fastnet serve: {message}", file=sys.stderr, flush=True)
 
 
-def make_handler(model: Model, page: bytes, *, timeout: float, request_timeout: float, workers: int):
+def make_handler(model: TrainedModel, page: bytes, *, timeout: float, request_timeout: float, workers: int):
     computing = threading.BoundedSemaphore(workers)
 
     class Handler(BaseHTTPRequestHandler):
@@ -329,7 +329,7 @@ class Server(ThreadingHTTPServer):
         _log(f"{client_address[0]}: {type(error).__name__}: {error}")
 
 
-def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000, *, timeout: float = 10.0,
+def make_server(model: TrainedModel, host: str = "127.0.0.1", port: int = 8000, *, timeout: float = 10.0,
                 request_timeout: float = 30.0, max_connections: int = 64, workers: int | None = None) -> Server:
     """A server for `model`, not yet serving (call serve_forever). timeout: the longest wait on a socket
     (idle keep-alive too); request_timeout: the longest a request may take to arrive, from its first byte;

@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+# scikit-learn's array-API check (test_estimator.py) runs only where SciPy was imported with this set; it changes
+# nothing else here.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 from fastnet.model import Network
 

@@ -65,6 +65,18 @@ def test_bench_prints_the_table_and_writes_json_and_plot(tmp_path):
         assert image.format == "PNG"
 
 
+def test_bench_sklearn_compares_the_two_estimators(tmp_path):
+    result = fastnet("bench", "--sklearn", "--dry-run", "--json", tmp_path / "versus.json")
+    assert result.returncode == 0, result.stderr
+    assert "fastnet acc  sklearn acc  fastnet fit s  sklearn fit s" in result.stdout
+    rows = json.loads((tmp_path / "versus.json").read_text())
+    assert [row["dataset"][:6] for row in rows] == ["digits", "breast", "MNIST "]
+    for row in rows:
+        assert row["fastnet_accuracy"] > 0.85 and row["sklearn_accuracy"] > 0.85 and row["fastnet_seconds"] > 0
+    refused = fastnet("bench", "--sklearn", "--plot", tmp_path / "p.png")
+    assert refused.returncode == 1 and "--json" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_a_failing_bench_process_is_one_error_naming_what_failed():
     from fastnet.bench import _run_child
     from fastnet.errors import FastnetError
