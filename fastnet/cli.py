@@ -101,6 +101,52 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
 PARAMETERS_HELP = "trained parameters to use (default: ./parameters.npz if there is one, else the model fastnet ships)"
 
 
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="mnist",
+                        help="'mnist' (the shipped files), a folder with the four MNIST IDX files (see fetch), or an "
+                             "image folder: DIR/train/<class>/ and DIR/test/<class>/, or DIR/<class>/ with --val-split")
+    parser.add_argument("--val-split", type=_number(float, 0.0, inclusive=False, maximum=1.0, what="must be in (0, 1)"),
+                        help="share of a DIR/<class>/ dataset held out as its test set")
+    parser.add_argument("--image-size", type=_image_size, metavar="N|WxH",
+                        help="the size image folders are loaded at, e.g. 32 or 64x48 (default: 28x28)")
+    parser.add_argument("--color", action="store_true",
+                        help="load image folders in colour (RGB, 3 values a pixel), not grayscale")
+    parser.add_argument("--strict", action="store_true", help="an unreadable image in --data is an error, not a skip")
+
+
+def _add_sweep_parser(commands) -> None:
+    from .sweep import RANGES, SETTINGS
+
+    sweep = commands.add_parser(
+        "sweep", help="train many settings (on Dask), score each on a validation split, keep the best",
+        description="Each setting flag takes one value or a comma-separated list (--lr 0.1,0.3,1; hidden layers "
+                    "joined by '-': --hidden 128,256-128); with --random N, also a range LOW:HIGH, sampled "
+                    "log-uniformly. Settings not given keep train's defaults. Needs Dask: "
+                    'pip install "fastnet[sweep]".')
+    for flag in SETTINGS:
+        sweep.add_argument(f"--{flag}", metavar="V[,V...]" + ("|LOW:HIGH" if flag in RANGES else ""),
+                           help=f"train's --{flag} values")
+    sweep.add_argument("--config", type=Path, metavar="TOML",
+                       help="the search space (a [space] table) and options from a TOML file; flags override it")
+    sweep.add_argument("--random", type=_number(int, 1, what="must be at least 1"), metavar="N",
+                       help="N random points of the space instead of its whole grid")
+    # Defaults (OPTIONS) are applied after the TOML file's options, hence None here and written in the help.
+    sweep.add_argument("--random-seed", type=_number(int, 0, what="must be 0 or more"),
+                       help="seed of the random points and of the validation split (default: 0)")
+    sweep.add_argument("--validation", type=_number(float, 0.0, inclusive=False, maximum=1.0,
+                                                    what="must be in (0, 1)"),
+                       help="share of the training images held out to score each trial (default: 0.1)")
+    sweep.add_argument("--out", type=Path,
+                       help="folder for results.csv, results.png and the best parameters.npz (default: sweep)")
+    sweep.add_argument("--scheduler", metavar="ADDRESS",
+                       help="a running Dask scheduler (tcp://HOST:8786); default: a local cluster")
+    sweep.add_argument("--workers", type=_number(int, 1, what="must be at least 1"),
+                       help="worker processes of the local cluster (default: cores / --threads)")
+    sweep.add_argument("--threads", type=_number(int, 1, what="must be at least 1"),
+                       help="threads each trial trains with (default: 1)")
+    _add_data_flags(sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fastnet", description="A small, fast trainer for multilayer perceptrons, on MNIST, "
                     "image folders or features. Start with: python -m fastnet train")
@@ -135,16 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_number(int, 0, what="must be 0 or more"), default=defaults.seed,
                        help="seed for the initial weights, the shuffles and --val-split")
     _add_backend_flags(train)
-    train.add_argument("--data", default="mnist",
-                       help="'mnist' (the shipped files), a folder with the four MNIST IDX files (see fetch), or an "
-                            "image folder: DIR/train/<class>/ and DIR/test/<class>/, or DIR/<class>/ with --val-split")
-    train.add_argument("--val-split", type=_number(float, 0.0, inclusive=False, maximum=1.0, what="must be in (0, 1)"),
-                       help="share of a DIR/<class>/ dataset held out as its test set")
-    train.add_argument("--image-size", type=_image_size, metavar="N|WxH",
-                       help="the size image folders are loaded at, e.g. 32 or 64x48 (default: 28x28)")
-    train.add_argument("--color", action="store_true",
-                       help="load image folders in colour (RGB, 3 values a pixel), not grayscale")
-    train.add_argument("--strict", action="store_true", help="an unreadable image in --data is an error, not a skip")
+    _add_data_flags(train)
     train.add_argument("--out", type=Path, help="where to save the parameters (default: parameters.npz; with "
                                                 "--dry-run, nowhere)")
     train.add_argument("--plot", type=Path, help="where to save the error plot PNG (default: error.png; with "
@@ -191,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(with --sklearn: one seed, 5,000 MNIST images)")
     bench.add_argument("--json", type=Path, help="write the records as a JSON list")
     bench.add_argument("--plot", type=Path, help="draw seconds per epoch as a PNG")
+
+    _add_sweep_parser(commands)
 
     serve = commands.add_parser("serve", help="a page to draw digits on and watch the network read them")
     serve.add_argument("--parameters", type=Path, help=PARAMETERS_HELP)
@@ -297,6 +336,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "bench":
             return bench(args)
+        if args.command == "sweep":
+            return sweep(args)
         if args.command == "fetch":
             from .fetch import MIRRORS, fetch
 
@@ -607,6 +648,36 @@ def bench_sklearn(args: argparse.Namespace) -> int:
         text = json.dumps([asdict(r) for r in results], indent=1).encode()
         write_atomically(args.json, lambda file: file.write(text))
     return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from . import sweep as sweeps
+
+    texts, options = sweeps.read_toml(args.config) if args.config else ({}, {})
+    texts.update({flag: getattr(args, flag.replace("-", "_")) for flag in sweeps.SETTINGS
+                  if getattr(args, flag.replace("-", "_")) is not None})
+    if not texts:
+        raise FastnetError("sweep: give the settings to try, e.g. --lr 0.1,0.3,1 --hidden 64,128 (see --help)")
+    unknown = sorted(set(options) - set(sweeps.OPTIONS))
+    if unknown:
+        raise FastnetError(f"{args.config}: unknown options {unknown}; the options are {', '.join(sweeps.OPTIONS)}")
+    chosen = {name: getattr(args, name) if getattr(args, name) is not None else options.get(name, default)
+              for name, default in sweeps.OPTIONS.items()}
+    space = sweeps.Space.parse(texts)
+    trials = space.trials(chosen["random"], chosen["random_seed"])
+    try:
+        Path(chosen["out"]).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FastnetError(f"--out {chosen['out']}: cannot make this folder ({error.strerror or error})") from None
+    check_outputs({f"--out {chosen['out']}: its {name}": Path(chosen["out"]) / name
+                   for name in ("results.csv", "results.png", "parameters.npz")},
+                  _dataset_files(args.data))
+    plan = sweeps.Plan(space, trials, args.data, args.val_split, args.image_size, args.color, args.strict,
+                       chosen["validation"], chosen["random_seed"], Path(chosen["out"]), chosen["scheduler"],
+                       chosen["workers"], chosen["threads"], shlex.join(["python", "-m", "fastnet", *sys.argv[1:]]))
+    return sweeps.run(plan)
 
 
 def _dataset_files(data: str) -> dict[str, Path]:

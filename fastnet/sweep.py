@@ -1,0 +1,423 @@
+"""`fastnet sweep`: train many settings on Dask workers, score each on a validation split, keep the best.
+
+    search space  train settings, each a list of values (--lr 0.1,0.3,1; --hidden 128,256-128) or, with
+                  --random N, a range sampled log-uniformly (--lr 1e-3:1); from flags or a TOML file
+    trials        the grid of every combination, or N seeded random points; each trains on the training set less
+                  a validation split carved from it (seeded), and is scored on that split, never on the test set
+    results       OUT/results.csv, rewritten atomically after every finished trial (a crash leaves the last
+                  complete file); the same command again skips the trials it holds
+    the best      retrained on the whole training set, scored once on the test set, saved as OUT/parameters.npz
+    Dask          a LocalCluster of processes (workers x threads per trial = cores) or --scheduler ADDRESS;
+                  the data is scattered to every worker once; a trial whose worker dies is run again elsewhere
+
+Each trial runs fastnet's own training (training.train) with its own threads, in a worker process whose Numba
+kernels come from the cache after its first trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FastnetError
+from .training import OPTIMIZERS, SCHEDULES, TrainConfig
+
+# The train settings a sweep may vary, by flag: (TrainConfig field, how one value is read).
+SETTINGS = {
+    "epochs": ("epochs", int),
+    "batch-size": ("batch_size", int),
+    "hidden": ("hidden", lambda text: tuple(int(width) for width in text.split("-"))),
+    "activation": ("activation", str),
+    "optimizer": ("optimizer", str),
+    "lr": ("learning_rate", float),
+    "momentum": ("momentum", float),
+    "weight-decay": ("weight_decay", float),
+    "schedule": ("schedule", str),
+    "seed": ("seed", int),
+}
+RANGES = ("epochs", "batch-size", "lr", "momentum", "weight-decay")  # may be LOW:HIGH with --random
+# The sweep's own options (flags or TOML keys) and their defaults.
+OPTIONS = {"random": None, "random_seed": 0, "validation": 0.1, "out": "sweep", "scheduler": None, "workers": None,
+           "threads": 1}
+OUTCOMES = ("status", "validation_accuracy", "train_accuracy", "loss", "seconds", "worker", "error")
+
+
+@dataclass
+class Space:
+    """Values (lists) or ranges ((low, high)) per flag; flags with one value are the same in every trial."""
+
+    values: dict[str, list | tuple[float, float]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, texts: dict[str, str]) -> "Space":
+        """A space from flag -> text ('0.1,0.3,1', '1e-3:1', '128,256-128')."""
+        space = cls()
+        for flag, text in texts.items():
+            name, read = SETTINGS[flag]
+            text = str(text).strip()
+            try:
+                if ":" in text:
+                    if flag not in RANGES:
+                        raise ValueError(f"a range is for {', '.join('--' + r for r in RANGES)}")
+                    low, high = (read(part) for part in text.split(":"))
+                    if not 0 < low < high:
+                        raise ValueError("a range LOW:HIGH needs 0 < LOW < HIGH (it is sampled log-uniformly)")
+                    space.values[flag] = (low, high)
+                else:
+                    space.values[flag] = [read(part) for part in text.split(",")]
+            except ValueError as error:
+                raise FastnetError(f"sweep --{flag} {text}: {error}") from None
+        for flag, values in space.values.items():
+            if isinstance(values, list):
+                for value in values:  # every value a TrainConfig accepts, before any trial runs
+                    try:
+                        TrainConfig(**{SETTINGS[flag][0]: value})
+                    except FastnetError as error:
+                        raise FastnetError(f"sweep --{flag}: {error}") from None
+        return space
+
+    @property
+    def swept(self) -> list[str]:
+        """The flags that vary between trials."""
+        return [flag for flag, values in self.values.items() if isinstance(values, tuple) or len(values) > 1]
+
+    def trials(self, random: int | None, seed: int) -> list[dict]:
+        """The settings (TrainConfig fields) of every trial: the grid, or `random` seeded draws."""
+        flags = list(self.values)
+        if random is None:
+            ranged = [flag for flag in flags if isinstance(self.values[flag], tuple)]
+            if ranged:
+                raise FastnetError(f"sweep --{ranged[0]}: a range is sampled only with --random N; give a list "
+                                   "of values for a grid")
+            points = [dict(zip(flags, combination)) for combination in itertools.product(
+                *(self.values[flag] for flag in flags))]
+        else:
+            rng = np.random.default_rng(seed)
+            points = [{flag: self._draw(flag, rng) for flag in flags} for _ in range(random)]
+        return [{SETTINGS[flag][0]: value for flag, value in point.items()} for point in points]
+
+    def _draw(self, flag: str, rng: np.random.Generator):
+        values = self.values[flag]
+        if isinstance(values, list):
+            return values[rng.integers(len(values))]
+        low, high = values
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+        return int(round(value)) if SETTINGS[flag][1] is int else float(f"{value:.4g}")
+
+
+def read_toml(path: Path) -> tuple[dict[str, str], dict]:
+    """(flag -> text for Space.parse, other sweep options) from a TOML file:
+
+        random = 8          # optional: the other options are those of the command line, with _ for -
+        [space]
+        lr = [0.1, 0.3, 1.0]        # a list of values, or "1e-3:1" (a range, with random)
+        hidden = ["128", "256-128"]
+    """
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise FastnetError(f"{path}: cannot read this sweep file ({error})") from None
+    space = document.pop("space", {})
+    if not isinstance(space, dict):
+        raise FastnetError(f"{path}: [space] must be a table of settings")
+    texts = {}
+    for key, value in space.items():
+        flag = key.replace("_", "-")
+        if flag == "learning-rate":
+            flag = "lr"
+        if flag not in SETTINGS:
+            raise FastnetError(f"{path}: unknown setting {key!r} in [space]; the settings are {', '.join(SETTINGS)}")
+        texts[flag] = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    return texts, {key.replace("-", "_"): value for key, value in document.items()}
+
+
+# ---------------------------------------------------------------- results
+
+
+def setting_text(name: str, value) -> str:
+    """A setting as results.csv holds it: widths joined by '-' for hidden, else str()."""
+    return "-".join(map(str, value)) if name == "hidden" else str(value)
+
+
+class Results:
+    """OUT/results.csv: one row per finished trial (its number, every setting, the outcome), rewritten whole and
+    atomically after each, so that it is always a complete file."""
+
+    def __init__(self, path: Path, setting_names: list[str]):
+        self.path, self.names = path, setting_names
+        self.columns = ["trial", *setting_names, *OUTCOMES]
+        self.rows: dict[str, dict] = {}  # by _key
+        if path.exists():
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, newline="") as file:
+                reader = csv.DictReader(file)
+                rows, columns = list(reader), reader.fieldnames or []
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise FastnetError(f"{self.path}: cannot read it ({error}); move it away to start a new sweep") from None
+        if columns != self.columns:
+            raise FastnetError(f"{self.path} holds another sweep (columns {', '.join(columns)}); give another --out "
+                               "or move it away")
+        for row in rows:
+            self.rows[self._key(row["trial"], row)] = row
+
+    def _key(self, number, texts: dict) -> str:
+        return json.dumps([str(number), [texts[name] for name in self.names]])
+
+    def _texts(self, settings: dict) -> dict:
+        return {name: setting_text(name, value) for name, value in settings.items()}
+
+    def done(self, number: int, settings: dict) -> bool:
+        return self._key(number, self._texts(settings)) in self.rows
+
+    def outcome(self, number: int, settings: dict) -> dict:
+        return self.rows[self._key(number, self._texts(settings))]
+
+    def add(self, number: int, settings: dict, outcome: dict) -> None:
+        from .files import write_atomically
+
+        row = {"trial": str(number), **self._texts(settings), **{name: _cell(outcome.get(name, "")) for name in OUTCOMES}}
+        self.rows[self._key(number, row)] = row
+        text = io.StringIO()
+        writer = csv.DictWriter(text, self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(sorted(self.rows.values(), key=lambda r: int(r["trial"])))
+        data = text.getvalue().encode()
+        write_atomically(self.path, lambda file: file.write(data))
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return " ".join(str(value).split())  # one line, whatever an error message held
+
+
+# ---------------------------------------------------------------- one trial, on a worker
+
+
+def run_trial(settings: dict, data: dict, threads: int) -> dict:
+    """Train one trial's settings on data['train'], score on data['validation']; failures are outcomes too."""
+    from .kernels import get_backend
+    from .training import accuracy, check_size, train
+
+    _use_threads(threads)
+    start = time.perf_counter()
+    outcome = {"worker": _worker_name()}
+    inputs = data["train"][0]
+    try:
+        config = TrainConfig(**settings)
+        check_size(config, (inputs.shape[1], *config.hidden, data["classes"]), len(inputs))  # as train refuses
+        network, history = train(config, data["train"], None, data["classes"])
+        outcome.update(status="ok", validation_accuracy=accuracy(get_backend(config.backend), network,
+                                                                 *data["validation"]),
+                       train_accuracy=history[-1].train_accuracy, loss=history[-1].loss)
+    except FastnetError as error:  # divergence, a batch larger than the data, a network too big: recorded
+        outcome.update(status="failed", error=str(error))
+    outcome["seconds"] = time.perf_counter() - start
+    return outcome
+
+
+def _use_threads(threads: int) -> None:
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return "local"
+
+
+# ---------------------------------------------------------------- the sweep, from the client
+
+
+@dataclass
+class Plan:
+    """What `fastnet sweep` was asked to do (cli.sweep makes it from the flags)."""
+
+    space: Space
+    trials: list[dict]
+    data: str = "mnist"
+    val_split: float | None = None  # a DIR/<class>/ dataset's test share, as for train
+    image_size: tuple[int, int] | None = None
+    color: bool = False
+    strict: bool = False
+    validation: float = 0.1  # share of the training images each trial is scored on
+    seed: int = 0  # of the validation split and the random draws
+    out: Path = Path("sweep")
+    scheduler: str | None = None
+    workers: int | None = None  # of a LocalCluster; None: cores / threads
+    threads: int = 1  # per trial
+    command: str = "python -m fastnet sweep"  # this run's, for the resume line
+
+
+def split_validation(inputs: np.ndarray, labels: np.ndarray, share: float, seed: int):
+    """(training part, validation part) of a training set: a seeded random share held out."""
+    order = np.random.default_rng(seed).permutation(len(inputs))
+    count = max(1, int(round(share * len(inputs))))
+    if count >= len(inputs):
+        raise FastnetError(f"--validation {share}: it leaves no training images of the {len(inputs)}")
+    held, kept = np.sort(order[:count]), np.sort(order[count:])
+    return (inputs[kept], labels[kept]), (inputs[held], labels[held])
+
+
+def run(plan: Plan) -> int:
+    """Run the plan's trials not yet in its results, then retrain the best; returns the exit status."""
+    from .datasets import load_data
+
+    names = sorted(plan.trials[0])
+    results = Results(plan.out / "results.csv", names)
+    pending = [(number, settings) for number, settings in enumerate(plan.trials) if not results.done(number, settings)]
+    dataset = load_data(plan.data, plan.val_split, plan.strict, plan.seed, plan.image_size, plan.color)
+    train_part, validation_part = split_validation(*dataset.train, plan.validation, plan.seed)
+    swept = ", ".join(f"--{flag}" for flag in plan.space.swept) or "nothing"
+    print(f"sweep: {len(plan.trials)} trials over {swept}; {len(plan.trials) - len(pending)} already in "
+          f"{results.path}; {len(train_part[0]):,} training and {len(validation_part[0]):,} validation images",
+          flush=True)
+    if pending:
+        status = _run_trials(plan, pending, results, {"train": train_part, "validation": validation_part,
+                                                      "classes": len(dataset.classes)})
+        if status:
+            return status
+    return _finish(plan, results, dataset)
+
+
+def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise FastnetError('sweep runs on Dask: pip install "fastnet[sweep]"') from None
+    import logging
+
+    cluster = None
+    if plan.scheduler is None:
+        workers = plan.workers or max(1, (os.cpu_count() or 1) // plan.threads)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+        where = f"a local Dask cluster of {workers} worker process(es), {plan.threads} thread(s) per trial"
+    else:
+        where = f"the Dask scheduler at {plan.scheduler}"
+    client = None
+    start, finished, best = time.perf_counter(), 0, None
+    try:
+        client = Client(cluster if cluster is not None else plan.scheduler, timeout="30s")
+        print(f"sweep: on {where}; results stream to {results.path}", flush=True)
+        [shared] = client.scatter([data], broadcast=True)  # once per worker, not once per trial
+        futures = {client.submit(run_trial, settings, shared, plan.threads, pure=False): (number, settings)
+                   for number, settings in pending}
+        for future in as_completed(futures):
+            number, settings = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as error:  # KilledWorker after Dask's retries, or a bug: the trial failed
+                outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            results.add(number, settings, outcome)
+            finished += 1
+            if outcome.get("status") == "ok" and (best is None or outcome["validation_accuracy"] > best[1]):
+                best = (number, outcome["validation_accuracy"])
+            elapsed = time.perf_counter() - start
+            eta = elapsed / finished * (len(pending) - finished)
+            result = (f"validation {100 * outcome['validation_accuracy']:.2f}%" if outcome.get("status") == "ok"
+                      else f"failed: {outcome.get('error', '')}")
+            print(f"trial {number} ({_describe(settings, plan.space.swept)}): {result}; {finished}/{len(pending)} "
+                  f"done" + (f", best {100 * best[1]:.2f}% (trial {best[0]})" if best else "")
+                  + (f", about {eta:.0f} s to go" if finished < len(pending) else ""), flush=True)
+    except KeyboardInterrupt:
+        print(f"fastnet sweep: stopped; {len(results.rows)} of {len(plan.trials)} trials are in {results.path}\n"
+              f"resume with: {plan.command}", file=__import__("sys").stderr, flush=True)
+        return 130
+    except OSError as error:  # the scheduler cannot be reached
+        raise FastnetError(f"sweep: cannot reach the Dask scheduler ({error})") from None
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    return 0
+
+
+def _describe(settings: dict, swept: list[str]) -> str:
+    names = [SETTINGS[flag][0] for flag in swept] or list(settings)
+    return " ".join(f"{name}={setting_text(name, settings[name])}" for name in names)
+
+
+def _finish(plan: Plan, results: Results, dataset) -> int:
+    """The summary, the plot, and the best trial retrained on all training images, tested once, saved."""
+    from .kernels import get_backend
+    from .kernels.common import input_scale
+    from .parameters import Parameters, save
+    from .training import accuracy, train
+
+    rows = [(number, settings, results.outcome(number, settings)) for number, settings in enumerate(plan.trials)]
+    scored = sorted((row for row in rows if row[2]["status"] == "ok"),
+                    key=lambda row: (-float(row[2]["validation_accuracy"]), row[0]))
+    failed = len(rows) - len(scored)
+    print(summary_table(scored[:10], plan.space.swept) + (f"\n{failed} trial(s) failed: see {results.path}"
+                                                          if failed else ""))
+    plot_results(rows, plan.space.swept, plan.out / "results.png")
+    if not scored:
+        raise FastnetError(f"every trial failed; their errors are in {results.path}")
+    number, settings, outcome = scored[0]
+    config = TrainConfig(**settings)
+    _use_threads(os.cpu_count() or 1)
+    print(f"best: trial {number} ({_describe(settings, plan.space.swept)}), validation "
+          f"{100 * float(outcome['validation_accuracy']):.2f}%; retraining it on all {len(dataset.train[0]):,} "
+          "training images", flush=True)
+    network, _ = train(config, dataset.train, None, len(dataset.classes))
+    test_accuracy = accuracy(get_backend(config.backend), network, *dataset.test)
+    path = plan.out / "parameters.npz"
+    save(path, Parameters(network, dataset.classes, dict(config.as_dict(), data=plan.data, sweep_trial=number,
+                                                           validation_accuracy=float(outcome["validation_accuracy"])),
+                          test_accuracy, dataset.preprocessing, dataset.input_shape, input_scale(dataset.train[0].dtype)))
+    print(f"test accuracy {100 * test_accuracy:.2f}% (the test set's only use); saved {path}; "
+          f"plot {plan.out / 'results.png'}")
+    return 0
+
+
+def summary_table(scored: list, swept: list[str]) -> str:
+    names = [SETTINGS[flag][0] for flag in swept]
+    header = ["trial", *names, "validation", "train", "loss", "seconds"]
+    lines = [header] + [[str(number), *(setting_text(name, settings[name]) for name in names),
+                         f"{100 * float(o['validation_accuracy']):.2f}%", f"{100 * float(o['train_accuracy']):.2f}%",
+                         f"{float(o['loss']):.4f}", f"{float(o['seconds']):.1f}"] for number, settings, o in scored]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in lines)
+
+
+def plot_results(rows: list, swept: list[str], path: Path) -> None:
+    """Validation accuracy against each swept setting, one panel each (failed trials left out)."""
+    from .plot import plt, save_figure
+
+    flags = swept or list(SETTINGS)[:1]
+    figure, axes = plt.subplots(1, len(flags), figsize=(4 * len(flags), 3.5), squeeze=False, constrained_layout=True)
+    ok = [(settings, float(outcome["validation_accuracy"])) for _, settings, outcome in rows
+          if outcome["status"] == "ok"]
+    for axis, flag in zip(axes[0], flags):
+        name = SETTINGS[flag][0]
+        values = [setting_text(name, settings[name]) for settings, _ in ok]
+        numeric = SETTINGS[flag][1] in (int, float)
+        positions = [float(v) for v in values] if numeric else \
+            [sorted(set(values)).index(v) for v in values]
+        axis.scatter(positions, [100 * accuracy for _, accuracy in ok], alpha=0.7)
+        if numeric and positions and min(positions) > 0 and max(positions) / min(positions) >= 10:
+            axis.set_xscale("log")
+        if not numeric:
+            axis.set_xticks(range(len(set(values))), sorted(set(values)))
+        axis.set(xlabel=f"--{flag}", ylabel="validation accuracy (%)")
+    save_figure(figure, path)

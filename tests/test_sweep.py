@@ -1,0 +1,204 @@
+"""fastnet sweep: the search space, the results file, and whole sweeps on Dask (a LocalCluster, and a real
+scheduler with two worker processes, one killed mid-sweep), stopped and resumed. All on 127.0.0.1."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastnet
+from fastnet.datasets import MNIST_FILES, load_mnist
+from fastnet.errors import FastnetError
+from fastnet.sweep import Results, Space, read_toml
+from fastnet.trained import load
+
+from .test_idx import idx_bytes
+
+pytest.importorskip("distributed")
+ROOT = Path(__file__).resolve().parent.parent
+ENV = fastnet._child_environment()
+
+
+def fastnet_sweep(*args, cwd, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "fastnet", "sweep", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_mnist(tmp_path_factory):
+    """A folder of the four MNIST IDX files with 3,000 training and 1,000 test digits: trials of a second."""
+    folder = tmp_path_factory.mktemp("small_mnist")
+    for split, count in (("train", 3000), ("test", 1000)):
+        images, labels = load_mnist(split)
+        images_name, labels_name = MNIST_FILES[split]
+        (folder / images_name).write_bytes(gzip.compress(idx_bytes(images[:count].reshape(-1, 28, 28)), 1))
+        (folder / labels_name).write_bytes(gzip.compress(idx_bytes(labels[:count]), 1))
+    return folder
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+# ---------------------------------------------------------------- the space and the results file
+
+
+def test_grid_random_points_and_toml():
+    space = Space.parse({"lr": "0.1,0.3,1", "hidden": "128,256-128", "epochs": "5"})
+    trials = space.trials(None, 0)
+    assert len(trials) == 6 and space.swept == ["lr", "hidden"]
+    assert {t["hidden"] for t in trials} == {(128,), (256, 128)} and all(t["epochs"] == 5 for t in trials)
+    ranged = Space.parse({"lr": "1e-3:1", "batch-size": "16:128", "activation": "relu,tanh"})
+    points = ranged.trials(8, seed=3)
+    assert points == ranged.trials(8, seed=3) and points != ranged.trials(8, seed=4)
+    assert all(1e-3 <= p["learning_rate"] <= 1 and 16 <= p["batch_size"] <= 128 for p in points)
+    assert all(isinstance(p["batch_size"], int) for p in points)
+    with pytest.raises(FastnetError, match="a range is sampled only with --random"):
+        ranged.trials(None, 0)
+    for texts, message in (({"lr": "-1"}, "learning_rate"), ({"hidden": "0"}, "hidden"),
+                           ({"activation": "relu:tanh"}, "a range is for"), ({"lr": "1:0.1"}, "LOW < HIGH"),
+                           ({"batch-size": "many"}, "batch-size")):
+        with pytest.raises(FastnetError, match=message):
+            Space.parse(texts)
+
+
+def test_a_toml_file_gives_the_same_space(tmp_path):
+    (tmp_path / "sweep.toml").write_text('random = 4\nthreads = 2\n[space]\nlr = [0.1, 1.0]\nhidden = ["64", "128-64"]\n')
+    texts, options = read_toml(tmp_path / "sweep.toml")
+    assert options == {"random": 4, "threads": 2}
+    assert Space.parse(texts).trials(None, 0) == Space.parse({"lr": "0.1,1.0", "hidden": "64,128-64"}).trials(None, 0)
+    (tmp_path / "bad.toml").write_text("[space]\nlearning = [1]\n")
+    with pytest.raises(FastnetError, match="unknown setting 'learning'"):
+        read_toml(tmp_path / "bad.toml")
+
+
+def test_results_are_rewritten_whole_and_read_back(tmp_path):
+    path = tmp_path / "results.csv"
+    results = Results(path, ["hidden", "learning_rate"])
+    results.add(1, {"hidden": (64, 32), "learning_rate": 0.3}, {"status": "failed", "error": "it\nbroke, badly"})
+    results.add(0, {"hidden": (64,), "learning_rate": 1.0}, {"status": "ok", "validation_accuracy": 0.9})
+    again = Results(path, ["hidden", "learning_rate"])
+    assert again.done(0, {"hidden": (64,), "learning_rate": 1.0}) and not again.done(2, {"hidden": (64,),
+                                                                                           "learning_rate": 1.0})
+    rows = read_rows(path)
+    assert [r["trial"] for r in rows] == ["0", "1"] and rows[1]["hidden"] == "64-32"
+    assert rows[1]["error"] == "it broke, badly" and not list(tmp_path.glob(".*"))  # no temporary left
+    with pytest.raises(FastnetError, match="holds another sweep"):
+        Results(path, ["momentum"])
+
+
+# ---------------------------------------------------------------- whole sweeps
+
+
+def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small_mnist, tmp_path):
+    result = fastnet_sweep("--data", small_mnist, "--lr", "0.3,1", "--hidden", "16,32", "--epochs", 3,
+                           "--batch-size", "32,100000", "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(tmp_path / "out" / "results.csv")
+    assert sorted(int(r["trial"]) for r in rows) == list(range(8))
+    failed = [r for r in rows if r["status"] == "failed"]  # a batch larger than the data is that trial's error
+    assert len(failed) == 4 and all("larger than the 2,700 training images" in r["error"] for r in failed)
+    ok = [r for r in rows if r["status"] == "ok"]
+    best = max(ok, key=lambda r: float(r["validation_accuracy"]))
+    assert float(best["validation_accuracy"]) > 0.8 and all(r["worker"].startswith("tcp://127.0.0.1") for r in ok)
+    assert f"best: trial {best['trial']} " in result.stdout and (tmp_path / "out" / "results.png").stat().st_size
+    # The saved model predicts the test set as well as the sweep said, and records its settings.
+    model = load(tmp_path / "out" / "parameters.npz")
+    images, labels = load_mnist("test", small_mnist)
+    measured = np.mean(model.predict_proba(images).argmax(axis=1) == labels)
+    reported = float(result.stdout.split("test accuracy ")[1].split("%")[0])
+    assert abs(100 * measured - reported) < 0.006 and model.network.hidden == (int(best["hidden"]),)
+    again = fastnet_sweep("--data", small_mnist, "--lr", "0.3,1", "--hidden", "16,32", "--epochs", 3,
+                          "--batch-size", "32,100000", "--out", tmp_path / "out", cwd=tmp_path)
+    assert again.returncode == 0 and "8 already in" in again.stdout and "Dask" not in again.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_worker_killed_mid_sweep_loses_only_its_trial(small_mnist, tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes; one is killed with SIGKILL once trials are
+    running: Dask runs its trial again on the other, and every trial is in the results exactly once."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    python_m = [sys.executable, "-m"]  # `dask scheduler` and `dask worker`, with this Python
+    scheduler = subprocess.Popen([*python_m, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                                  str(port), "--no-dashboard"], env=ENV, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    workers = [subprocess.Popen([*python_m, "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                 "--no-dashboard", "--no-nanny", "--host", "127.0.0.1"], env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        out = tmp_path / "out"
+        sweep = subprocess.Popen([sys.executable, "-m", "fastnet", "sweep", "--data", str(small_mnist), "--lr",
+                                  "0.3,0.5,1,2", "--hidden", "16,24", "--epochs", "25", "--scheduler", address,
+                                  "--out", str(out)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while not (out / "results.csv").exists() and time.monotonic() < deadline and sweep.poll() is None:
+            time.sleep(0.05)
+        workers[0].kill()  # SIGKILL, mid-trial: the other trials were still running
+        stdout, stderr = sweep.communicate(timeout=300)
+        assert sweep.returncode == 0, stderr
+        rows = read_rows(out / "results.csv")
+        assert sorted(int(r["trial"]) for r in rows) == list(range(8)), rows
+        assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+        assert len({r["worker"] for r in rows}) == 2  # both worked before one died
+    finally:
+        for process in (*workers, scheduler):
+            process.kill()
+            process.wait()
+
+
+def test_ctrl_c_keeps_the_results_and_the_same_command_resumes(small_mnist, tmp_path):
+    arguments = ["--data", small_mnist, "--lr", "0.2,0.4,0.6,0.8,1,1.2", "--epochs", 20, "--out", tmp_path / "out",
+                 "--workers", 1]
+    sweep = subprocess.Popen([sys.executable, "-m", "fastnet", "sweep", *map(str, arguments)], cwd=tmp_path, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "out" / "results.csv").exists() and time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGINT)
+    stdout, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, stderr
+    assert "resume with: python -m fastnet sweep --data" in stderr and "Traceback" not in stderr
+    done = len(read_rows(tmp_path / "out" / "results.csv"))
+    assert 1 <= done < 6
+    again = fastnet_sweep(*arguments, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"{done} already in" in again.stdout
+    assert sorted(int(r["trial"]) for r in read_rows(tmp_path / "out" / "results.csv")) == list(range(6))
+
+
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")  # scikit-learn's note that max_iter ended the fit
+def test_scikit_learn_searches_run_on_a_dask_cluster():
+    """fastnet.MLPClassifier in GridSearchCV with joblib's Dask backend: the fits run on the cluster's workers."""
+    import joblib
+    from distributed import Client, LocalCluster, get_task_stream
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    pipeline = make_pipeline(StandardScaler(), fastnet.MLPClassifier(max_iter=100, random_state=0))
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+        with joblib.parallel_backend("dask"), get_task_stream(client) as stream:
+            search = GridSearchCV(pipeline, {"mlpclassifier__hidden_layer_sizes": [(8,), (16,), (32,)]}, cv=3)
+            search.fit(X, y)
+    assert search.best_score_ > 0.93 and len(search.cv_results_["params"]) == 3
+    assert len({task["worker"] for task in stream.data}) == 2  # both workers fitted
