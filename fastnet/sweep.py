@@ -22,6 +22,8 @@ import itertools
 import json
 import math
 import os
+import signal
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -46,10 +48,11 @@ SETTINGS = {
     "seed": ("seed", int),
 }
 RANGES = ("epochs", "batch-size", "lr", "momentum", "weight-decay")  # may be LOW:HIGH with --random
+CONNECT_TIMEOUT = "10s"  # to reach a --scheduler
 # The sweep's own options (flags or TOML keys) and their defaults.
 OPTIONS = {"random": None, "random_seed": 0, "validation": 0.1, "out": "sweep", "scheduler": None, "workers": None,
            "threads": 1}
-OUTCOMES = ("status", "validation_accuracy", "train_accuracy", "loss", "seconds", "worker", "error")
+OUTCOMES = ("status", "validation_accuracy", "train_accuracy", "loss", "seconds", "kernel_seconds", "worker", "error")
 
 
 @dataclass
@@ -210,7 +213,7 @@ def _cell(value) -> str:
 def run_trial(settings: dict, data: dict, threads: int) -> dict:
     """Train one trial's settings on data['train'], score on data['validation']; failures are outcomes too."""
     from .kernels import get_backend
-    from .training import accuracy, check_size, train
+    from .training import accuracy, check_size, train, warm_up
 
     _use_threads(threads)
     start = time.perf_counter()
@@ -219,9 +222,11 @@ def run_trial(settings: dict, data: dict, threads: int) -> dict:
     try:
         config = TrainConfig(**settings)
         check_size(config, (inputs.shape[1], *config.hidden, data["classes"]), len(inputs))  # as train refuses
+        backend = get_backend(config.backend)
+        # The kernels from Numba's cache: loaded by a worker's first trial of a kind, then already in memory.
+        outcome["kernel_seconds"] = warm_up(backend, config, inputs, data["train"][1], data["classes"])
         network, history = train(config, data["train"], None, data["classes"])
-        outcome.update(status="ok", validation_accuracy=accuracy(get_backend(config.backend), network,
-                                                                 *data["validation"]),
+        outcome.update(status="ok", validation_accuracy=accuracy(backend, network, *data["validation"]),
                        train_accuracy=history[-1].train_accuracy, loss=history[-1].loss)
     except FastnetError as error:  # divergence, a batch larger than the data, a network too big: recorded
         outcome.update(status="failed", error=str(error))
@@ -305,19 +310,19 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
         raise FastnetError('sweep runs on Dask: pip install "fastnet[sweep]"') from None
     import logging
 
-    cluster = None
-    if plan.scheduler is None:
-        workers = plan.workers or max(1, (os.cpu_count() or 1) // plan.threads)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
-        where = f"a local Dask cluster of {workers} worker process(es), {plan.threads} thread(s) per trial"
-    else:
-        where = f"the Dask scheduler at {plan.scheduler}"
-    client = None
-    start, finished, best = time.perf_counter(), 0, None
+    cluster = client = None
+    finished, best, busy = 0, None, 0.0
     try:
-        client = Client(cluster if cluster is not None else plan.scheduler, timeout="30s")
+        if plan.scheduler is None:
+            workers = plan.workers or max(1, (os.cpu_count() or 1) // plan.threads)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+            where = f"a local Dask cluster of {workers} worker process(es), {plan.threads} thread(s) per trial"
+        else:
+            where = f"the Dask scheduler at {plan.scheduler}"
+        client = Client(cluster if cluster is not None else plan.scheduler, timeout=CONNECT_TIMEOUT)
         print(f"sweep: on {where}; results stream to {results.path}", flush=True)
+        start = time.perf_counter()
         [shared] = client.scatter([data], broadcast=True)  # once per worker, not once per trial
         futures = {client.submit(run_trial, settings, shared, plan.threads, pure=False): (number, settings)
                    for number, settings in pending}
@@ -328,7 +333,7 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
             except Exception as error:  # KilledWorker after Dask's retries, or a bug: the trial failed
                 outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
             results.add(number, settings, outcome)
-            finished += 1
+            finished, busy = finished + 1, busy + outcome.get("seconds", 0.0)
             if outcome.get("status") == "ok" and (best is None or outcome["validation_accuracy"] > best[1]):
                 best = (number, outcome["validation_accuracy"])
             elapsed = time.perf_counter() - start
@@ -338,12 +343,17 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
             print(f"trial {number} ({_describe(settings, plan.space.swept)}): {result}; {finished}/{len(pending)} "
                   f"done" + (f", best {100 * best[1]:.2f}% (trial {best[0]})" if best else "")
                   + (f", about {eta:.0f} s to go" if finished < len(pending) else ""), flush=True)
-    except KeyboardInterrupt:
+        wall, workers = time.perf_counter() - start, len(client.scheduler_info()["workers"])
+        print(f"sweep: {finished} trials in {wall:.1f} s on {workers} worker(s): {60 * finished / wall:.1f} trials a "
+              f"minute; inside the trials {busy:.1f} s, so {max(0.0, wall * workers - busy) / finished:.2f} s a trial "
+              "went to scheduling, sending data and idle workers", flush=True)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM and SIGHUP (cli.Stopped)
         print(f"fastnet sweep: stopped; {len(results.rows)} of {len(plan.trials)} trials are in {results.path}\n"
-              f"resume with: {plan.command}", file=__import__("sys").stderr, flush=True)
-        return 130
+              f"resume with: {plan.command}", file=sys.stderr, flush=True)
+        return 128 + getattr(stop, "signum", signal.SIGINT)
     except OSError as error:  # the scheduler cannot be reached
-        raise FastnetError(f"sweep: cannot reach the Dask scheduler ({error})") from None
+        raise FastnetError(f"sweep: cannot reach the Dask scheduler at {plan.scheduler} ({error}); is it running?"
+                           ) from None
     finally:
         if client is not None:
             client.close()

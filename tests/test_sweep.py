@@ -113,6 +113,9 @@ def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small
     best = max(ok, key=lambda r: float(r["validation_accuracy"]))
     assert float(best["validation_accuracy"]) > 0.8 and all(r["worker"].startswith("tcp://127.0.0.1") for r in ok)
     assert f"best: trial {best['trial']} " in result.stdout and (tmp_path / "out" / "results.png").stat().st_size
+    for worker in {r["worker"] for r in ok}:  # kernels loaded from the cache by a worker's first trial only
+        loads = sorted(float(r["kernel_seconds"]) for r in ok if r["worker"] == worker)
+        assert all(seconds < 0.5 for seconds in loads[:-1]), loads
     # The saved model predicts the test set as well as the sweep said, and records its settings.
     model = load(tmp_path / "out" / "parameters.npz")
     images, labels = load_mnist("test", small_mnist)
@@ -122,6 +125,16 @@ def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small
     again = fastnet_sweep("--data", small_mnist, "--lr", "0.3,1", "--hidden", "16,32", "--epochs", 3,
                           "--batch-size", "32,100000", "--out", tmp_path / "out", cwd=tmp_path)
     assert again.returncode == 0 and "8 already in" in again.stdout and "Dask" not in again.stdout
+
+
+def test_bad_sweeps_are_one_error_line(small_mnist, tmp_path):
+    for arguments, message in ((["--lr", "1e-3:1"], "a range is sampled only with --random"),
+                               ([], "give the settings to try"),
+                               (["--lr", "0.1", "--scheduler", f"tcp://127.0.0.1:{free_port()}"],
+                                "cannot reach the Dask scheduler")):
+        result = fastnet_sweep("--data", small_mnist, "--out", tmp_path / "out", *arguments, cwd=tmp_path)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def free_port() -> int:
