@@ -24,6 +24,9 @@ from fastnet.serve import MAX_BODY, make_server
 from fastnet.trained import load
 
 ROOT = Path(__file__).resolve().parent.parent
+# Latency bounds below: never beside the sweep's Dask clusters, which would take both cores (pyproject.toml runs
+# the tests with --dist loadgroup: one group, one worker, one test at a time).
+pytestmark = pytest.mark.xdist_group("busy_or_timed")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
