@@ -666,7 +666,9 @@ def sweep(args: argparse.Namespace) -> int:
     chosen = {name: getattr(args, name) if getattr(args, name) is not None else options.get(name, default)
               for name, default in sweeps.OPTIONS.items()}
     space = sweeps.Space.parse(texts)
-    trials = space.trials(chosen["random"], chosen["random_seed"])
+    trials, left_out = space.trials(chosen["random"], chosen["random_seed"])
+    if left_out:
+        print(f"sweep: {len(left_out)} combination(s) left out, e.g. {left_out[0]}")
     try:
         Path(chosen["out"]).mkdir(parents=True, exist_ok=True)
     except OSError as error:

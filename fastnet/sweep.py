@@ -43,6 +43,7 @@ SETTINGS = {
     "optimizer": ("optimizer", str),
     "lr": ("learning_rate", float),
     "momentum": ("momentum", float),
+    "nesterov": ("nesterov", lambda text: {"true": True, "yes": True, "false": False, "no": False}[text.lower()]),
     "weight-decay": ("weight_decay", float),
     "schedule": ("schedule", str),
     "seed": ("seed", int),
@@ -78,10 +79,11 @@ class Space:
                     space.values[flag] = (low, high)
                 else:
                     space.values[flag] = [read(part) for part in text.split(",")]
-            except ValueError as error:
-                raise FastnetError(f"sweep --{flag} {text}: {error}") from None
+            except (ValueError, KeyError) as error:
+                raise FastnetError(f"sweep --{flag} {text}: {error}" if isinstance(error, ValueError) else
+                                   f"sweep --{flag} {text}: each value must be true or false") from None
         for flag, values in space.values.items():
-            if isinstance(values, list):
+            if isinstance(values, list) and flag != "nesterov":  # (Nesterov's rules are about combinations)
                 for value in values:  # every value a TrainConfig accepts, before any trial runs
                     try:
                         TrainConfig(**{SETTINGS[flag][0]: value})
@@ -94,8 +96,10 @@ class Space:
         """The flags that vary between trials."""
         return [flag for flag, values in self.values.items() if isinstance(values, tuple) or len(values) > 1]
 
-    def trials(self, random: int | None, seed: int) -> list[dict]:
-        """The settings (TrainConfig fields) of every trial: the grid, or `random` seeded draws."""
+    def trials(self, random: int | None, seed: int) -> tuple[list[dict], list[str]]:
+        """(The settings of every trial, all of TrainConfig's fields, those not in the space at their defaults;
+        why each combination TrainConfig refuses was left out): the grid, or `random` seeded draws. A space
+        whose every combination is refused is an error."""
         flags = list(self.values)
         if random is None:
             ranged = [flag for flag in flags if isinstance(self.values[flag], tuple)]
@@ -107,7 +111,15 @@ class Space:
         else:
             rng = np.random.default_rng(seed)
             points = [{flag: self._draw(flag, rng) for flag in flags} for _ in range(random)]
-        return [{SETTINGS[flag][0]: value for flag, value in point.items()} for point in points]
+        trials, left_out = [], []
+        for point in points:  # Nesterov without momentum, Adam with SGD's momentum: combinations, left out
+            try:
+                trials.append(TrainConfig(**{SETTINGS[flag][0]: value for flag, value in point.items()}).as_dict())
+            except FastnetError as error:
+                left_out.append(f"{_describe(point, self.swept)}: {error}")
+        if not trials:
+            raise FastnetError(f"sweep: no combination of these settings can run ({left_out[0]})")
+        return trials, left_out
 
     def _draw(self, flag: str, rng: np.random.Generator):
         values = self.values[flag]
@@ -363,7 +375,8 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
 
 
 def _describe(settings: dict, swept: list[str]) -> str:
-    names = [SETTINGS[flag][0] for flag in swept] or list(settings)
+    """name=value of the swept settings (settings by TrainConfig field, or by flag)."""
+    names = [SETTINGS[flag][0] if SETTINGS[flag][0] in settings else flag for flag in swept]
     return " ".join(f"{name}={setting_text(name, settings[name])}" for name in names)
 
 

@@ -57,16 +57,23 @@ def read_rows(path: Path) -> list[dict]:
 
 def test_grid_random_points_and_toml():
     space = Space.parse({"lr": "0.1,0.3,1", "hidden": "128,256-128", "epochs": "5"})
-    trials = space.trials(None, 0)
-    assert len(trials) == 6 and space.swept == ["lr", "hidden"]
+    trials, left_out = space.trials(None, 0)
+    assert len(trials) == 6 and space.swept == ["lr", "hidden"] and not left_out
     assert {t["hidden"] for t in trials} == {(128,), (256, 128)} and all(t["epochs"] == 5 for t in trials)
     ranged = Space.parse({"lr": "1e-3:1", "batch-size": "16:128", "activation": "relu,tanh"})
-    points = ranged.trials(8, seed=3)
-    assert points == ranged.trials(8, seed=3) and points != ranged.trials(8, seed=4)
+    points = ranged.trials(8, seed=3)[0]
+    assert points == ranged.trials(8, seed=3)[0] and points != ranged.trials(8, seed=4)[0]
     assert all(1e-3 <= p["learning_rate"] <= 1 and 16 <= p["batch_size"] <= 128 for p in points)
     assert all(isinstance(p["batch_size"], int) for p in points)
     with pytest.raises(FastnetError, match="a range is sampled only with --random"):
         ranged.trials(None, 0)
+    nesterov = Space.parse({"momentum": "0,0.9", "nesterov": "true,false"})  # Nesterov needs momentum
+    kept, left_out = nesterov.trials(None, 0)
+    assert [(t["momentum"], t["nesterov"]) for t in kept] == [(0.0, False), (0.9, True), (0.9, False)]
+    assert len(left_out) == 1 and "momentum=0.0 nesterov=True" in left_out[0]
+    assert all(t["epochs"] == 35 and t["learning_rate"] == 1.0 for t in kept)  # the rest: train's defaults
+    with pytest.raises(FastnetError, match="no combination"):
+        Space.parse({"optimizer": "adam", "momentum": "0.9"}).trials(None, 0)
     for texts, message in (({"lr": "-1"}, "learning_rate"), ({"hidden": "0"}, "hidden"),
                            ({"activation": "relu:tanh"}, "a range is for"), ({"lr": "1:0.1"}, "LOW < HIGH"),
                            ({"batch-size": "many"}, "batch-size")):
