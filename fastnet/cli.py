@@ -665,6 +665,7 @@ def sweep(args: argparse.Namespace) -> int:
         raise FastnetError(f"{args.config}: unknown options {unknown}; the options are {', '.join(sweeps.OPTIONS)}")
     chosen = {name: getattr(args, name) if getattr(args, name) is not None else options.get(name, default)
               for name, default in sweeps.OPTIONS.items()}
+    sweeps.check_options(chosen)
     space = sweeps.Space.parse(texts)
     trials, left_out = space.trials(chosen["random"], chosen["random_seed"])
     if left_out:

@@ -32,11 +32,11 @@ from .kernels.common import PIXEL_SCALE, Optimizer, input_scale, new_state
 from .model import Network
 from .parameters import Parameters, default_path, is_digit_model, load as load_parameters, save as save_parameters
 from .trained import TrainedModel, as_files
-from .training import TrainConfig, check_data, check_size
+from .training import MAX_HIDDEN_LAYERS, TrainConfig, check_data, check_size
 
 ACTIVATION = {"logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}  # scikit-learn's names -> fastnet's
 SCHEDULES = ("constant", "invscaling", "adaptive", "cosine")
-MIN_LEARNING_RATE = 1e-6  # 'adaptive' stops once the rate would fall below it, as scikit-learn's
+MIN_LEARNING_RATE = 1e-6  # 'adaptive' stops once the rate is down to this, as scikit-learn's
 
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
@@ -47,7 +47,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     - activation: 'logistic', 'tanh' or 'relu' ('identity' is not offered); the output is a softmax over the
       K classes also for two classes (scikit-learn uses one logistic unit there), so out_activation_ is
       'softmax' and coefs_[-1] has K columns;
-    - solver: 'sgd' or 'adam' ('lbfgs' is not offered);
+    - solver: 'sgd' or 'adam' ('lbfgs' is not offered, nor its max_fun); fit and partial_fit take no
+      sample_weight;
     - alpha: as scikit-learn's, an L2 penalty of alpha / batch size on the weights (not the biases) in the
       gradient of every batch for 'sgd'; for 'adam' the weights decay by learning rate * alpha / batch size
       per step instead, decoupled from the moments (AdamW);
@@ -60,7 +61,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     - uint8 X is read as pixels, X / 255; other X as float32 (a model fitted on one reads the other the same way);
       fastnet also reads stacks of images (N, H, W) or (N, H, W, C), and, for a model of images, image files
       (paths, bytes, Pillow images) in predict;
-    - threads: the compiled kernels' threads (None: all of Numba's); backend: 'numba' or the numpy reference.
+    - threads: the compiled kernels' threads (None: all of Numba's); backend: 'numba' or the numpy reference;
+    - a fit that fails (bad data, divergence) leaves the model as it was before it; Ctrl-C ends training as in
+      scikit-learn, but after the epoch in progress (an epoch is one compiled call).
     """
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
@@ -102,15 +105,41 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def partial_fit(self, X, y, classes=None) -> "MLPClassifier":
         """One epoch over X, y, continuing from the last call; the first call must name all classes."""
+        if self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
         return self._fit(X, y, incremental=True, classes=classes)
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "coefs_")
+
     def _fit(self, X, y, incremental: bool, classes=None) -> "MLPClassifier":
+        """Train; if anything fails, the model is left as it was before the call (weights and all)."""
+        before = dict(self.__dict__)
+        network = self._network() if hasattr(self, "coefs_") else None
+        kept = [p.copy() for p in network.params] if network is not None else []
+        state = self.__dict__.get("_state")
+        moments = [m.copy() for m in (state.first or []) + (state.second or [])] if state is not None else []
+        step = int(state.step[0]) if state is not None else 0
+        try:
+            return self._fit_unguarded(X, y, incremental, classes)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            for param, copy in zip(network.params if network is not None else [], kept):
+                param[...] = copy
+            if state is not None:
+                for moment, copy in zip((state.first or []) + (state.second or []), moments):
+                    moment[...] = copy
+                state.step[0] = step
+            raise
+
+    def _fit_unguarded(self, X, y, incremental: bool, classes) -> "MLPClassifier":
         self._check_params()
         first = not hasattr(self, "coefs_") or not (self.warm_start or incremental)
         X, input_shape = _flat_images(X)
         X, y = validate_data(self, X, y, reset=first, dtype=[np.float32, np.uint8], order="C")
         check_classification_targets(y)
-        self._take_classes(y, first, incremental, classes)
+        self.classes_ = self._classes(y, first, incremental, classes)
         labels = np.searchsorted(self.classes_, y)
         if first:
             self.input_scale_ = input_scale(X.dtype)
@@ -120,104 +149,110 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         elif input_shape is not None and input_shape != self.input_shape_:
             raise ValueError(f"X holds images of shape {input_shape}; this model reads {self.input_shape_}")
         rows = self._rows(X)
-        n = len(rows)
-        batch = min(200, n) if self.batch_size == "auto" else self.batch_size
-        if batch > n:
-            warnings.warn(f"batch_size {batch} is larger than the {n} samples; it is clipped to {n}")
-            batch = n
+        random = check_random_state(self.random_state)
+        train, valid = np.arange(len(rows)), None
+        if self.early_stopping and not incremental:  # scikit-learn's split: stratified, before the batch size
+            train, valid = train_test_split(train, random_state=random, test_size=self.validation_fraction,
+                                            stratify=labels)
+            if len(valid) < 2:
+                raise ValueError("the validation set is too small: raise validation_fraction or pass more samples")
+        batch = min(200, len(train)) if self.batch_size == "auto" else self.batch_size
+        if batch > len(train):
+            warnings.warn(f"batch_size {batch} is larger than the {len(train)} samples; it is clipped to "
+                          f"{len(train)}")
+            batch = len(train)
         sizes = (rows.shape[1], *self._hidden(), len(self.classes_))
         check_data(rows, labels, len(self.classes_))
-        check_size(TrainConfig(batch_size=batch, hidden=sizes[1:-1]), sizes, n,
+        check_size(TrainConfig(batch_size=batch, hidden=sizes[1:-1]), sizes, len(train),
                    {"batch_size": "batch_size", "hidden": "hidden_layer_sizes"}.get)
-        random = check_random_state(self.random_state)
         generator = np.random.default_rng(random.randint(np.iinfo(np.int32).max))
         if first:
             network = Network.initialise_as_scikit_learn(sizes, ACTIVATION[self.activation], generator)
             self.coefs_, self.intercepts_ = network.weights, network.biases
             self.n_layers_, self.n_outputs_, self.out_activation_ = len(sizes), len(self.classes_), "softmax"
             self._new_history()
-        if first or not incremental or not hasattr(self, "_state"):
+        if not incremental or not hasattr(self, "_state"):  # a new optimiser for every fit, as scikit-learn's
+            self._learning_rate = float(self.learning_rate_init)
             self._state = new_state(self._network().params, self._optimizer(self._learning_rate, batch))
         with self._threads():
-            self._epochs(rows, labels, batch, generator, random, incremental)
+            self._epochs(rows, labels, train, valid, batch, generator, incremental)
         return self
 
     def _new_history(self) -> None:
         """The training record of a network that has not been trained here yet."""
         self.n_iter_, self.t_, self.loss_curve_, self._no_improvement = 0, 0, [], 0
-        self._learning_rate = float(self.learning_rate_init)
+        self._learning_rate, self._best_params = float(self.learning_rate_init), None
         self.best_loss_ = self.validation_scores_ = self.best_validation_score_ = None  # _epochs sets them
 
-    def _epochs(self, rows, labels, batch, generator, random, incremental) -> None:
+    def _epochs(self, rows, labels, train, valid, batch, generator, incremental) -> None:
         """scikit-learn's stochastic loop: epochs until max_iter, or (without early stopping) until the training
-        loss, or (with it) the validation accuracy, has not improved by tol for n_iter_no_change epochs."""
+        loss, or (with it) the validation accuracy, has not improved by tol for n_iter_no_change epochs. Ctrl-C
+        ends it as scikit-learn's: a warning, and the model as it stands (the best, with early stopping)."""
         backend, network = get_backend(self.backend), self._network()
-        early = self.early_stopping and not incremental
+        early = valid is not None
         if early and self.validation_scores_ is None:
             self.validation_scores_, self.best_validation_score_ = [], -np.inf
         elif not early and self.best_loss_ is None:
             self.best_loss_ = np.inf
-        train, valid = np.arange(len(rows)), None
-        if early:
-            train, valid = train_test_split(train, random_state=random, test_size=self.validation_fraction,
-                                            stratify=labels)
-            if len(valid) < 2:
-                raise ValueError("the validation set is too small: raise validation_fraction or pass more samples")
         data = backend.prepare(rows)
-        best = None
-        for _ in range(1 if incremental else self.max_iter):
-            order = generator.permutation(train) if self.shuffle else train
-            learning_rate = self._rate_this_epoch()
-            loss_sum, _, _ = backend.train_epoch(network.params, self._state, data, labels, order, batch,
-                                                 self._optimizer(learning_rate, batch), network.activation_code)
-            if not (math.isfinite(loss_sum) and network.all_finite()):  # scikit-learn's tolerates a big loss
-                raise FastnetError(f"training diverged in epoch {self.n_iter_ + 1} at learning rate "
-                                   f"{learning_rate:g}: lower learning_rate_init")
-            self.n_iter_ += 1
-            self.t_ += len(order)
-            squares = sum(float(np.dot(w.ravel(), w.ravel())) for w in self.coefs_)
-            n_batches = -(-len(order) // batch)  # each adds 0.5 alpha |W|^2 / batch size for its batch-size samples
-            self.loss_ = (loss_sum + n_batches * 0.5 * self.alpha * squares) / len(order)
-            self.loss_curve_.append(self.loss_)
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-            if early:
-                score = float((self._probabilities(rows[valid]).argmax(axis=1) == labels[valid]).mean())
-                self.validation_scores_.append(score)
+        try:
+            for epoch in range(1 if incremental else self.max_iter):
+                order = generator.permutation(train) if self.shuffle else train
+                learning_rate = self._rate_this_epoch(self.n_iter_ if incremental else epoch)
+                loss_sum, _, _ = backend.train_epoch(network.params, self._state, data, labels, order, batch,
+                                                     self._optimizer(learning_rate, batch), network.activation_code)
+                if not (math.isfinite(loss_sum) and network.all_finite()):  # scikit-learn's tolerates a big loss
+                    raise FastnetError(f"training diverged in epoch {self.n_iter_ + 1} at learning rate "
+                                       f"{learning_rate:g}; the model is as it was before this fit: lower "
+                                       "learning_rate_init")
+                self.n_iter_ += 1
+                self.t_ += len(order)
+                squares = sum(float(np.square(w, dtype=np.float64).sum()) for w in self.coefs_)
+                n_batches = -(-len(order) // batch)  # each adds 0.5 alpha |W|^2 / batch size for its batch
+                self.loss_ = (loss_sum + n_batches * 0.5 * self.alpha * squares) / len(order)
+                self.loss_curve_.append(self.loss_)
                 if self.verbose:
-                    print(f"Validation score: {score:f}")
-                improved = score >= self.best_validation_score_ + self.tol
-                if score > self.best_validation_score_:
-                    self.best_validation_score_ = score
-                    best = [p.copy() for p in network.params]
-            else:
-                improved = self.loss_ <= self.best_loss_ - self.tol
-                self.best_loss_ = min(self.best_loss_, self.loss_)
-            self._no_improvement = 0 if improved else self._no_improvement + 1
-            if self.solver == "sgd" and self.learning_rate == "invscaling":
-                self._learning_rate = self.learning_rate_init / (self.t_ + 1) ** self.power_t
-            if self._no_improvement > self.n_iter_no_change:
-                if self.solver == "sgd" and self.learning_rate == "adaptive" and \
-                        self._learning_rate / 5 >= MIN_LEARNING_RATE:
-                    self._learning_rate /= 5  # scikit-learn's: a fifth, until it would fall below 1e-6
-                    self._no_improvement = 0
-                else:
+                    print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+                if early:
+                    score = float((self._probabilities(rows[valid]).argmax(axis=1) == labels[valid]).mean())
+                    self.validation_scores_.append(score)
                     if self.verbose:
-                        print(f"{'Validation score' if early else 'Training loss'} did not improve more than "
-                              f"tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs. Stopping.")
-                    break
-        else:
-            if not incremental:
-                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                              "optimization hasn't converged yet.", ConvergenceWarning)
-        if best is not None:  # early stopping keeps the weights of the best validation score
-            for param, kept in zip(network.params, best):
+                        print(f"Validation score: {score:f}")
+                    improved = score >= self.best_validation_score_ + self.tol
+                    if score > self.best_validation_score_:
+                        self.best_validation_score_ = score
+                        self._best_params = [p.copy() for p in network.params]
+                else:
+                    improved = self.loss_ <= self.best_loss_ - self.tol
+                    self.best_loss_ = min(self.best_loss_, self.loss_)
+                self._no_improvement = 0 if improved else self._no_improvement + 1
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    self._learning_rate = self.learning_rate_init / (self.t_ + 1) ** self.power_t
+                if self._no_improvement > self.n_iter_no_change:
+                    if self.solver == "sgd" and self.learning_rate == "adaptive" and \
+                            self._learning_rate > MIN_LEARNING_RATE:
+                        self._learning_rate /= 5  # scikit-learn's: a fifth, until it is 1e-6 or less
+                        self._no_improvement = 0
+                    else:
+                        if self.verbose:
+                            print(f"{'Validation score' if early else 'Training loss'} did not improve more than "
+                                  f"tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs. Stopping.")
+                        break
+            else:
+                if not incremental:
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                                  "optimization hasn't converged yet.", ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        if early and self._best_params is not None:  # early stopping keeps the best weights (of every fit)
+            for param, kept in zip(network.params, self._best_params):
                 param[...] = kept
 
-    def _rate_this_epoch(self) -> float:
+    def _rate_this_epoch(self, epoch: int) -> float:
+        """The learning rate of an epoch: cosine anneals over the max_iter epochs of each fit (partial_fit: over
+        max_iter calls, then again from the top)."""
         if self.learning_rate == "cosine":
-            return self.learning_rate_init * 0.5 * (1.0 + math.cos(math.pi * min(self.n_iter_, self.max_iter)
-                                                                   / self.max_iter))
+            return self.learning_rate_init * 0.5 * (1.0 + math.cos(math.pi * (epoch % self.max_iter) / self.max_iter))
         return self._learning_rate if self.solver == "sgd" else float(self.learning_rate_init)
 
     def _optimizer(self, learning_rate: float, batch: int) -> Optimizer:
@@ -228,23 +263,32 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         return Optimizer("sgd", learning_rate, self.momentum, bool(self.nesterovs_momentum and self.momentum > 0),
                          decay)
 
-    def _take_classes(self, y, first: bool, incremental: bool, classes) -> None:
-        """classes_: the sorted distinct labels of y (or, for partial_fit, the classes named in its first call)."""
-        if incremental and not hasattr(self, "classes_"):
+    def _classes(self, y, first: bool, incremental: bool, classes) -> np.ndarray:
+        """classes_ for this fit: the sorted distinct labels of y (for partial_fit, the classes its first call
+        named); checked against y."""
+        if incremental and first:
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
-            self.classes_ = np.unique(np.asarray(classes))
-        elif first and not incremental:
-            self.classes_ = np.unique(y)
-        elif not incremental and not np.array_equal(np.unique(y), self.classes_):
-            raise ValueError(f"warm_start can only be used where y has the same classes as in the previous call to "
-                             f"fit: previously {self.classes_}, now {np.unique(y)}")
-        if len(self.classes_) < 2:
+            found = np.unique(np.asarray(classes))
+        elif incremental:
+            found = self.classes_
+            if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), found):
+                raise ValueError(f"classes={list(classes)} is not the same as on the first call to partial_fit, "
+                                 f"{found.tolist()}")
+        elif first:
+            found = np.unique(y)
+        else:
+            found = self.classes_
+            if not np.array_equal(np.unique(y), found):
+                raise ValueError(f"warm_start can only be used where y has the same classes as in the previous "
+                                 f"call to fit: previously {found.tolist()}, now {np.unique(y).tolist()}")
+        if len(found) < 2:
             raise ValueError(f"MLPClassifier needs samples of at least two classes to learn; y has one class "
-                             f"({self.classes_[0]!r})" if len(self.classes_) else "y has no class")
-        unknown = np.setdiff1d(y, self.classes_)
+                             f"({found[0]})" if len(found) else "y has no class")
+        unknown = np.setdiff1d(y, found)
         if len(unknown):
-            raise ValueError(f"y has labels {unknown[:5].tolist()} that are not among the classes {self.classes_}")
+            raise ValueError(f"y has labels {unknown[:5].tolist()} that are not among the classes {found.tolist()}")
+        return found
 
     def _check_params(self) -> None:
         """scikit-learn checks parameters in fit, not in __init__: one ValueError naming the first bad one."""
@@ -291,9 +335,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             sizes = list(sizes)
         except TypeError:
             sizes = None
-        if not sizes or not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 1 for s in sizes):
-            raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r}: must be one or more positive whole "
-                             "numbers (fastnet trains networks with at least one hidden layer)")
+        if not sizes or len(sizes) > MAX_HIDDEN_LAYERS or \
+                not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 1 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r}: must be 1 to {MAX_HIDDEN_LAYERS} "
+                             "positive whole numbers (fastnet trains networks with at least one hidden layer)")
         return tuple(int(s) for s in sizes)
 
     def _threads(self):
@@ -313,7 +358,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         files = as_files(X)
         if files is not None:
-            rows = self._trained().read_images(files)
+            rows = self._rows(self._trained().read_images(files))  # uint8 pixels, on this model's scale
         else:
             X, input_shape = _flat_images(X)
             if input_shape is not None and input_shape != self.input_shape_:
@@ -355,8 +400,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         model = self._trained()
         numeric = self.classes_.dtype.kind in "biuf"
-        settings = {name: value for name, value in self.get_params().items()
-                    if isinstance(value, (str, int, float, bool, tuple, type(None)))}
+        settings = {name: _plain(value) for name, value in self.get_params().items()}
+        settings = {name: value for name, value in settings.items()  # (a RandomState is not recorded)
+                    if isinstance(value, (str, int, float, bool, list, type(None)))}
         save_parameters(path, Parameters(model.network, model.class_names, settings, float("nan"),
                                          model.preprocessing, model.input_shape, model.input_scale,
                                          self.classes_ if numeric else None))
@@ -365,6 +411,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def from_file(cls, path: str | Path | None = None, **params) -> "MLPClassifier":
         """A fitted MLPClassifier from a parameters file (None: ./parameters.npz, else the model fastnet ships);
         params set its parameters (threads, backend; the rest matter to later fits with warm_start)."""
+        fixed = sorted({"hidden_layer_sizes", "activation"} & set(params))
+        if fixed:
+            raise ValueError(f"from_file: {', '.join(fixed)} come from the file")
         stored = load_parameters(default_path() if path is None else path)
         network = stored.network
         model = cls(hidden_layer_sizes=network.hidden, activation={v: k for k, v in ACTIVATION.items()}[
@@ -378,6 +427,15 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             stored.input_scale
         model._new_history()  # the file keeps no history; fit with warm_start, or partial_fit, continue from it
         return model
+
+
+def _plain(value):
+    """A parameter's value as JSON has it: numpy scalars as Python numbers, tuples as lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _flat_images(X):

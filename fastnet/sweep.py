@@ -16,6 +16,7 @@ kernels come from the cache after its first trial.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastnetError
-from .training import OPTIMIZERS, SCHEDULES, TrainConfig
+from .training import TrainConfig
 
 # The train settings a sweep may vary, by flag: (TrainConfig field, how one value is read).
 SETTINGS = {
@@ -56,6 +57,24 @@ OPTIONS = {"random": None, "random_seed": 0, "validation": 0.1, "out": "sweep", 
 OUTCOMES = ("status", "validation_accuracy", "train_accuracy", "loss", "seconds", "kernel_seconds", "worker", "error")
 
 
+def check_options(options: dict) -> None:
+    """The sweep's options (flags, or a TOML file's keys, which no argparse has checked): one error naming any
+    that is wrong."""
+    def whole(name, low):
+        value = options[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise FastnetError(f"sweep option {name} = {value!r}: must be a whole number, at least {low}")
+
+    for name, low in (("random", 1), ("random_seed", 0), ("workers", 1), ("threads", 1)):
+        whole(name, low)
+    share = options["validation"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise FastnetError(f"sweep option validation = {share!r}: must be a share of the training images in (0, 1)")
+    for name in ("out", "scheduler"):
+        if options[name] is not None and not isinstance(options[name], (str, Path)):
+            raise FastnetError(f"sweep option {name} = {options[name]!r}: must be text")
+
+
 @dataclass
 class Space:
     """Values (lists) or ranges ((low, high)) per flag; flags with one value are the same in every trial."""
@@ -73,7 +92,10 @@ class Space:
                 if ":" in text:
                     if flag not in RANGES:
                         raise ValueError(f"a range is for {', '.join('--' + r for r in RANGES)}")
-                    low, high = (read(part) for part in text.split(":"))
+                    parts = text.split(":")
+                    if len(parts) != 2:
+                        raise ValueError("a range is LOW:HIGH")
+                    low, high = (read(part) for part in parts)
                     if not 0 < low < high:
                         raise ValueError("a range LOW:HIGH needs 0 < LOW < HIGH (it is sampled log-uniformly)")
                     space.values[flag] = (low, high)
@@ -83,8 +105,8 @@ class Space:
                 raise FastnetError(f"sweep --{flag} {text}: {error}" if isinstance(error, ValueError) else
                                    f"sweep --{flag} {text}: each value must be true or false") from None
         for flag, values in space.values.items():
-            if isinstance(values, list) and flag != "nesterov":  # (Nesterov's rules are about combinations)
-                for value in values:  # every value a TrainConfig accepts, before any trial runs
+            if flag != "nesterov":  # (Nesterov's rules are about combinations)
+                for value in values:  # every value (a range's ends) TrainConfig accepts, before any trial runs
                     try:
                         TrainConfig(**{SETTINGS[flag][0]: value})
                     except FastnetError as error:
@@ -114,9 +136,12 @@ class Space:
         trials, left_out = [], []
         for point in points:  # Nesterov without momentum, Adam with SGD's momentum: combinations, left out
             try:
-                trials.append(TrainConfig(**{SETTINGS[flag][0]: value for flag, value in point.items()}).as_dict())
+                settings = TrainConfig(**{SETTINGS[flag][0]: value for flag, value in point.items()}).as_dict()
             except FastnetError as error:
                 left_out.append(f"{_describe(point, self.swept)}: {error}")
+                continue
+            if settings not in trials:  # a random draw may repeat one: it is the same trial
+                trials.append(settings)
         if not trials:
             raise FastnetError(f"sweep: no combination of these settings can run ({left_out[0]})")
         return trials, left_out
@@ -166,7 +191,8 @@ def setting_text(name: str, value) -> str:
 
 class Results:
     """OUT/results.csv: one row per finished trial (its number, every setting, the outcome), rewritten whole and
-    atomically after each, so that it is always a complete file."""
+    atomically after each, so that it is always a complete file. A trial is known by its settings; one whose
+    worker or cluster failed it ('lost') is not finished, and runs again on resume."""
 
     def __init__(self, path: Path, setting_names: list[str]):
         self.path, self.names = path, setting_names
@@ -186,25 +212,27 @@ class Results:
             raise FastnetError(f"{self.path} holds another sweep (columns {', '.join(columns)}); give another --out "
                                "or move it away")
         for row in rows:
-            self.rows[self._key(row["trial"], row)] = row
+            self.rows[self._key(row)] = row
 
-    def _key(self, number, texts: dict) -> str:
-        return json.dumps([str(number), [texts[name] for name in self.names]])
+    def _key(self, texts: dict) -> str:
+        return json.dumps([texts[name] for name in self.names])
 
     def _texts(self, settings: dict) -> dict:
         return {name: setting_text(name, value) for name, value in settings.items()}
 
-    def done(self, number: int, settings: dict) -> bool:
-        return self._key(number, self._texts(settings)) in self.rows
+    def done(self, settings: dict) -> bool:
+        row = self.rows.get(self._key(self._texts(settings)))
+        return row is not None and row["status"] != "lost"
 
-    def outcome(self, number: int, settings: dict) -> dict:
-        return self.rows[self._key(number, self._texts(settings))]
+    def outcome(self, settings: dict) -> dict:
+        return self.rows[self._key(self._texts(settings))]
 
     def add(self, number: int, settings: dict, outcome: dict) -> None:
         from .files import write_atomically
 
-        row = {"trial": str(number), **self._texts(settings), **{name: _cell(outcome.get(name, "")) for name in OUTCOMES}}
-        self.rows[self._key(number, row)] = row
+        row = {"trial": str(number), **self._texts(settings),
+               **{name: _cell(outcome.get(name, "")) for name in OUTCOMES}}
+        self.rows[self._key(row)] = row
         text = io.StringIO()
         writer = csv.DictWriter(text, self.columns, lineterminator="\n")
         writer.writeheader()
@@ -283,6 +311,12 @@ class Plan:
     threads: int = 1  # per trial
     command: str = "python -m fastnet sweep"  # this run's, for the resume line
 
+    def fingerprint(self) -> dict:
+        """What the trials' scores depend on besides their settings: a results file is resumed only with these."""
+        return {"data": str(Path(self.data).resolve()) if self.data != "mnist" else "mnist",
+                "val_split": self.val_split, "image_size": list(self.image_size or ()), "color": self.color,
+                "validation": self.validation, "seed": self.seed}
+
 
 def split_validation(inputs: np.ndarray, labels: np.ndarray, share: float, seed: int):
     """(training part, validation part) of a training set: a seeded random share held out."""
@@ -296,11 +330,42 @@ def split_validation(inputs: np.ndarray, labels: np.ndarray, share: float, seed:
 
 def run(plan: Plan) -> int:
     """Run the plan's trials not yet in its results, then retrain the best; returns the exit status."""
-    from .datasets import load_data
-
     names = sorted(plan.trials[0])
     results = Results(plan.out / "results.csv", names)
-    pending = [(number, settings) for number, settings in enumerate(plan.trials) if not results.done(number, settings)]
+    _check_fingerprint(plan, results)
+    try:
+        return _run(plan, results)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM and SIGHUP (cli.Stopped)
+        done = sum(results.done(settings) for settings in plan.trials)
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            print(f"fastnet sweep: stopped; {done} of {len(plan.trials)} trials are in {results.path}\n"
+                  f"resume with: {plan.command}", file=sys.stderr, flush=True)
+        return 128 + getattr(stop, "signum", signal.SIGINT)
+
+
+def _check_fingerprint(plan: Plan, results: Results) -> None:
+    """OUT/sweep.json records the data and split the results were scored on; another is refused."""
+    from .files import write_atomically
+
+    path = plan.out / "sweep.json"
+    wanted = plan.fingerprint()
+    if results.rows and path.exists():
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise FastnetError(f"{path}: cannot read it ({error}); move {plan.out} away to start afresh") from None
+        if found != wanted:
+            differ = ", ".join(f"{key} {found.get(key)!r} (now {value!r})" for key, value in wanted.items()
+                               if found.get(key) != value)
+            raise FastnetError(f"{results.path} was scored with {differ}; give another --out to sweep this")
+    text = json.dumps(wanted, indent=1).encode()
+    write_atomically(path, lambda file: file.write(text))
+
+
+def _run(plan: Plan, results: Results) -> int:
+    from .datasets import load_data
+
+    pending = [(number, settings) for number, settings in enumerate(plan.trials) if not results.done(settings)]
     dataset = load_data(plan.data, plan.val_split, plan.strict, plan.seed, plan.image_size, plan.color)
     train_part, validation_part = split_validation(*dataset.train, plan.validation, plan.seed)
     swept = ", ".join(f"--{flag}" for flag in plan.space.swept) or "nothing"
@@ -327,13 +392,20 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
     try:
         if plan.scheduler is None:
             workers = plan.workers or max(1, (os.cpu_count() or 1) // plan.threads)
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR)
+            with _ctrl_c_ignored():  # by the worker processes started now: the client stops them
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.ERROR)
             where = f"a local Dask cluster of {workers} worker process(es), {plan.threads} thread(s) per trial"
         else:
             where = f"the Dask scheduler at {plan.scheduler}"
-        client = Client(cluster if cluster is not None else plan.scheduler, timeout=CONNECT_TIMEOUT)
+        try:
+            client = Client(cluster if cluster is not None else plan.scheduler, timeout=CONNECT_TIMEOUT)
+        except OSError as error:
+            raise FastnetError(f"sweep: cannot reach the Dask scheduler at {plan.scheduler} ({error}); is it "
+                               "running?") from None
         print(f"sweep: on {where}; results stream to {results.path}", flush=True)
+        if not client.scheduler_info()["workers"]:
+            print("sweep: the scheduler has no workers yet; waiting for one to join", flush=True)
         start = time.perf_counter()
         [shared] = client.scatter([data], broadcast=True)  # once per worker, not once per trial
         futures = {client.submit(run_trial, settings, shared, plan.threads, pure=False): (number, settings)
@@ -342,8 +414,8 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
             number, settings = futures[future]
             try:
                 outcome = future.result()
-            except Exception as error:  # KilledWorker after Dask's retries, or a bug: the trial failed
-                outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            except Exception as error:  # KilledWorker after Dask's retries, a lost scheduler, no fastnet there
+                outcome = {"status": "lost", "error": f"{type(error).__name__}: {error}"}
             results.add(number, settings, outcome)
             finished, busy = finished + 1, busy + outcome.get("seconds", 0.0)
             if outcome.get("status") == "ok" and (best is None or outcome["validation_accuracy"] > best[1]):
@@ -359,19 +431,28 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
         print(f"sweep: {finished} trials in {wall:.1f} s on {workers} worker(s): {60 * finished / wall:.1f} trials a "
               f"minute; inside the trials {busy:.1f} s, so {max(0.0, wall * workers - busy) / finished:.2f} s a trial "
               "went to scheduling, sending data and idle workers", flush=True)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM and SIGHUP (cli.Stopped)
-        print(f"fastnet sweep: stopped; {len(results.rows)} of {len(plan.trials)} trials are in {results.path}\n"
-              f"resume with: {plan.command}", file=sys.stderr, flush=True)
-        return 128 + getattr(stop, "signum", signal.SIGINT)
-    except OSError as error:  # the scheduler cannot be reached
-        raise FastnetError(f"sweep: cannot reach the Dask scheduler at {plan.scheduler} ({error}); is it running?"
-                           ) from None
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
     return 0
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored():
+    """SIGINT ignored while it lasts, in the main thread: processes started then inherit that, so a terminal's
+    Ctrl-C (sent to the whole process group) reaches only the sweep, which stops its workers in order."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _describe(settings: dict, swept: list[str]) -> str:
@@ -387,12 +468,14 @@ def _finish(plan: Plan, results: Results, dataset) -> int:
     from .parameters import Parameters, save
     from .training import accuracy, train
 
-    rows = [(number, settings, results.outcome(number, settings)) for number, settings in enumerate(plan.trials)]
+    rows = [(number, settings, results.outcome(settings)) for number, settings in enumerate(plan.trials)]
     scored = sorted((row for row in rows if row[2]["status"] == "ok"),
                     key=lambda row: (-float(row[2]["validation_accuracy"]), row[0]))
-    failed = len(rows) - len(scored)
-    print(summary_table(scored[:10], plan.space.swept) + (f"\n{failed} trial(s) failed: see {results.path}"
-                                                          if failed else ""))
+    lost = sum(row[2]["status"] == "lost" for row in rows)
+    failed = len(rows) - len(scored) - lost
+    print(summary_table(scored[:10], plan.space.swept)
+          + (f"\n{failed} trial(s) failed: see {results.path}" if failed else "")
+          + (f"\n{lost} trial(s) lost to their workers: run the same command again to run them" if lost else ""))
     plot_results(rows, plan.space.swept, plan.out / "results.png")
     if not scored:
         raise FastnetError(f"every trial failed; their errors are in {results.path}")
@@ -405,9 +488,10 @@ def _finish(plan: Plan, results: Results, dataset) -> int:
     network, _ = train(config, dataset.train, None, len(dataset.classes))
     test_accuracy = accuracy(get_backend(config.backend), network, *dataset.test)
     path = plan.out / "parameters.npz"
-    save(path, Parameters(network, dataset.classes, dict(config.as_dict(), data=plan.data, sweep_trial=number,
-                                                           validation_accuracy=float(outcome["validation_accuracy"])),
-                          test_accuracy, dataset.preprocessing, dataset.input_shape, input_scale(dataset.train[0].dtype)))
+    recorded = dict(config.as_dict(), data=plan.data, sweep_trial=number,
+                    validation_accuracy=float(outcome["validation_accuracy"]))
+    save(path, Parameters(network, dataset.classes, recorded, test_accuracy, dataset.preprocessing,
+                          dataset.input_shape, input_scale(dataset.train[0].dtype)))
     print(f"test accuracy {100 * test_accuracy:.2f}% (the test set's only use); saved {path}; "
           f"plot {plan.out / 'results.png'}")
     return 0

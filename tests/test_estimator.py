@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
 from sklearn.neural_network import MLPClassifier as ScikitLearnMLP
 from sklearn.pipeline import make_pipeline
@@ -135,6 +135,42 @@ def test_warm_start_continues_and_sgd_schedules_change_the_rate(iris):
     assert scaled._learning_rate == pytest.approx(0.001 / (3 * len(X) + 1) ** 0.5)
 
 
+def test_a_failed_fit_leaves_the_model_as_it_was(iris):
+    X, y = iris
+    model = MLPClassifier(hidden_layer_sizes=(16,), solver="sgd", max_iter=20, random_state=0).fit(X, y)
+    weights, features, expected = [w.copy() for w in model.coefs_], model.n_features_in_, model.predict_proba(X)
+    with pytest.raises(ValueError, match="one class"):
+        model.fit(X[:, :3], np.zeros(len(X)))  # other features and one class: refused before any change
+    model.set_params(warm_start=True, learning_rate_init=1e6)
+    with pytest.raises(ValueError, match="diverged"):
+        model.fit(X * 1e6, y)  # from the fitted weights, which it ruins in its first epoch
+    assert model.n_features_in_ == features and model.n_iter_ == 20
+    np.testing.assert_array_equal(model.coefs_[0], weights[0])
+    np.testing.assert_array_equal(model.predict_proba(X), expected)
+    fresh = MLPClassifier()
+    with pytest.raises(ValueError):
+        fresh.fit(X, np.zeros(len(X)))
+    with pytest.raises(NotFittedError):
+        fresh.predict(X)
+    learner = MLPClassifier(hidden_layer_sizes=(16,))
+    with pytest.raises(ValueError, match="not among the classes"):
+        learner.partial_fit(X, y, classes=[0, 1])
+    learner.partial_fit(X, y, classes=[0, 1, 2])  # the first call again, with the right classes
+    with pytest.raises(ValueError, match="not the same as on the first call"):
+        learner.partial_fit(X, y, classes=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPClassifier(early_stopping=True).partial_fit(X, y, classes=[0, 1, 2])
+
+
+def test_cosine_anneals_over_each_fit(iris):
+    X, y = iris
+    model = MLPClassifier(hidden_layer_sizes=(16,), learning_rate="cosine", learning_rate_init=0.01, max_iter=5,
+                          n_iter_no_change=100, warm_start=True, random_state=0).fit(X, y)
+    first = model.coefs_[0].copy()
+    model.fit(X, y)  # starts again from learning_rate_init, not from the end of the cosine (0)
+    assert model.n_iter_ == 10 and np.abs(model.coefs_[0] - first).max() > 1e-3
+
+
 def test_bad_settings_and_data_are_one_value_error(iris):
     X, y = iris
     for params, message in (({"activation": "identity"}, "no identity activation"),
@@ -173,6 +209,12 @@ def test_the_shipped_model_reads_pixels_and_image_files(shipped, mnist_test, tmp
         == predicted[0]
     with pytest.raises(ValueError, match="784 features"):
         shipped.predict(np.zeros((3, 10), np.uint8))
+    # A model fitted on images as floats 0-255 reads image files on that scale too.
+    floats = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(
+        images[:500].reshape(-1, 28, 28).astype(np.float64), labels[:500].astype(str))
+    assert floats.input_scale_ == 1.0 and floats.preprocessing_ == "digit"
+    np.testing.assert_allclose(floats.predict_proba(tmp_path / "a.png"),
+                               floats.predict_proba(images[:1].astype(np.float64)), atol=1e-6)
     tuned = MLPClassifier.from_file(ROOT / "parameters.npz", warm_start=True, max_iter=1, solver="sgd",
                                     learning_rate_init=0.1, momentum=0.0, batch_size=32, random_state=0)
     tuned.fit(images[:2000], labels[:2000].astype(str))  # continues from the shipped weights (the seed's kernels)

@@ -82,7 +82,8 @@ def test_grid_random_points_and_toml():
 
 
 def test_a_toml_file_gives_the_same_space(tmp_path):
-    (tmp_path / "sweep.toml").write_text('random = 4\nthreads = 2\n[space]\nlr = [0.1, 1.0]\nhidden = ["64", "128-64"]\n')
+    (tmp_path / "sweep.toml").write_text('random = 4\nthreads = 2\n[space]\nlr = [0.1, 1.0]\n'
+                                         'hidden = ["64", "128-64"]\n')
     texts, options = read_toml(tmp_path / "sweep.toml")
     assert options == {"random": 4, "threads": 2}
     assert Space.parse(texts).trials(None, 0) == Space.parse({"lr": "0.1,1.0", "hidden": "64,128-64"}).trials(None, 0)
@@ -96,11 +97,13 @@ def test_results_are_rewritten_whole_and_read_back(tmp_path):
     results = Results(path, ["hidden", "learning_rate"])
     results.add(1, {"hidden": (64, 32), "learning_rate": 0.3}, {"status": "failed", "error": "it\nbroke, badly"})
     results.add(0, {"hidden": (64,), "learning_rate": 1.0}, {"status": "ok", "validation_accuracy": 0.9})
+    results.add(2, {"hidden": (32,), "learning_rate": 1.0}, {"status": "lost", "error": "KilledWorker"})
     again = Results(path, ["hidden", "learning_rate"])
-    assert again.done(0, {"hidden": (64,), "learning_rate": 1.0}) and not again.done(2, {"hidden": (64,),
-                                                                                           "learning_rate": 1.0})
+    assert again.done({"hidden": (64,), "learning_rate": 1.0}) and again.done({"hidden": (64, 32), "learning_rate": 0.3})
+    assert not again.done({"hidden": (64,), "learning_rate": 0.3})
+    assert not again.done({"hidden": (32,), "learning_rate": 1.0})  # lost to its worker: runs again
     rows = read_rows(path)
-    assert [r["trial"] for r in rows] == ["0", "1"] and rows[1]["hidden"] == "64-32"
+    assert [r["trial"] for r in rows] == ["0", "1", "2"] and rows[1]["hidden"] == "64-32"
     assert rows[1]["error"] == "it broke, badly" and not list(tmp_path.glob(".*"))  # no temporary left
     with pytest.raises(FastnetError, match="holds another sweep"):
         Results(path, ["momentum"])
@@ -133,6 +136,9 @@ def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small
     again = fastnet_sweep("--data", small_mnist, "--lr", "0.3,1", "--hidden", "16,32", "--epochs", 3,
                           "--batch-size", "32,100000", "--out", tmp_path / "out", cwd=tmp_path)
     assert again.returncode == 0 and "8 already in" in again.stdout and "Dask" not in again.stdout
+    other = fastnet_sweep("--data", small_mnist, "--lr", "0.3,1", "--validation", 0.2, "--out", tmp_path / "out",
+                          cwd=tmp_path)
+    assert other.returncode == 1 and "was scored with" in other.stderr and "validation 0.1 (now 0.2)" in other.stderr
 
 
 def test_bad_sweeps_are_one_error_line(small_mnist, tmp_path):
@@ -143,6 +149,11 @@ def test_bad_sweeps_are_one_error_line(small_mnist, tmp_path):
         result = fastnet_sweep("--data", small_mnist, "--out", tmp_path / "out", *arguments, cwd=tmp_path)
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    for option, message in (("random = 0", "at least 1"), ("random_seed = -1", "at least 0"),
+                            ("threads = 0", "at least 1"), ("validation = 0", "in (0, 1)"), ("jobs = 2", "unknown")):
+        (tmp_path / "bad.toml").write_text(f"{option}\n[space]\nlr = [0.1, 1]\n")
+        result = fastnet_sweep("--data", small_mnist, "--config", tmp_path / "bad.toml", cwd=tmp_path)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, option
 
 
 def free_port() -> int:
@@ -152,8 +163,8 @@ def free_port() -> int:
 
 
 def test_a_worker_killed_mid_sweep_loses_only_its_trial(small_mnist, tmp_path):
-    """A real `dask scheduler` and two `dask worker` processes; one is killed with SIGKILL once trials are
-    running: Dask runs its trial again on the other, and every trial is in the results exactly once."""
+    """A real `dask scheduler` and two `dask worker` processes; one is killed with SIGKILL while it runs a
+    trial: Dask runs that trial again on the other, and every trial is in the results exactly once, ok."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     python_m = [sys.executable, "-m"]  # `dask scheduler` and `dask worker`, with this Python
@@ -164,19 +175,24 @@ def test_a_worker_killed_mid_sweep_loses_only_its_trial(small_mnist, tmp_path):
                                  "--no-dashboard", "--no-nanny", "--host", "127.0.0.1"], env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     try:
+        from distributed import Client
+
         out = tmp_path / "out"
         sweep = subprocess.Popen([sys.executable, "-m", "fastnet", "sweep", "--data", str(small_mnist), "--lr",
                                   "0.3,0.5,1,2", "--hidden", "16,24", "--epochs", "25", "--scheduler", address,
                                   "--out", str(out)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 240
-        while not (out / "results.csv").exists() and time.monotonic() < deadline and sweep.poll() is None:
-            time.sleep(0.05)
-        # SIGKILL, mid-trial: when the first of 8 trials of about a second has ended, both workers are busy
-        workers[0].kill()
+        with Client(address, timeout=60) as watcher:
+            deadline = time.monotonic() + 240
+            while not (out / "results.csv").exists() and time.monotonic() < deadline and sweep.poll() is None:
+                time.sleep(0.05)
+            pids = watcher.run(os.getpid)  # worker address -> its process id
+            running = [pids[address] for address, keys in watcher.processing().items() if keys]
+            victim = next(worker for worker in workers if worker.pid in running)  # one running a trial now
+            victim.kill()  # SIGKILL
         stdout, stderr = sweep.communicate(timeout=300)
         assert sweep.returncode == 0, stderr
-        assert workers[0].wait() == -signal.SIGKILL and workers[1].poll() is None
+        assert victim.wait() == -signal.SIGKILL
         rows = read_rows(out / "results.csv")
         assert sorted(int(r["trial"]) for r in rows) == list(range(8)), rows
         assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
@@ -190,11 +206,11 @@ def test_ctrl_c_keeps_the_results_and_the_same_command_resumes(small_mnist, tmp_
     arguments = ["--data", small_mnist, "--lr", "0.2,0.4,0.6,0.8,1,1.2", "--epochs", 20, "--out", tmp_path / "out",
                  "--workers", 1]
     sweep = subprocess.Popen([sys.executable, "-m", "fastnet", "sweep", *map(str, arguments)], cwd=tmp_path, env=ENV,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (tmp_path / "out" / "results.csv").exists() and time.monotonic() < deadline and sweep.poll() is None:
         time.sleep(0.05)
-    sweep.send_signal(signal.SIGINT)
+    os.killpg(sweep.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole group, the cluster's workers too
     stdout, stderr = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, stderr
     assert "resume with: python -m fastnet sweep --data" in stderr and "Traceback" not in stderr
