@@ -1,4 +1,4 @@
-"""The command line: `python -m fastnet train | predict | evaluate | export | bench`.
+"""The command line: `python -m fastnet train | sweep | predict | evaluate | serve | export | fetch | bench`.
 
 Parses flags and calls library functions that notebooks can call too."""
 

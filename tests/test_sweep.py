@@ -99,7 +99,8 @@ def test_results_are_rewritten_whole_and_read_back(tmp_path):
     results.add(0, {"hidden": (64,), "learning_rate": 1.0}, {"status": "ok", "validation_accuracy": 0.9})
     results.add(2, {"hidden": (32,), "learning_rate": 1.0}, {"status": "lost", "error": "KilledWorker"})
     again = Results(path, ["hidden", "learning_rate"])
-    assert again.done({"hidden": (64,), "learning_rate": 1.0}) and again.done({"hidden": (64, 32), "learning_rate": 0.3})
+    assert again.done({"hidden": (64,), "learning_rate": 1.0})
+    assert again.done({"hidden": (64, 32), "learning_rate": 0.3})
     assert not again.done({"hidden": (64,), "learning_rate": 0.3})
     assert not again.done({"hidden": (32,), "learning_rate": 1.0})  # lost to its worker: runs again
     rows = read_rows(path)
