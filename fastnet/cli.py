@@ -591,7 +591,6 @@ def train(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    import json
     from dataclasses import asdict
 
     from . import bench as benchmarks
@@ -618,17 +617,23 @@ def bench(args: argparse.Namespace) -> int:
                              workload=workload)
     print(benchmarks.format_table(records))
     if args.json is not None:
-        from .files import write_atomically
-
-        text = json.dumps([asdict(r) for r in records], indent=1).encode()
-        write_atomically(args.json, lambda file: file.write(text))
+        _write_json(args.json, [asdict(r) for r in records])
     if args.plot is not None:
         benchmarks.plot(records, args.plot)
     return 0
 
 
-def bench_sklearn(args: argparse.Namespace) -> int:
+def _write_json(path: Path, rows: list[dict]) -> None:
+    """bench's --json: the rows as a JSON list, written atomically."""
     import json
+
+    from .files import write_atomically
+
+    text = json.dumps(rows, indent=1).encode()
+    write_atomically(path, lambda file: file.write(text))
+
+
+def bench_sklearn(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     try:
@@ -643,10 +648,7 @@ def bench_sklearn(args: argparse.Namespace) -> int:
     results = versus.compare(seeds, 5000 if args.dry_run else None)
     print(versus.format_table(results, seeds))
     if args.json is not None:
-        from .files import write_atomically
-
-        text = json.dumps([asdict(r) for r in results], indent=1).encode()
-        write_atomically(args.json, lambda file: file.write(text))
+        _write_json(args.json, [asdict(r) for r in results])
     return 0
 
 

@@ -385,9 +385,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def _rows(self, X: np.ndarray) -> np.ndarray:
         """X as the kernels read it for this model: uint8 pixels as they are for a model of pixels (whose
         other inputs are scaled to match, pixel / 255), else float32 numbers."""
-        if self.input_scale_ == PIXEL_SCALE and X.dtype != np.uint8:
-            return np.ascontiguousarray(X * np.float32(PIXEL_SCALE), np.float32)
-        return np.ascontiguousarray(X, np.float32 if self.input_scale_ != PIXEL_SCALE else np.uint8)
+        if self.input_scale_ != PIXEL_SCALE:
+            return np.ascontiguousarray(X, np.float32)
+        if X.dtype == np.uint8:
+            return np.ascontiguousarray(X)
+        return np.ascontiguousarray(X * np.float32(PIXEL_SCALE), np.float32)
 
     def _trained(self) -> TrainedModel:
         return TrainedModel(self._network(), [str(c) for c in self.classes_], self.preprocessing_, self.input_shape_,

@@ -373,14 +373,12 @@ def _run(plan: Plan, results: Results) -> int:
           f"{results.path}; {len(train_part[0]):,} training and {len(validation_part[0]):,} validation images",
           flush=True)
     if pending:
-        status = _run_trials(plan, pending, results, {"train": train_part, "validation": validation_part,
-                                                      "classes": len(dataset.classes)})
-        if status:
-            return status
+        _run_trials(plan, pending, results, {"train": train_part, "validation": validation_part,
+                                             "classes": len(dataset.classes)})
     return _finish(plan, results, dataset)
 
 
-def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
+def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> None:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -423,7 +421,7 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
             elapsed = time.perf_counter() - start
             eta = elapsed / finished * (len(pending) - finished)
             result = (f"validation {100 * outcome['validation_accuracy']:.2f}%" if outcome.get("status") == "ok"
-                      else f"failed: {outcome.get('error', '')}")
+                      else f"{outcome['status']}: {outcome.get('error', '')}")  # failed, or lost to the cluster
             print(f"trial {number} ({_describe(settings, plan.space.swept)}): {result}; {finished}/{len(pending)} "
                   f"done" + (f", best {100 * best[1]:.2f}% (trial {best[0]})" if best else "")
                   + (f", about {eta:.0f} s to go" if finished < len(pending) else ""), flush=True)
@@ -436,7 +434,6 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> int:
             client.close()
         if cluster is not None:
             cluster.close()
-    return 0
 
 
 @contextlib.contextmanager
