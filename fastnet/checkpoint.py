@@ -135,6 +135,7 @@ def _checked(path: Path, arrays: dict) -> Checkpoint:
         raise FastnetError(f"checkpoint state has unknown fields {unknown} or lacks {missing}")
     if not isinstance(state["config"], dict):
         raise TypeError("config is not a JSON object")
+    state["config"].setdefault("augment", False)  # checkpoints from before augmentation trained without it
     config = TrainConfig(**state["config"])  # checks every setting (an unknown one is a TypeError)
     if state["activation"] != config.activation:
         raise FastnetError(f"checkpoint activation {state['activation']!r} is not its config's {config.activation!r}")

@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate over the epochs: cosine decay towards 0, or constant")
     train.add_argument("--seed", type=_number(int, 0, what="must be 0 or more"), default=defaults.seed,
                        help="seed for the initial weights, the shuffles and --val-split")
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
+                       help="train on each image through a new random small rotation, scale, shear and shift every "
+                            "epoch (images that are mostly blank, as digits)")
     _add_backend_flags(train)
     _add_data_flags(train)
     train.add_argument("--out", type=Path, help="where to save the parameters (default: parameters.npz; with "
@@ -484,7 +487,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
                        schedule=args.schedule, hidden=args.hidden, activation=args.activation,
-                       optimizer=args.optimizer, seed=args.seed, backend=args.backend)
+                       optimizer=args.optimizer, seed=args.seed, backend=args.backend, augment=args.augment)
 
 
 def _data_flags(args: argparse.Namespace) -> str:
@@ -502,7 +505,7 @@ def train(args: argparse.Namespace) -> int:
     from .parameters import Parameters, save
     from .plot import plot_history
     from .kernels.threads import thread_count
-    from .training import Interrupted, check_data, check_size, train as run_training, warm_up
+    from .training import Interrupted, check_augmentable, check_data, check_size, train as run_training, warm_up
 
     resume = load_checkpoint(args.resume) if args.resume else None
     config = TrainConfig(**resume.config) if resume is not None else train_config(args)
@@ -536,13 +539,14 @@ def train(args: argparse.Namespace) -> int:
                            "(and --image-size, --color) it was trained on")
     backend = get_backend(config.backend)
     threads = f", {thread_count()} threads" if config.backend == "numba" else ""
+    check_augmentable(config, train_set[0], dataset.input_shape)
     compile_seconds = warm_up(backend, config, *train_set, n_classes=len(classes),
-                              child_environment=_child_environment())
+                              child_environment=_child_environment(), input_shape=dataset.input_shape)
     print(f"backend {config.backend}{threads}: kernels compiled or loaded from cache in {compile_seconds:.2f} s")
     resuming = f"; resuming epoch {resume.epoch + 1} at batch {resume.next_batch + 1}" if resume else ""
     description = f"{'-'.join(map(str, sizes))} {config.activation}"
     print(f"training {description}: {config.epochs} epochs, batch {config.batch_size}, {config.describe()}, "
-          f"seed {config.seed}{resuming}")
+          f"seed {config.seed}{', augmented' if config.augment else ''}{resuming}")
 
     def report(s):
         print(f"epoch {s.epoch:3d}/{config.epochs}  lr {s.learning_rate:.4f}  loss {s.loss:.4f}  "
@@ -552,7 +556,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         with _stop_on_signals() as stop:
             network, history = run_training(config, train_set, test_set, len(classes), report, resume=resume,
-                                            checkpoint_path=checkpoint, stop=stop)
+                                            checkpoint_path=checkpoint, stop=stop, input_shape=dataset.input_shape)
         _check_learned(history[-1], train_set[1], test_set[1], len(classes),
                        config.epochs * -(-len(train_set[1]) // config.batch_size))
     except FastnetError:

@@ -45,6 +45,7 @@ SETTINGS = {
     "lr": ("learning_rate", float),
     "momentum": ("momentum", float),
     "nesterov": ("nesterov", lambda text: {"true": True, "yes": True, "false": False, "no": False}[text.lower()]),
+    "augment": ("augment", lambda text: {"true": True, "yes": True, "false": False, "no": False}[text.lower()]),
     "weight-decay": ("weight_decay", float),
     "schedule": ("schedule", str),
     "seed": ("seed", int),
@@ -264,8 +265,9 @@ def run_trial(settings: dict, data: dict, threads: int) -> dict:
         check_size(config, (inputs.shape[1], *config.hidden, data["classes"]), len(inputs))  # as train refuses
         backend = get_backend(config.backend)
         # The kernels from Numba's cache: loaded by a worker's first trial of a kind, then already in memory.
-        outcome["kernel_seconds"] = warm_up(backend, config, inputs, data["train"][1], data["classes"])
-        network, history = train(config, data["train"], None, data["classes"])
+        outcome["kernel_seconds"] = warm_up(backend, config, inputs, data["train"][1], data["classes"],
+                                            input_shape=data["input_shape"])
+        network, history = train(config, data["train"], None, data["classes"], input_shape=data["input_shape"])
         outcome.update(status="ok", validation_accuracy=accuracy(backend, network, *data["validation"]),
                        train_accuracy=history[-1].train_accuracy, loss=history[-1].loss)
     except FastnetError as error:  # divergence, a batch larger than the data, a network too big: recorded
@@ -374,7 +376,7 @@ def _run(plan: Plan, results: Results) -> int:
           flush=True)
     if pending:
         _run_trials(plan, pending, results, {"train": train_part, "validation": validation_part,
-                                             "classes": len(dataset.classes)})
+                                             "classes": len(dataset.classes), "input_shape": dataset.input_shape})
     return _finish(plan, results, dataset)
 
 
@@ -482,7 +484,7 @@ def _finish(plan: Plan, results: Results, dataset) -> int:
     print(f"best: trial {number} ({_describe(settings, plan.space.swept)}), validation "
           f"{100 * float(outcome['validation_accuracy']):.2f}%; retraining it on all {len(dataset.train[0]):,} "
           "training images", flush=True)
-    network, _ = train(config, dataset.train, None, len(dataset.classes))
+    network, _ = train(config, dataset.train, None, len(dataset.classes), input_shape=dataset.input_shape)
     test_accuracy = accuracy(get_backend(config.backend), network, *dataset.test)
     path = plan.out / "parameters.npz"
     recorded = dict(config.as_dict(), data=plan.data, sweep_trial=number,

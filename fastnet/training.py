@@ -15,7 +15,7 @@ import numpy as np
 from .checkpoint import Checkpoint, save_checkpoint
 from .errors import FastnetError
 from .kernels import BACKENDS, get_backend
-from .kernels.common import ACTIVATIONS, Optimizer, new_state
+from .kernels.common import ACTIVATIONS, Augment, Optimizer, affine_matrices, new_state
 from .kernels.ink import is_sparse
 from .model import Network
 
@@ -45,6 +45,7 @@ class TrainConfig:
     epsilon: float = 1e-8
     seed: int = 0
     backend: str = "numba"
+    augment: bool = False  # each image through a new random small affine transform every epoch (images only)
 
     def __post_init__(self):
         """Every setting is checked here, whoever made the config (flags, a checkpoint, the API): one bad value
@@ -83,8 +84,9 @@ class TrainConfig:
         real("beta1", 0.0, 1.0)
         real("beta2", 0.0, 1.0)
         real("epsilon", 0.0, low_inclusive=False)
-        if not isinstance(self.nesterov, bool):
-            raise FastnetError(f"setting nesterov={self.nesterov!r}: must be true or false")
+        for name in ("nesterov", "augment"):
+            if not isinstance(getattr(self, name), bool):
+                raise FastnetError(f"setting {name}={getattr(self, name)!r}: must be true or false")
         if self.optimizer == "adam" and self.momentum != 0:
             raise FastnetError("setting momentum: it is SGD's; Adam's is beta1")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
@@ -192,8 +194,28 @@ def check_size(config: TrainConfig, sizes: tuple[int, ...], n_train: int,
                            f"{available / 2**30:,.1f} GiB available; choose fewer hidden units")
 
 
+def check_augmentable(config: TrainConfig, inputs: np.ndarray, input_shape: tuple[int, ...] | None) -> None:
+    """Refuse augmentation where it cannot apply: on inputs that are not images, or images that are not mostly
+    blank (the transform works on the ink index)."""
+    if not config.augment:
+        return
+    if input_shape is None or len(input_shape) != 3 or int(np.prod(input_shape)) != inputs.shape[1]:
+        raise FastnetError("augmentation transforms images: these inputs are plain features (no image shape); "
+                           "train without --augment")
+    if not is_sparse(inputs):
+        raise FastnetError("augmentation works on images that are mostly blank (strokes on a plain background); "
+                           "these are mostly ink or colour: train without --augment")
+
+
+def epoch_augmentation(config: TrainConfig, rng: np.random.Generator, count: int,
+                       input_shape: tuple[int, ...] | None) -> Augment | None:
+    """This epoch's random transforms, one per image, drawn after its shuffle (so a resumed run draws the same),
+    or None without augmentation."""
+    return affine_matrices(rng, count, tuple(input_shape)) if config.augment else None
+
+
 def warm_up(backend, config: TrainConfig, inputs: np.ndarray, labels: np.ndarray, n_classes: int,
-            child_environment: dict | None = None) -> float:
+            child_environment: dict | None = None, input_shape: tuple[int, ...] | None = None) -> float:
     """Compile (or load from cache) every kernel training will call; returns the seconds it took.
 
     Runs them on copies of a few real rows with the real argument types (sparse or dense as the whole data is
@@ -212,7 +234,8 @@ def warm_up(backend, config: TrainConfig, inputs: np.ndarray, labels: np.ndarray
                                                     child_environment)
     backend.train_epoch(network.params, new_state(network.params, optimizer),
                         backend.prepare(few_inputs, sparse=is_sparse(inputs)), few_labels,
-                        np.arange(count, dtype=np.int64), config.batch_size, optimizer, network.activation_code)
+                        np.arange(count, dtype=np.int64), config.batch_size, optimizer, network.activation_code,
+                        augment=epoch_augmentation(config, np.random.default_rng(0), count, input_shape))
     if helper is not None:
         helper.wait()  # whatever became of it, accuracy() below compiles or loads the kernel
     accuracy(backend, network, few_inputs, few_labels)
@@ -248,7 +271,8 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
           test_set: tuple[np.ndarray, np.ndarray] | None, n_classes: int,
           on_epoch: Callable[[EpochStats], None] = lambda stats: None, *,
           resume: Checkpoint | None = None, checkpoint_path: Path | None = None,
-          stop: np.ndarray | None = None) -> tuple[Network, list[EpochStats]]:
+          stop: np.ndarray | None = None, input_shape: tuple[int, ...] | None = None
+          ) -> tuple[Network, list[EpochStats]]:
     """Train a network on train_set (inputs, labels); returns it and one EpochStats per epoch.
 
     Test accuracy is measured on test_set after each epoch (NaN without one).
@@ -257,12 +281,14 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
     threads, and so does a run stopped (stop[0] = 1, from new_stop_flag()) and
     continued from its checkpoint (resume). With checkpoint_path, a checkpoint is
     written after every epoch and when stopped; a stop raises Interrupted.
+    config.augment needs the images' input_shape (H, W, C).
     """
     backend = get_backend(config.backend)
     inputs, labels = train_set
     check_data(inputs, labels, n_classes)
     if test_set is not None:
         check_data(*test_set, n_classes, "test")
+    check_augmentable(config, inputs, input_shape)
     n_batches = -(-len(inputs) // config.batch_size)
     fingerprint = data_fingerprint(inputs, labels, n_classes) if resume is not None or checkpoint_path else None
     rng = np.random.default_rng(config.seed)
@@ -284,6 +310,7 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
     for epoch in range(len(history), config.epochs):
         rng_state = rng.bit_generator.state  # before the shuffle: a resumed run draws the same order
         order = rng.permutation(len(inputs))
+        augment = epoch_augmentation(config, rng, len(inputs), input_shape)
         continuing = resume is not None and epoch == resume.epoch
         first_batch, loss_sum, correct = (resume.next_batch, resume.loss_sum, resume.correct) if continuing else (0, 0.0, 0)
         learning_rate = learning_rate_at(config, epoch)
@@ -291,7 +318,8 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
         start = time.perf_counter()
         loss, hits, next_batch = backend.train_epoch(network.params, state, data, labels, order, config.batch_size,
                                                      config.optimizer_at(learning_rate), network.activation_code,
-                                                     progress=progress, stop=stop, first_batch=first_batch)
+                                                     progress=progress, stop=stop, first_batch=first_batch,
+                                                     augment=augment)
         seconds = time.perf_counter() - start
         progress.close()
         loss_sum, correct = loss_sum + loss, correct + hits

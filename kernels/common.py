@@ -21,6 +21,42 @@ def input_scale(dtype: np.dtype) -> float:
     return PIXEL_SCALE if np.dtype(dtype) == np.uint8 else 1.0
 
 
+class Augment(NamedTuple):
+    """An epoch's augmentation: for the image at each position of the epoch's order, the map from a pixel
+    (x, y) of its transformed image to where that pixel is read in the original, bilinearly (zero outside):
+    (x', y') = (m0 x + m1 y + m2, m3 x + m4 y + m5), matrices (N, 6) float32; and the images' shape (H, W, C),
+    rows holding pixel (x, y)'s channel c at (y * W + x) * C + c. Values of uint8 images are rounded."""
+
+    matrices: np.ndarray
+    shape: tuple[int, int, int]
+
+
+# The ranges of the random transforms (affine_matrices): rotation in degrees, scale about 1, shear in degrees,
+# shift as a share of each side (2.5 pixels of MNIST's 28).
+ROTATION, SCALE, SHEAR, SHIFT = 12.0, 0.1, 10.0, 0.09
+
+
+def affine_matrices(rng: np.random.Generator, count: int, shape: tuple[int, int, int]) -> Augment:
+    """count random transforms about the image's centre, uniform in the ranges above: rotate, shear along x,
+    scale (both axes alike), shift. Augment.matrices holds their inverses (output pixel -> input pixel)."""
+    height, width = shape[:2]
+    angle, shear = (np.radians(rng.uniform(-limit, limit, count)) for limit in (ROTATION, SHEAR))
+    scale = rng.uniform(1 - SCALE, 1 + SCALE, count)
+    shift_x, shift_y = (rng.uniform(-SHIFT, SHIFT, count) * side for side in (width, height))
+    cos, sin, tan = np.cos(angle), np.sin(angle), np.tan(shear)
+    # forward = rotation @ [[1, tan], [0, 1]] * scale; the inverse of a 2x2 [[a, b], [c, d]] by its cofactors
+    a, b, c, d = cos * scale, (cos * tan - sin) * scale, sin * scale, (sin * tan + cos) * scale
+    det = a * d - b * c
+    inverse = np.stack([d, -b, -c, a], axis=1) / det[:, None]
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    # input = inverse @ (output - centre - shift) + centre
+    from_x, from_y = -centre_x - shift_x, -centre_y - shift_y
+    matrices = np.stack([inverse[:, 0], inverse[:, 1], inverse[:, 0] * from_x + inverse[:, 1] * from_y + centre_x,
+                         inverse[:, 2], inverse[:, 3], inverse[:, 2] * from_x + inverse[:, 3] * from_y + centre_y],
+                        axis=1)
+    return Augment(matrices.astype(np.float32), tuple(int(n) for n in shape))
+
+
 def check_inputs(inputs: np.ndarray) -> None:
     """The two forms the kernels read: uint8 pixels or float32 features, (N, D), C-contiguous."""
     if not (inputs.ndim == 2 and inputs.dtype in (np.uint8, np.float32) and inputs.flags.c_contiguous):

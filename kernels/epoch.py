@@ -17,6 +17,12 @@ each batch b it does, meeting the other workers where one needs another's work:
 For one hidden layer that is two meetings per batch. Every number is computed
 by one thread, in an order that does not depend on the thread count.
 
+With augmentation (augment.py), the first layer reads each batch through its
+transformed images: in step 3 of batch b each worker also transforms its share
+of batch b+1's images (the output meeting then makes them whole), into the
+slot that batch b-1's images, whose backward step 2 has just read, leave free.
+The first batch of the call is transformed before the workers start.
+
 stop[0] != 0 asks for a stop: worker 0 then sets control[STOP_AT] to the batch
 after the one it has just done, before the output meeting, so that every
 worker finishes that batch's backward and stops there. On a busy machine a
@@ -33,7 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .common import RELU, TANH, Optimizer, OptimizerState, input_scale
+from .augment import new_augmented, transform_images
+from .common import RELU, TANH, Augment, Optimizer, OptimizerState, input_scale
 from .ink import Dense, InkIndex, prefetch_row
 from .intrinsics import load_acquire
 from .jit import jit
@@ -68,7 +75,7 @@ class Buffers(NamedTuple):
 @jit
 def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, params, velocity, second, adaptive,
                   buffers, widths, batch_size, step, steps_before, relu, tanh, image_by_image, deep, first_batch,
-                  scale):
+                  scale, augmented):
     """One worker's share of an epoch, from batch first_batch; returns (summed loss, correct, next batch).
     (loss and correct are this worker's images'.) The module docstring says what it does and when.
 
@@ -86,6 +93,13 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
     for b in range(first_batch, end + 1):
         prev_rows = order[max(b - 1, 0) * batch_size:b * batch_size]
         rows = order[b * batch_size:(b + 1) * batch_size]
+        # what the first layer reads: the images themselves, or their transforms (module docstring)
+        first_ink, first_rows, first_prev_rows = ink, rows, prev_rows
+        if augmented is not None:
+            first_ink = augmented.ink
+            first_rows = augmented.local_rows[(b % 2) * batch_size:(b % 2) * batch_size + rows.size]
+            first_prev_rows = augmented.local_rows[((b + 1) % 2) * batch_size:
+                                                   ((b + 1) % 2) * batch_size + prev_rows.size]
         if ink is not None:
             for image in order[(b + 1) * batch_size:(b + 2) * batch_size]:  # ask for the batch after this one
                 prefetch_row(ink, image)
@@ -128,9 +142,9 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
                     first_gradient_dense(target, dz[0][blk], inputs, prev_rows, scale)
                 if ink is not None:
                     if image_by_image is None:
-                        first_gradient_by_pixel(target, dz[0][blk], ink, prev_rows, tile, scale)
+                        first_gradient_by_pixel(target, dz[0][blk], first_ink, first_prev_rows, tile, scale)
                     else:
-                        first_gradient_by_image(target, dz[0][blk], ink, prev_rows, scale)
+                        first_gradient_by_image(target, dz[0][blk], first_ink, first_prev_rows, scale)
                 if adaptive is None:
                     if velocity is not None:
                         scale_add(weight, np.float32(1.0), velocity.W1[blk], -step.learning_rate)
@@ -145,7 +159,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
                     first_forward_dense(hidden[0], inputs, rows, params.W1, params.b[0], relu, tanh, blk,
                                         min(BLOCK, widths[0] - blk * BLOCK), scale)
                 if ink is not None:
-                    first_forward_sparse(hidden[0], ink, rows, params.W1, params.b[0], relu, tanh, blk,
+                    first_forward_sparse(hidden[0], first_ink, first_rows, params.W1, params.b[0], relu, tanh, blk,
                                          min(BLOCK, widths[0] - blk * BLOCK), scale)
         if b == end:
             break
@@ -154,6 +168,12 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
         for other in range(active):
             naps += wait_for(control, other + 1, meeting)
         lo, hi = rows.size * worker // active, rows.size * (worker + 1) // active
+        if augmented is not None and b + 1 < end:  # this worker's share of the next batch's transforms
+            size = min(batch_size, order.size - (b + 1) * batch_size)
+            first, last = size * worker // active, size * (worker + 1) // active
+            at = (b + 1) * batch_size
+            transform_images(ink, order, augmented.matrices, at + first, at + last, augmented,
+                             augmented.sources[worker], ((b + 1) % 2) * batch_size + first)
         if deep is not None:  # 3. the later layers' forward, for this worker's share of the images
             for i in range(1, n_hidden):
                 gather_forward(hidden[i], hidden[i - 1], params.W[i - 1], params.b[i], relu, tanh, lo, hi)
@@ -238,20 +258,24 @@ def kernel_step(optimizer: Optimizer) -> tuple[Step, bool | None]:
 
 
 def train_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, order, batch_size,
-                optimizer: Optimizer, activation, progress=None, stop=None, first_batch=0):
+                optimizer: Optimizer, activation, progress=None, stop=None, first_batch=0,
+                augment: Augment | None = None):
     """One pass over data in the given order from batch first_batch, updating params and state in place.
 
     Returns (summed loss, correct predictions, next batch): next batch is the
     number of batches when the epoch is complete, less if stop (an array from
     new_stop_flag()) was raised: the batches before it are fully done. The epoch
-    is one compiled call, so progress (if given) hears only of its end.
+    is one compiled call, so progress (if given) hears only of its end. With
+    augment, each image is trained on through its transform (augment.py); the
+    data must then be an ink index.
     """
     return run_epoch(params, state, data, labels, order, batch_size, optimizer, activation, progress, stop,
-                     first_batch)[:3]
+                     first_batch, augment)[:3]
 
 
 def run_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, order, batch_size,
-              optimizer: Optimizer, activation, progress=None, stop=None, first_batch=0):
+              optimizer: Optimizer, activation, progress=None, stop=None, first_batch=0,
+              augment: Augment | None = None):
     """train_epoch's work; returns its three results and the Buffers of the last batch (the hidden layers'
     activations and the probabilities, which numba_backend's one-batch forward reads)."""
     ink, inputs = (data, None) if isinstance(data, InkIndex) else (None, data.inputs)
@@ -265,11 +289,20 @@ def run_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, ord
     buffers = new_buffers(blocked, batch_size, n_workers, ink, n_inputs, by_image, adaptive)
     relu, tanh = activation_flags(activation)
     scale = np.float32(input_scale(ink.values.dtype if ink is not None else inputs.dtype))
+    order = order.astype(np.int64, copy=False)
+    augmented = None
+    if augment is not None:
+        if ink is None:
+            raise ValueError("augmentation reads the ink index: the data must be mostly zeros (ink.prepare)")
+        augmented = new_augmented(augment, batch_size, n_workers, ink)
+        first = first_batch * batch_size
+        transform_images(ink, order, augmented.matrices, first, min(first + batch_size, order.size), augmented,
+                         augmented.sources[0], (first_batch % 2) * batch_size)
     losses, hits, next_batches = zip(*run_workers(
         n_workers, _epoch_worker, n_workers, new_control(n_workers), new_stop_flag() if stop is None else stop, ink,
-        inputs, labels.astype(np.int64, copy=False), order.astype(np.int64, copy=False), blocked, velocity, second, adaptive, buffers, widths,
+        inputs, labels.astype(np.int64, copy=False), order, blocked, velocity, second, adaptive, buffers, widths,
         batch_size, step, int(state.step[0]), relu, tanh, by_image, deep_flag(params), first_batch, scale,
-        wait_in_threads=stop is not None))
+        augmented, wait_in_threads=stop is not None))
     next_batch = int(next_batches[0])
     from_blocks(blocked, params)
     for moments, blocks in ((state.first, velocity), (state.second, second)):

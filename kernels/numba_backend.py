@@ -15,21 +15,37 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import Optimizer, OptimizerState, check_inputs
+from .augment import new_augmented, transform_images
+from .common import Augment, Optimizer, OptimizerState, check_inputs
 from .epoch import kernel_step, run_epoch, train_epoch
-from .ink import Dense, InkIndex, prepare as _prepare
+from .ink import Dense, InkIndex, ink_index, prepare as _prepare
 from .jit import jit
 from .layers import rule_from_buffer, scale_add
 from .predict import compile_prediction, predict, start_compiling_prediction
 
 __all__ = ["prepare", "train_epoch", "forward", "backward", "optimizer_step", "predict", "compile_prediction",
-           "start_compiling_prediction"]
+           "start_compiling_prediction", "augment_images"]
 
 
 def prepare(inputs: np.ndarray, chunk: int = 4096, sparse: bool | None = None) -> InkIndex | Dense:
     """The training data as this backend reads it (ink.prepare)."""
     check_inputs(inputs)
     return _prepare(inputs, chunk, sparse)
+
+
+def augment_images(inputs, matrices, shape):
+    """inputs (N, D) images of shape (H, W, C), each through its transform in matrices (N, 6) (common.Augment),
+    by the kernel the epoch uses (augment.py): for tests."""
+    check_inputs(inputs)
+    ink = ink_index(inputs)
+    augmented = new_augmented(Augment(matrices, shape), len(inputs), 1, ink)
+    transform_images(ink, np.arange(len(inputs)), np.ascontiguousarray(matrices, np.float32), 0, len(inputs),
+                     augmented, augmented.sources[0], 0)
+    out = np.zeros_like(inputs)
+    start, pixels, values = augmented.ink
+    for n in range(len(inputs)):
+        out[n, pixels[start[2 * n]:start[2 * n + 1]]] = values[start[2 * n]:start[2 * n + 1]]
+    return out
 
 
 # ---------------------------------------------------------------- one batch at a time, for tests and benchmarks

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import SIGMOID, TANH, Optimizer, OptimizerState, input_scale
+from .common import SIGMOID, TANH, Augment, Optimizer, OptimizerState, input_scale
 
 
 def prepare(inputs: np.ndarray, sparse: bool | None = None) -> np.ndarray:
@@ -76,6 +76,37 @@ def cross_entropy_backward(dlogits, probs, labels):
     dlogits[...] = probs
     dlogits[np.arange(len(labels)), labels] -= 1
     dlogits /= len(labels)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def augment_images(inputs, matrices, shape):
+    """inputs (N, D) images of shape (H, W, C), each through its transform in matrices (N, 6): Augment says how.
+    Same dtype; float32 arithmetic throughout, as the kernel's."""
+    height, width, channels = shape
+    f32 = np.float32
+    n = len(inputs)
+    padded = np.zeros((n, height + 2, width + 2, channels), f32)  # a zero border: reads just outside are zeros
+    padded[:, 1:-1, 1:-1] = inputs.reshape(n, height, width, channels)
+    y, x = np.mgrid[0:height, 0:width].astype(f32)
+    m = matrices.astype(f32)[:, :, None, None]
+    source_x = m[:, 0] * x + m[:, 1] * y + m[:, 2]
+    source_y = m[:, 3] * x + m[:, 4] * y + m[:, 5]
+    inside = (source_x > -1) & (source_x < width) & (source_y > -1) & (source_y < height)
+    floor_x, floor_y = np.floor(source_x), np.floor(source_y)
+    wx, wy = (source_x - floor_x)[..., None], (source_y - floor_y)[..., None]
+    ix = (np.clip(floor_x, -1, width - 1).astype(np.int64) + 1)
+    iy = (np.clip(floor_y, -1, height - 1).astype(np.int64) + 1)
+    image = np.arange(n)[:, None, None]
+    v00, v01 = padded[image, iy, ix], padded[image, iy, ix + 1]
+    v10, v11 = padded[image, iy + 1, ix], padded[image, iy + 1, ix + 1]
+    one = f32(1.0)
+    values = (v00 * (one - wx) + v01 * wx) * (one - wy) + (v10 * (one - wx) + v11 * wx) * wy
+    values = np.where(inside[..., None], values, f32(0.0))
+    if inputs.dtype == np.uint8:
+        values = np.floor(values + f32(0.5))
+    return values.reshape(n, -1).astype(inputs.dtype)
 
 
 # ---------------------------------------------------------------- network
@@ -148,7 +179,7 @@ def cross_entropy_sum(probs, labels):
 
 
 def train_epoch(params, state: OptimizerState, data, labels, order, batch_size, optimizer: Optimizer, activation,
-                progress=None, stop=None, first_batch=0):
+                progress=None, stop=None, first_batch=0, augment: Augment | None = None):
     """One pass over data in the given order from batch first_batch, updating params and state in place.
 
     Returns (summed loss, correct predictions, next batch): next batch is the
@@ -157,6 +188,7 @@ def train_epoch(params, state: OptimizerState, data, labels, order, batch_size, 
     Each batch is forward, backward and update; the loss and accuracy are those
     of each batch before its update (running figures, as in most trainers).
     progress(images done) is called now and then: an epoch here can take a while.
+    With augment, each image is trained on through its transform (augment_images).
     """
     weights = params[0::2]
     grads = [np.empty_like(p) for p in params]
@@ -164,6 +196,8 @@ def train_epoch(params, state: OptimizerState, data, labels, order, batch_size, 
     for start in range(first_batch * batch_size, len(order), batch_size):
         rows = order[start:start + batch_size]
         inputs, batch_labels = data[rows], labels[rows]
+        if augment is not None:
+            inputs = augment_images(inputs, augment.matrices[start:start + len(rows)], augment.shape)
         hidden = [np.empty((len(rows), w.shape[1]), w.dtype) for w in weights[:-1]]
         probs = np.empty((len(rows), weights[-1].shape[1]), weights[0].dtype)
         forward(hidden, probs, inputs, params, activation)

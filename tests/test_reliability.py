@@ -16,7 +16,7 @@ import pytest
 
 from fastnet.checkpoint import load_checkpoint
 from fastnet.kernels import get_backend
-from fastnet.kernels.common import Optimizer, new_state
+from fastnet.kernels.common import Optimizer, affine_matrices, new_state
 from fastnet.kernels.threads import new_stop_flag
 from fastnet.parameters import load
 from fastnet.training import Interrupted, TrainConfig, train
@@ -29,23 +29,25 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
-@pytest.mark.parametrize("backend_name", ["numba", "numpy"])
-def test_a_stopped_epoch_continues_to_the_same_weights(backend_name, mnist_train):
+@pytest.mark.parametrize("backend_name,augmented", [("numba", False), ("numpy", False), ("numba", True)])
+def test_a_stopped_epoch_continues_to_the_same_weights(backend_name, augmented, mnist_train):
+    """Augmented, the continued epoch starts with its first batch's transforms in the other slot."""
     backend = get_backend(backend_name)
     images, labels = mnist_train
     data, order = backend.prepare(images), np.random.default_rng(0).permutation(len(images))[:640]
+    augment = affine_matrices(np.random.default_rng(1), 640, (28, 28, 1)) if augmented else None
     optimizer = Optimizer("sgd", 0.5, momentum=0.9)
     whole, parts = new_network(128), new_network(128)
     states = [new_state(whole.params, optimizer), new_state(parts.params, optimizer)]
-    assert backend.train_epoch(whole.params, states[0], data, labels, order, 32, optimizer, 0)[2] == 20
+    assert backend.train_epoch(whole.params, states[0], data, labels, order, 32, optimizer, 0, augment=augment)[2] == 20
     stop = new_stop_flag()
     stop[0] = 1
     loss, correct, next_batch = backend.train_epoch(parts.params, states[1], data, labels, order, 32, optimizer, 0,
-                                                    stop=stop)
+                                                    stop=stop, augment=augment)
     assert next_batch == 1, "a raised stop flag should end the epoch after one batch"
     stop[0] = 0
     assert backend.train_epoch(parts.params, states[1], data, labels, order, 32, optimizer, 0, stop=stop,
-                               first_batch=next_batch)[2] == 20
+                               first_batch=next_batch, augment=augment)[2] == 20
     for a, b in zip(whole.params + states[0].first, parts.params + states[1].first):
         np.testing.assert_array_equal(a, b)
     assert states[0].step[0] == states[1].step[0] == 20
@@ -59,19 +61,21 @@ def dense_table(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("backend_name,kind", [("numba", "sgd"), ("numpy", "sgd"), ("numba", "adam"),
-                                               ("numpy", "adam")])
+                                               ("numpy", "adam"), ("numba", "augment")])
 def test_interrupted_training_resumes_to_bit_identical_weights(backend_name, kind, mnist_train, mnist_test,
                                                                tmp_path):
     """SGD with momentum on MNIST pixels, and Adam (its moments and step count in the checkpoint) on a dense
     table with three hidden layers (the kernel test's dense case: no kernels of its own to compile)."""
-    if kind == "sgd":
+    if kind in ("sgd", "augment"):  # augmented: each epoch's transforms drawn again on resuming
         small, test = tuple(a[:4000] for a in mnist_train), mnist_test
-        config = TrainConfig(epochs=3, momentum=0.5, learning_rate=0.3, backend=backend_name)
+        config = TrainConfig(epochs=3, momentum=0.5, learning_rate=0.3, backend=backend_name,
+                             augment=kind == "augment")
     else:
         small, test = dense_table(4000), dense_table(500, seed=1)
         config = TrainConfig(epochs=3, hidden=(130, 65, 30), activation="tanh", optimizer="adam",
                              weight_decay=0.01, batch_size=16, backend=backend_name)
-    unbroken, _ = train(config, small, test, 10)
+    shape = (28, 28, 1)
+    unbroken, _ = train(config, small, test, 10, input_shape=shape)
     stop = new_stop_flag()
     checkpoint = tmp_path / "run.checkpoint.npz"
 
@@ -79,11 +83,12 @@ def test_interrupted_training_resumes_to_bit_identical_weights(backend_name, kin
         stop[0] = 1
 
     with pytest.raises(Interrupted) as interrupted:
-        train(config, small, test, 10, stop_after_first_epoch, checkpoint_path=checkpoint, stop=stop)
+        train(config, small, test, 10, stop_after_first_epoch, checkpoint_path=checkpoint, stop=stop,
+              input_shape=shape)
     assert interrupted.value.checkpoint_path == checkpoint
     state = load_checkpoint(checkpoint)
     assert (state.epoch, state.next_batch) == (1, 1)  # stopped in epoch 2 after its first batch
-    resumed, history = train(config, small, test, 10, resume=state, checkpoint_path=checkpoint)
+    resumed, history = train(config, small, test, 10, resume=state, checkpoint_path=checkpoint, input_shape=shape)
     assert len(history) == 3
     for a, b in zip(unbroken.params, resumed.params):
         np.testing.assert_array_equal(a, b)

@@ -1,0 +1,164 @@
+"""Augmentation: the reference transform against plain geometry, the kernel against the reference, and an
+augmented epoch of the Numba backend against the numpy backend's.
+
+Tolerances: both transforms compute in float32, the kernel with fused multiply-adds where fastmath finds them,
+so a sample position can differ in its last bit; a uint8 pixel whose bilinear value lies within that of a
+half then rounds the other way. So uint8 pixels agree within 1, and all but 1 in 1,000 exactly; float pixels
+(in [0, 1]) within 1e-5. A wrong index or weight gives errors of tens of grey levels over many pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastnet.errors import FastnetError
+from fastnet.kernels import numba_backend, numpy_backend
+from fastnet.kernels.common import Optimizer, affine_matrices, new_state
+from fastnet.training import TrainConfig, train
+
+from .conftest import assert_close, new_network
+from .test_checkpoint import make_folder_dataset
+
+ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+
+BACKENDS = [numpy_backend, numba_backend]
+IDENTITY = np.array([1, 0, 0, 0, 1, 0], np.float32)
+
+
+def shift_matrix(dx: float, dy: float) -> np.ndarray:
+    """Moves the image right by dx and down by dy (output pixel (x, y) reads (x - dx, y - dy))."""
+    return np.array([1, 0, -dx, 0, 1, -dy], np.float32)
+
+
+def colour_strokes(count: int, seed: int = 0) -> np.ndarray:
+    """count 20x24 colour images (H, W, C flattened), mostly black, with a few coloured bars."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 20, 24, 3), np.uint8)
+    for image in images:
+        for _ in range(3):
+            y, x = rng.integers(2, 16), rng.integers(2, 18)
+            image[y:y + rng.integers(1, 4), x:x + rng.integers(2, 6)] = rng.integers(1, 256, 3)
+    return images.reshape(count, -1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.__name__.split(".")[-1])
+def test_identity_and_whole_pixel_shifts_are_exact(backend, mnist_train):
+    images = mnist_train[0][:20]
+    assert np.array_equal(backend.augment_images(images, np.tile(IDENTITY, (20, 1)), (28, 28, 1)), images)
+    moved = backend.augment_images(images, np.tile(shift_matrix(3, -2), (20, 1)), (28, 28, 1))
+    expected = np.zeros((20, 28, 28), np.uint8)
+    expected[:, :26, 3:] = images.reshape(20, 28, 28)[:, 2:, :25]
+    assert np.array_equal(moved, expected.reshape(20, -1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.__name__.split(".")[-1])
+def test_half_pixel_shift_averages_neighbours_and_keeps_the_ink(backend):
+    """Bilinear reading: half a pixel right gives the mean of each pixel and its left neighbour."""
+    image = np.zeros((1, 8, 8, 1), np.float32)
+    image[0, 3, 2:5, 0] = [0.2, 1.0, 0.6]
+    moved = backend.augment_images(image.reshape(1, -1), shift_matrix(0.5, 0)[None], (8, 8, 1)).reshape(8, 8)
+    np.testing.assert_allclose(moved[3, 2:6], [0.1, 0.6, 0.8, 0.3], atol=1e-6)
+    assert moved.sum() == pytest.approx(image.sum(), abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.__name__.split(".")[-1])
+def test_a_quarter_turn_is_np_rot90(backend, mnist_train):
+    """Output (x, y) reading input (27 - y, x): a quarter turn about the centre, exact on whole pixels."""
+    images = mnist_train[0][:5]
+    turned = backend.augment_images(images, np.tile(np.float32([0, -1, 27, 1, 0, 0]), (5, 1)), (28, 28, 1))
+    assert np.array_equal(turned.reshape(5, 28, 28), np.rot90(images.reshape(5, 28, 28), axes=(1, 2)))
+
+
+def test_random_transforms_stay_in_their_ranges():
+    """Every drawn transform moves the centre by at most the shift range and scales lengths within the scale
+    and shear ranges (its singular values); the draws differ image to image."""
+    augment = affine_matrices(np.random.default_rng(0), 2000, (28, 28, 1))
+    m = augment.matrices.astype(np.float64)
+    inverse = m[:, [0, 1, 3, 4]].reshape(-1, 2, 2)
+    forward = np.linalg.inv(inverse)
+    centre = np.array([13.5, 13.5])
+    source_of_centre = inverse @ centre + m[:, [2, 5]]
+    moved = centre - source_of_centre  # where the input's centre goes, relative: forward maps it back
+    shift = np.einsum("nij,nj->ni", forward, source_of_centre - centre)
+    assert np.abs(shift).max() <= 0.09 * 28 + 1e-4 and np.abs(moved).max() > 1.0
+    stretch = np.linalg.svd(forward, compute_uv=False)
+    assert 0.8 < stretch.min() and stretch.max() < 1.3
+    assert len(np.unique(augment.matrices, axis=0)) == 2000
+
+
+@pytest.mark.parametrize("inputs", ["pixels", "scaled", "colour"])
+def test_kernel_transform_matches_the_reference(inputs, mnist_train):
+    """Random transforms of every range, and some far outside them (turned over, halved, doubled, moved off the
+    image), on MNIST pixels, the same as floats, and colour."""
+    if inputs == "colour":
+        images, shape = colour_strokes(300), (20, 24, 3)
+    else:
+        images, shape = mnist_train[0][:300], (28, 28, 1)
+        if inputs == "scaled":
+            images = np.ascontiguousarray(images / np.float32(255))
+    matrices = affine_matrices(np.random.default_rng(1), len(images), shape).matrices
+    extreme = [[-1, 0, 27, 0, -1, 27], [0.5, 0, 7, 0, 0.5, 7], [2, 0.3, -14, -0.2, 2, -14], [1, 0, 30, 0, 1, 0],
+               [1, 0, -27.5, 0, 1, 27.5], [0.9, 0.4, -3, -0.4, 0.9, 5]]
+    matrices[:len(extreme)] = extreme
+    fast = numba_backend.augment_images(images, matrices, shape)
+    ref = numpy_backend.augment_images(images, matrices, shape)
+    assert ref.any() and not np.array_equal(ref, images), "the transforms should move the ink"
+    if images.dtype == np.uint8:
+        difference = np.abs(fast.astype(int) - ref)
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+    else:
+        assert_close("transformed", fast, ref, 1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [32, 5], ids=["pixel-by-pixel", "image-by-image"])
+def test_an_augmented_epoch_matches_the_reference(batch_size, mnist_train):
+    """Momentum SGD over 200 images (a ragged last batch), each through its transform: weights within 1e-5 (as
+    test_kernels' training steps), the same hits, and the weights moved further than without augmentation
+    would have taken them to the same place."""
+    images, labels = (a[:200] for a in mnist_train)
+    rng = np.random.default_rng(3)
+    order, augment = rng.permutation(200), affine_matrices(rng, 200, (28, 28, 1))
+    optimizer = Optimizer("sgd", 0.3, momentum=0.5)
+    results = {}
+    for backend in BACKENDS:
+        network = new_network(128)
+        state = new_state(network.params, optimizer)
+        loss, correct, next_batch = backend.train_epoch(network.params, state, backend.prepare(images), labels,
+                                                        order, batch_size, optimizer, 0, augment=augment)
+        assert next_batch == -(-200 // batch_size)
+        results[backend] = network.params, loss, correct
+    plain = new_network(128)
+    numba_backend.train_epoch(plain.params, new_state(plain.params, optimizer), numba_backend.prepare(images),
+                              labels, order, batch_size, optimizer, 0)
+    (fast, fast_loss, fast_correct), (ref, ref_loss, ref_correct) = results[numba_backend], results[numpy_backend]
+    for i, (f, r, p) in enumerate(zip(fast, ref, plain.params)):
+        assert_close(f"parameter {i}", f, r, 1e-5, rtol=1e-5)
+    assert np.abs(fast[0] - plain.params[0]).max() > 1e-3, "augmentation should change what is learned"
+    assert fast_loss == pytest.approx(ref_loss, rel=1e-5) and fast_correct == ref_correct
+
+
+def test_augmentation_is_refused_where_it_cannot_apply(mnist_train):
+    """Plain features have no image shape; images mostly of ink have no ink index to transform."""
+    table = np.random.default_rng(0).standard_normal((64, 20)).astype(np.float32)
+    labels = np.arange(64) % 2
+    with pytest.raises(FastnetError, match="plain features"):
+        train(TrainConfig(epochs=1, augment=True), (table, labels), None, 2)
+    noise = np.random.default_rng(0).integers(1, 256, (64, 784), dtype=np.uint8)
+    with pytest.raises(FastnetError, match="mostly blank"):
+        train(TrainConfig(epochs=1, augment=True), (noise, labels), None, 2, input_shape=(28, 28, 1))
+
+
+def test_the_command_line_refuses_augmenting_noise_in_one_line(tmp_path):
+    root = make_folder_dataset(tmp_path / "noise")  # random pixels: mostly ink
+    result = subprocess.run([sys.executable, "-m", "fastnet", "train", "--data", root, "--val-split", "0.25",
+                             "--augment", "--batch-size", "4", "--out", tmp_path / "p.npz"], cwd=tmp_path, env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "without --augment" in result.stderr
+    assert not (tmp_path / "p.npz").exists()
