@@ -56,7 +56,8 @@ def new_augmented(augment: Augment, batch_size: int, n_workers: int, ink: InkInd
     sources = np.zeros((n_workers, (height + 2) * (width + 2) * channels), np.float32)
     line, column, channel = np.indices((height, width, channels)).reshape(3, -1)
     scratch_at = ((line + 1) * (width + 2) + column + 1) * channels + channel
-    return Augmented(np.ascontiguousarray(augment.matrices, np.float32), batches, sources, np.arange(0, 2 * runs, 2, dtype=np.int64),
+    matrices = np.ascontiguousarray(augment.matrices, np.float32)
+    return Augmented(matrices, batches, sources, np.arange(0, 2 * runs, 2, dtype=np.int64),
                      scratch_at.astype(np.int64), column.astype(np.int64), line.astype(np.int64), height, width,
                      channels, ink.values.dtype == np.uint8)
 

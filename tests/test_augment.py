@@ -157,8 +157,8 @@ def test_augmentation_is_refused_where_it_cannot_apply(mnist_train):
 def test_the_command_line_refuses_augmenting_noise_in_one_line(tmp_path):
     root = make_folder_dataset(tmp_path / "noise")  # random pixels: mostly ink
     result = subprocess.run([sys.executable, "-m", "fastnet", "train", "--data", root, "--val-split", "0.25",
-                             "--augment", "--batch-size", "4", "--out", tmp_path / "p.npz"], cwd=tmp_path, env=ENV, capture_output=True,
-                            text=True, timeout=300)
+                             "--augment", "--batch-size", "4", "--out", tmp_path / "p.npz"], cwd=tmp_path, env=ENV,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "without --augment" in result.stderr
     assert not (tmp_path / "p.npz").exists()
