@@ -23,7 +23,7 @@ import numpy as np
 from . import _child_environment
 from .errors import FastnetError
 
-SYSTEMS = ("numba", "numpy", "torch", "sklearn", "jax")
+SYSTEMS = ("numba", "numba-augment", "numpy", "torch", "sklearn", "jax")
 PEERS = ("torch", "sklearn", "jax")
 DENSE_IMAGES = (10_000, 2_000)  # training and test rows of the synthetic dense workload
 
@@ -37,13 +37,15 @@ class Workload:
     activation: str = "sigmoid"
     optimizer: str = "sgd"
     dense: int = 0
+    augment: bool = False  # also time fastnet's augmented epochs (system numba-augment), MNIST only
 
     def layer_sizes(self) -> tuple[int, ...]:
         return (self.dense or 784, *self.hidden, 10)
 
     def describe(self) -> str:
         data = f"{self.dense} dense features" if self.dense else "MNIST"
-        return f"{'-'.join(map(str, self.layer_sizes()))} {self.activation}, {self.optimizer}, {data}"
+        return (f"{'-'.join(map(str, self.layer_sizes()))} {self.activation}, {self.optimizer}, {data}"
+                + (", with and without augmentation" if self.augment else ""))
 
     def flops_per_image(self) -> int:
         """Dense-equivalent work: 2 flops per weight forward, 4 backward (the zeros fastnet skips still count)."""
@@ -145,6 +147,8 @@ def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, worklo
     records = []
     for batch_size in batch_sizes:
         systems = [("numba", t) for t in thread_counts] + [("numpy", max(thread_counts))]
+        if workload.augment:
+            systems[len(thread_counts):len(thread_counts)] = [("numba-augment", t) for t in thread_counts]
         if peers:
             systems += [(peer, max(thread_counts)) for peer in PEERS]
         numpy_seconds = None
@@ -187,7 +191,8 @@ _WARM_UP = ("import json, sys, time; t = time.perf_counter(); "
             "configs = [TrainConfig(batch_size=int(b), hidden=tuple(workload.hidden), activation=workload.activation, "
             "optimizer=workload.optimizer) for b in sys.argv[2:] or [TrainConfig().batch_size]]; "
             "t0 = time.perf_counter(); "
-            "[warm_up(get_backend('numba'), config, inputs, labels, 10) for config in configs]; "
+            "configs += [TrainConfig(**dict(c.as_dict(), augment=True)) for c in configs if workload.augment]; "
+            "[warm_up(get_backend('numba'), config, inputs, labels, 10, input_shape=(28, 28, 1)) for config in configs]; "
             "print(time.perf_counter() - t0, time.perf_counter() - t)")
 
 

@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="plain sgd at min(1, 0.05 x batch), or adam at 0.001")
     bench.add_argument("--dense", type=_number(int, 0, maximum=100_001, what="must be 0 to 100000"), default=0,
                        metavar="N", help="train on N synthetic dense float features (10,000 rows) instead of MNIST")
+    bench.add_argument("--augment", action="store_true",
+                       help="also time fastnet's epochs with augmentation (numba-augment), on MNIST")
     bench.add_argument("--busy", type=_number(int, 0, maximum=65, what="must be 0 to 64"), default=0, metavar="N",
                        help="measure with N competing processes each keeping a core busy, as on a shared machine")
     bench.add_argument("--sklearn", action="store_true",
@@ -604,7 +606,9 @@ def bench(args: argparse.Namespace) -> int:
         if args.plot is not None:
             raise FastnetError("bench --sklearn draws no plot; write its results with --json")
         return bench_sklearn(args)
-    workload = benchmarks.Workload(args.hidden, args.activation, args.optimizer, args.dense)
+    if args.augment and args.dense:
+        raise FastnetError("bench --augment transforms MNIST's images; --dense features have none")
+    workload = benchmarks.Workload(args.hidden, args.activation, args.optimizer, args.dense, args.augment)
     print(f"fastnet bench: {workload.describe()}; {args.epochs} epoch(s) per measurement, "
           + ("adam at lr 0.001" if args.optimizer == "adam" else "plain SGD at lr min(1, 0.05 x batch)")
           + f", each in a fresh process; {os.cpu_count()} cores"

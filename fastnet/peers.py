@@ -18,25 +18,30 @@ from .kernels.common import input_scale
 from .model import Network
 
 
-def _fastnet(backend_name):
+def _fastnet(backend_name, augment=False):
+    """fastnet's backend; with augment, each epoch's transforms drawn (common.affine_matrices) and applied inside
+    the timed epoch, as training does."""
     def train(network: Network, inputs, labels, test_inputs, test_labels, orders, batch_size, workload, threads):
         from .kernels import get_backend
-        from .kernels.common import new_state
+        from .kernels.common import affine_matrices, new_state
         from .training import TrainConfig, accuracy, warm_up
 
         backend = get_backend(backend_name)
         config = TrainConfig(batch_size=batch_size, backend=backend_name, hidden=workload.hidden,
                              activation=workload.activation, optimizer=workload.optimizer,
-                             learning_rate=workload.learning_rate(batch_size), weight_decay=0.0)
-        warm_up(backend, config, inputs, labels, 10)
+                             learning_rate=workload.learning_rate(batch_size), weight_decay=0.0, augment=augment)
+        shape = (28, 28, 1)
+        warm_up(backend, config, inputs, labels, 10, input_shape=shape)
+        rng = np.random.default_rng(2)
         optimizer = config.optimizer_at(config.learning_rate)
         state = new_state(network.params, optimizer)
         data = backend.prepare(inputs)
         seconds = []
         for order in orders:
             start = time.perf_counter()
+            transforms = affine_matrices(rng, len(order), shape) if augment else None
             backend.train_epoch(network.params, state, data, labels, order, batch_size, optimizer,
-                                network.activation_code)
+                                network.activation_code, augment=transforms)
             seconds.append(time.perf_counter() - start)
         note = "BLAS threads" if backend_name == "numpy" else ""
         return seconds, accuracy(backend, network, test_inputs, test_labels), note
@@ -162,5 +167,6 @@ def train_jax(network, inputs, labels, test_inputs, test_labels, orders, batch_s
     return seconds, float((predicted == test_labels).mean()), f"jax {jax.__version__}"
 
 
-TRAINERS = {"numba": _fastnet("numba"), "numpy": _fastnet("numpy"), "torch": train_torch, "sklearn": train_sklearn,
+TRAINERS = {"numba": _fastnet("numba"), "numba-augment": _fastnet("numba", augment=True), "numpy": _fastnet("numpy"),
+            "torch": train_torch, "sklearn": train_sklearn,
             "jax": train_jax}

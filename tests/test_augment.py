@@ -162,3 +162,16 @@ def test_the_command_line_refuses_augmenting_noise_in_one_line(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "without --augment" in result.stderr
     assert not (tmp_path / "p.npz").exists()
+
+
+def test_bench_times_augmented_epochs_and_refuses_them_on_features():
+    """bench --augment's system: an augmented epoch on MNIST, scored on the test set; dense features refused."""
+    from fastnet.bench import Workload, _measure_here
+
+    record = _measure_here("numba-augment", 32, 1, 1, Workload(augment=True))
+    assert record.backend == "numba-augment" and record.test_accuracy > 0.9 and record.seconds_per_epoch > 0
+    assert "with and without augmentation" in record.workload
+    result = subprocess.run([sys.executable, "-m", "fastnet", "bench", "--augment", "--dense", "50"], env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip() == (
+        "fastnet: error: bench --augment transforms MNIST's images; --dense features have none")
