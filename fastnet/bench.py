@@ -192,7 +192,8 @@ _WARM_UP = ("import json, sys, time; t = time.perf_counter(); "
             "optimizer=workload.optimizer) for b in sys.argv[2:] or [TrainConfig().batch_size]]; "
             "t0 = time.perf_counter(); "
             "configs += [TrainConfig(**dict(c.as_dict(), augment=True)) for c in configs if workload.augment]; "
-            "[warm_up(get_backend('numba'), config, inputs, labels, 10, input_shape=(28, 28, 1)) for config in configs]; "
+            "[warm_up(get_backend('numba'), config, inputs, labels, 10, input_shape=(28, 28, 1)) "
+            "for config in configs]; "
             "print(time.perf_counter() - t0, time.perf_counter() - t)")
 
 
