@@ -6,16 +6,18 @@ with their centre of mass at the centre. For any image:
 
 1. decode (Pillow), honour EXIF orientation, composite transparency onto white;
 2. grayscale, any mode (1, L, LA, P, RGB, RGBA, I;16, I, F) to 0-255;
-3. polarity: dark ink on light paper is inverted (`invert="auto"` decides from
+3. a photo of paper with a darker table around it is cropped to the paper;
+4. polarity: dark ink on light paper is inverted (`invert="auto"` decides from
    the median pixel, which is paper: ink covers a minority of the image);
-4. background and noise: big images are area-averaged down to 112 px first;
+5. background and noise: big images are area-averaged down to 112 px first;
    the paper's brightness, estimated at every pixel so that uneven lighting
    goes too, is subtracted; faint pixels (below a threshold from Otsu's
    method) are set to 0, isolated specks do not count for the bounding box,
-   and ink regions touching the border (a table around the paper, a form's
-   box) are dropped when enough ink lies inside them;
-5. crop to the ink's bounding box, scale the longer side to 20 px with a
-   high-quality filter, and paste into 28x28 centred on the centre of mass.
+   and ink regions touching the border (a form's box) are dropped when enough
+   ink lies inside them;
+6. crop to the ink's bounding box, scale the longer side to 20 px with a
+   high-quality filter, bring the strokes up to white, and paste into 28x28
+   centred on the centre of mass.
 
 An image that is already MNIST-like (28x28, dark border) is left as it is.
 """
@@ -179,6 +181,8 @@ def mnist_digit(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
     """A grayscale image (H, W) uint8 as an MNIST digit: (28, 28) uint8, light ink on black."""
     if invert not in INVERT_CHOICES:
         raise ValueError(f"invert must be one of {INVERT_CHOICES}, not {invert!r}")
+    if invert != "no" and not (is_mnist_like(gray) or is_mnist_like(255 - gray)):
+        gray = _paper(gray)
     # Ink covers a minority of a digit's image, so the median pixel is paper: bright paper means dark ink.
     # (The border alone misleads on a photo of white paper on a dark table.)
     median = _median(gray)
@@ -207,7 +211,11 @@ def mnist_digit(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
     height, width = crop.shape
     scale = INK_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    box = np.clip(np.asarray(Image.fromarray(crop, "F").resize(size, Image.Resampling.LANCZOS)), 0, 255)
+    box = np.asarray(Image.fromarray(crop, "F").resize(size, Image.Resampling.LANCZOS))
+    # MNIST's strokes are white (255) along their middle: the stroke level, the upper end of the ink's
+    # values (a bright speck or a dimmer background subtracted must not set it), becomes 255.
+    strokes = box[box > 0.5 * box.max()] if box.max() > 0 else box
+    box = np.clip(box * (255.0 / max(float(np.percentile(strokes, 90)), 1e-6)), 0, 255) if strokes.size else box
     total = box.sum()
     if total <= 0:
         return np.zeros((SIZE, SIZE), np.uint8)
@@ -218,6 +226,41 @@ def mnist_digit(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
     digit = np.zeros((SIZE, SIZE), np.float32)
     digit[top:top + box.shape[0], left:left + box.shape[1]] = box
     return np.round(digit).astype(np.uint8)
+
+
+def _paper(gray: np.ndarray) -> np.ndarray:
+    """A photo of light paper with a darker table (or desk, or floor) around it, cropped to the paper; other
+    images as they are.
+
+    The paper is the largest light region (split from the dark by Otsu's threshold, on a working-size copy):
+    it is taken when it fills at least a fifth of the photo and three quarters of its own bounding box (paper
+    is solid; chalk strokes on a blackboard are not), has something dark written on it, and the dark covers
+    most of the photo's edge (the table around it; a digit's strokes touch the edge only here and there). The crop keeps the paper's inside, less
+    a sliver at its edges, where the shadow of its rim lies."""
+    if min(gray.shape) < 16:
+        return gray
+    factor = max(1, max(gray.shape) // WORKING_SIZE)
+    small = gray[::factor, ::factor]
+    light = small > _otsu(small)
+    if light.mean() > 0.9 or np.count_nonzero(~_border(light)) < 0.6 * _border(light).size:
+        return gray
+    # The light region at the photo's middle: the paper, if there is one.
+    ys, xs = np.nonzero(light)
+    middle = (np.abs(ys - light.shape[0] / 2) < light.shape[0] / 4) & \
+             (np.abs(xs - light.shape[1] / 2) < light.shape[1] / 4)
+    if not middle.any():
+        return gray
+    regions = Image.fromarray(light.astype(np.uint8) * 255).copy()  # (a copy: fromarray's image is read-only)
+    ImageDraw.floodfill(regions, (int(xs[middle][0]), int(ys[middle][0])), 128)
+    rows, cols = np.nonzero(np.asarray(regions) == 128)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    box_area = (bottom - top) * (right - left)
+    writing = np.count_nonzero(~light[top:bottom, left:right])  # the ink on the paper
+    if rows.size < 0.2 * light.size or rows.size < 0.75 * box_area or box_area > 0.9 * light.size or \
+            writing < 0.005 * box_area:
+        return gray
+    inset_y, inset_x = (bottom - top) // 20 + 1, (right - left) // 20 + 1
+    return gray[(top + inset_y) * factor:(bottom - inset_y) * factor, (left + inset_x) * factor:(right - inset_x) * factor]
 
 
 FRAME = 128  # mask value of ink regions that touch the border and are dropped
@@ -249,7 +292,7 @@ def _background(image: Image.Image) -> np.ndarray:
     estimate = np.asarray(small.resize(image.size, Image.Resampling.BILINEAR), np.float32)
     # Where ink fills the thumbnail (a tight crop of a '1'), the estimate would be ink: cap it near the
     # median pixel, which is paper (ink is a minority), leaving room for uneven lighting.
-    return np.minimum(estimate, _median(np.asarray(image)) + 40)
+    return np.minimum(estimate, _median(np.asarray(image)) + 20)
 
 
 def load_image(source: str | Path | bytes | Image.Image, prep: Prep = Prep()) -> np.ndarray:

@@ -63,3 +63,48 @@ def write_realworld_set(folder: Path, images: np.ndarray, labels: np.ndarray, se
         path.write_bytes(data)
         paths.append(path)
     return paths
+
+
+# ---------------------------------------------------------------- one hard case at a time (grayscale arrays)
+
+
+def _enlarged(digit: np.ndarray, size: int = 112) -> np.ndarray:
+    """A (28, 28) MNIST digit as ink (0 to 1) at size x size."""
+    return np.asarray(Image.fromarray(digit.reshape(28, 28)).resize((size, size), Image.Resampling.BICUBIC),
+                      np.float32) / 255
+
+
+def _on_paper(ink: np.ndarray, rng: np.random.Generator, margin: tuple[float, float] = (0.3, 0.8)) -> np.ndarray:
+    """Ink (0-1) as dark pen on light paper (0-1 gray), off-centre with a random margin, slightly noisy."""
+    height, width = ink.shape
+    canvas = np.zeros((int(height * (1 + rng.uniform(*margin))), int(width * (1 + rng.uniform(*margin)))),
+                      np.float32)
+    top, left = rng.integers(0, canvas.shape[0] - height + 1), rng.integers(0, canvas.shape[1] - width + 1)
+    canvas[top:top + height, left:left + width] = ink
+    return 0.9 - 0.8 * canvas + rng.normal(0, 0.02, canvas.shape)
+
+
+def hard_case(kind: str, digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One MNIST digit as a (H, W) uint8 photo or scan of one hard kind:
+    table     the paper photographed with a dark table around it
+    thick     a very thick pen (strokes ~4x MNIST's)
+    lighting  light falling off to half across the page, at a random angle"""
+    if kind == "table":
+        paper = _on_paper(_enlarged(digit), rng, margin=(0.5, 1.0))
+        height, width = paper.shape
+        photo = rng.uniform(0.1, 0.35) + rng.normal(0, 0.05, (int(height * rng.uniform(1.3, 1.8)),
+                                                              int(width * rng.uniform(1.3, 1.8))))
+        top, left = rng.integers(0, photo.shape[0] - height + 1), rng.integers(0, photo.shape[1] - width + 1)
+        photo[top:top + height, left:left + width] = paper
+    elif kind == "thick":
+        pen = Image.fromarray((_enlarged(digit) * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(15))
+        photo = _on_paper(np.asarray(pen, np.float32) / 255, rng)
+    elif kind == "lighting":
+        photo = _on_paper(_enlarged(digit), rng)
+        ys, xs = np.mgrid[0:photo.shape[0], 0:photo.shape[1]] / max(photo.shape)
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = np.cos(angle) * xs + np.sin(angle) * ys
+        photo *= 1 - 0.55 * (ramp - ramp.min()) / (np.ptp(ramp) + 1e-9)
+    else:
+        raise ValueError(kind)
+    return np.clip(photo * 255, 0, 255).astype(np.uint8)
