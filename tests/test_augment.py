@@ -27,6 +27,9 @@ from .test_checkpoint import make_folder_dataset
 
 ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
 
+# One worker runs them all: its compiled transform and augmented epoch kernels serve every test here (bench's
+# included) instead of being compiled again in the other worker.
+pytestmark = pytest.mark.xdist_group("augment")
 BACKENDS = [numpy_backend, numba_backend]
 IDENTITY = np.array([1, 0, 0, 0, 1, 0], np.float32)
 
