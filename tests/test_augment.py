@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -183,3 +184,24 @@ def test_bench_times_augmented_epochs_and_refuses_them_on_features():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == (
         "fastnet: error: bench --augment transforms MNIST's images; --dense features have none")
+
+
+@pytest.mark.skipif(numba.get_num_threads() < 2, reason="one thread here: nothing to compare")
+def test_augmented_epochs_are_bit_identical_for_one_and_two_threads(mnist_train):
+    """Two workers share each batch's transforms: 1 and 2 threads give the same weights, bit for bit (in this
+    process, numba.set_num_threads, so the kernels compiled above serve)."""
+    images, labels = (a[:3000] for a in mnist_train)
+    rng = np.random.default_rng(5)
+    order, augment = rng.permutation(3000), affine_matrices(rng, 3000, (28, 28, 1))
+    optimizer, weights = Optimizer("sgd", 0.3), []
+    for threads in (1, 2):
+        network = new_network(128)
+        numba.set_num_threads(threads)
+        try:
+            numba_backend.train_epoch(network.params, new_state(network.params, optimizer),
+                                      numba_backend.prepare(images), labels, order, 32, optimizer, 0, augment=augment)
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        weights.append(network.params)
+    for one, two in zip(*weights):
+        np.testing.assert_array_equal(one, two)
