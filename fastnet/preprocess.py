@@ -181,8 +181,8 @@ def mnist_digit(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
     """A grayscale image (H, W) uint8 as an MNIST digit: (28, 28) uint8, light ink on black."""
     if invert not in INVERT_CHOICES:
         raise ValueError(f"invert must be one of {INVERT_CHOICES}, not {invert!r}")
-    if invert != "no" and not (is_mnist_like(gray) or is_mnist_like(255 - gray)):
-        gray = _paper(gray)
+    if invert != "no" and not (gray.shape == (SIZE, SIZE) and (is_mnist_like(gray) or is_mnist_like(255 - gray))):
+        gray = _paper(gray)  # (255 - gray of a big photo only for is_mnist_like to refuse its shape: not made)
     # Ink covers a minority of a digit's image, so the median pixel is paper: bright paper means dark ink.
     # (The border alone misleads on a photo of white paper on a dark table.)
     median = _median(gray)
@@ -214,8 +214,9 @@ def mnist_digit(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
     box = np.asarray(Image.fromarray(crop, "F").resize(size, Image.Resampling.LANCZOS))
     # MNIST's strokes are white (255) along their middle: the stroke level, the upper end of the ink's
     # values (a bright speck or a dimmer background subtracted must not set it), becomes 255.
-    strokes = box[box > 0.5 * box.max()] if box.max() > 0 else box
-    box = np.clip(box * (255.0 / max(float(np.percentile(strokes, 90)), 1e-6)), 0, 255) if strokes.size else box
+    peak = box.max()
+    if peak > 0:
+        box = np.clip(box * (255.0 / np.percentile(box[box > 0.5 * peak], 90)), 0, 255)
     total = box.sum()
     if total <= 0:
         return np.zeros((SIZE, SIZE), np.uint8)
@@ -235,8 +236,8 @@ def _paper(gray: np.ndarray) -> np.ndarray:
     The paper is the largest light region (split from the dark by Otsu's threshold, on a working-size copy):
     it is taken when it fills at least a fifth of the photo and three quarters of its own bounding box (paper
     is solid; chalk strokes on a blackboard are not), has something dark written on it, and the dark covers
-    most of the photo's edge (the table around it; a digit's strokes touch the edge only here and there). The crop keeps the paper's inside, less
-    a sliver at its edges, where the shadow of its rim lies."""
+    most of the photo's edge (the table around it; a digit's strokes touch the edge only here and there). The
+    crop keeps the paper's inside, less a sliver at its edges, where the shadow of its rim lies."""
     if min(gray.shape) < 16:
         return gray
     factor = max(1, max(gray.shape) // WORKING_SIZE)
@@ -260,7 +261,8 @@ def _paper(gray: np.ndarray) -> np.ndarray:
             writing < 0.005 * box_area:
         return gray
     inset_y, inset_x = (bottom - top) // 20 + 1, (right - left) // 20 + 1
-    return gray[(top + inset_y) * factor:(bottom - inset_y) * factor, (left + inset_x) * factor:(right - inset_x) * factor]
+    return gray[(top + inset_y) * factor:(bottom - inset_y) * factor,
+                (left + inset_x) * factor:(right - inset_x) * factor]
 
 
 FRAME = 128  # mask value of ink regions that touch the border and are dropped

@@ -35,6 +35,7 @@ import numpy as np
 from .errors import FastnetError
 from .training import TrainConfig
 
+TRUTH = {"true": True, "yes": True, "false": False, "no": False}  # how a true-or-false setting may be written
 # The train settings a sweep may vary, by flag: (TrainConfig field, how one value is read).
 SETTINGS = {
     "epochs": ("epochs", int),
@@ -44,8 +45,8 @@ SETTINGS = {
     "optimizer": ("optimizer", str),
     "lr": ("learning_rate", float),
     "momentum": ("momentum", float),
-    "nesterov": ("nesterov", lambda text: {"true": True, "yes": True, "false": False, "no": False}[text.lower()]),
-    "augment": ("augment", lambda text: {"true": True, "yes": True, "false": False, "no": False}[text.lower()]),
+    "nesterov": ("nesterov", lambda text: TRUTH[text.lower()]),
+    "augment": ("augment", lambda text: TRUTH[text.lower()]),
     "weight-decay": ("weight_decay", float),
     "schedule": ("schedule", str),
     "seed": ("seed", int),

@@ -151,11 +151,11 @@ def transform_image(ink, row, matrix, augmented, source, run):
 
 
 @jit
-def transform_images(ink, order, matrices, first, end, augmented, source, first_run):
-    """The images at positions first..end-1 of order, each through the transform at its position in matrices,
+def transform_images(ink, order, first, end, augmented, source, first_run):
+    """The images at positions first..end-1 of order, each through the transform at its position,
     into runs first_run, first_run + 1, ... of augmented.ink, with the scratch image source: a worker's share of
     a batch in the epoch, the first batch before it, and tests. A function of its own, not inlined into the
     epoch worker: inlined, it lengthened the epoch's compile by more than its own (Numba copies inlined code with
     the caller's whole scope)."""
     for k in range(first, end):
-        transform_image(ink, order[k], matrices[k], augmented, source, first_run + k - first)
+        transform_image(ink, order[k], augmented.matrices[k], augmented, source, first_run + k - first)

@@ -172,7 +172,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
             size = min(batch_size, order.size - (b + 1) * batch_size)
             first, last = size * worker // active, size * (worker + 1) // active
             at = (b + 1) * batch_size
-            transform_images(ink, order, augmented.matrices, at + first, at + last, augmented,
+            transform_images(ink, order, at + first, at + last, augmented,
                              augmented.sources[worker], ((b + 1) % 2) * batch_size + first)
         if deep is not None:  # 3. the later layers' forward, for this worker's share of the images
             for i in range(1, n_hidden):
@@ -296,7 +296,7 @@ def run_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, ord
             raise ValueError("augmentation reads the ink index: the data must be mostly zeros (ink.prepare)")
         augmented = new_augmented(augment, batch_size, n_workers, ink)
         first = first_batch * batch_size
-        transform_images(ink, order, augmented.matrices, first, min(first + batch_size, order.size), augmented,
+        transform_images(ink, order, first, min(first + batch_size, order.size), augmented,
                          augmented.sources[0], (first_batch % 2) * batch_size)
     losses, hits, next_batches = zip(*run_workers(
         n_workers, _epoch_worker, n_workers, new_control(n_workers), new_stop_flag() if stop is None else stop, ink,

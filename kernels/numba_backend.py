@@ -39,8 +39,7 @@ def augment_images(inputs, matrices, shape):
     check_inputs(inputs)
     ink = ink_index(inputs)
     augmented = new_augmented(Augment(matrices, shape), len(inputs), 1, ink)
-    transform_images(ink, np.arange(len(inputs)), np.ascontiguousarray(matrices, np.float32), 0, len(inputs),
-                     augmented, augmented.sources[0], 0)
+    transform_images(ink, np.arange(len(inputs)), 0, len(inputs), augmented, augmented.sources[0], 0)
     out = np.zeros_like(inputs)
     start, pixels, values = augmented.ink
     for n in range(len(inputs)):
