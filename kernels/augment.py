@@ -21,7 +21,7 @@ import numpy as np
 
 from .common import Augment
 from .ink import InkIndex
-from .jit import inline_jit, jit
+from .jit import inline_jit, llvm_inline_jit
 
 
 class Augmented(NamedTuple):
@@ -150,12 +150,11 @@ def transform_image(ink, row, matrix, augmented, source, run):
         source[scratch_at[pixels[t]]] = np.float32(0.0)
 
 
-@jit
+@llvm_inline_jit
 def transform_images(ink, order, first, end, augmented, source, first_run):
     """The images at positions first..end-1 of order, each through the transform at its position,
     into runs first_run, first_run + 1, ... of augmented.ink, with the scratch image source: a worker's share of
-    a batch in the epoch, the first batch before it, and tests. A function of its own, not inlined into the
-    epoch worker: inlined, it lengthened the epoch's compile by more than its own (Numba copies inlined code with
-    the caller's whole scope)."""
+    a batch in the epoch, the first batch before it, and tests. Compiled on its own and inlined by LLVM into the
+    epoch worker, as the layers are (jit.py)."""
     for k in range(first, end):
         transform_image(ink, order[k], augmented.matrices[k], augmented, source, first_run + k - first)

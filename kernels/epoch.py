@@ -79,10 +79,9 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
     """One worker's share of an epoch, from batch first_batch; returns (summed loss, correct, next batch).
     (loss and correct are this worker's images'.) The module docstring says what it does and when.
 
-    The helpers are called from here one after another, not through helpers of their own: Numba copies an
-    inlined function's IR with the caller's whole scope, so each level of nesting costs compile time out of
-    proportion. Each optional part is guarded by a test that its argument is None where it does not apply:
-    only so does Numba drop it before typing it.
+    The layers' functions (layers.py) are compiled on their own, shared by every variant of this worker, and
+    inlined by LLVM (jit.py). Each optional part is guarded by a test that its argument is None where it does
+    not apply: only so does Numba drop it before typing it.
     """
     hidden, dz, probs, dlogits, tiles, gradient = buffers
     tile = tiles[worker]

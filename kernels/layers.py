@@ -3,6 +3,8 @@
 Legend in common.py, storage in layout.py. Each function works on one block of BLOCK units of a hidden layer
 (the first layer's forward and update, every later layer's backward and update: the thread that owns the block
 calls it), or on a share of a batch's images (every later layer's forward, one thread per share).
+Each is compiled on its own and inlined by LLVM into the epoch worker and prediction (jit.llvm_inline_jit);
+the small helpers they call (activate, the optimisers' rules) are inlined in Numba's IR (jit.inline_jit).
 
 Inner loops run over range(BLOCK), a constant from 0: LLVM unrolls them into vector FMAs (with a variable
 signed start Numba adds a negative-index check that stops vectorisation; checked in the assembly). Running
@@ -25,7 +27,7 @@ from numba import carray
 
 from .ink import four_inputs, ink_span
 from .intrinsics import float32_from_bits, nonzero_bits32, stack_floats, trailing_zeros
-from .jit import inline_jit
+from .jit import inline_jit, llvm_inline_jit
 from .layout import BLOCK
 
 TILE = 32  # images whose first-layer gradient is summed pixel by pixel at a time (see first_gradient_by_pixel)
@@ -83,7 +85,7 @@ def backprop(d, h, relu, tanh):
 # ---------------------------------------------------------------- the first layer: in blocks of its output units
 
 
-@inline_jit
+@llvm_inline_jit
 def first_forward_sparse(hidden, ink, rows, W1, b1, relu, tanh, blk, width, scale):
     """hidden[blk, n] = activation(x[rows[n]] @ W1[blk] + b1[blk]) from the ink index (x = values * scale);
     units >= width (padding) = 0.
@@ -113,7 +115,7 @@ def first_forward_sparse(hidden, ink, rows, W1, b1, relu, tanh, blk, width, scal
             h[n, j] = np.float32(0.0)
 
 
-@inline_jit
+@llvm_inline_jit
 def first_forward_dense(hidden, inputs, rows, W1, b1, relu, tanh, blk, width, scale):
     """first_forward_sparse for inputs read as they are (N, D): every input, four per pass."""
     W, h, b = W1[blk], hidden[blk], b1[blk]
@@ -141,7 +143,7 @@ def first_forward_dense(hidden, inputs, rows, W1, b1, relu, tanh, blk, width, sc
             h[n, j] = np.float32(0.0)
 
 
-@inline_jit
+@llvm_inline_jit
 def first_gradient_by_pixel(T1, dz, ink, rows, tile, scale):
     """T1[p] += sum_n x[rows[n], p] * dz[n] over the ink pixels p: W1's gradient (times whatever dz carries),
     ink rows only.
@@ -178,7 +180,7 @@ def first_gradient_by_pixel(T1, dz, ink, rows, tile, scale):
                 tile[p, n] = 0
 
 
-@inline_jit
+@llvm_inline_jit
 def first_gradient_by_image(T1, dz, ink, rows, scale):
     """The same sum image by image: each image adds its gradient into each of its ink rows. Faster in batches
     under PIXEL_MAJOR_FROM (epoch.py) images."""
@@ -194,7 +196,7 @@ def first_gradient_by_image(T1, dz, ink, rows, scale):
                 T1[p, j] += x * g[j]
 
 
-@inline_jit
+@llvm_inline_jit
 def first_gradient_dense(T1, dz, inputs, rows, scale):
     """T1[i] += sum_n x[rows[n], i] * dz[n] for every input i, each row's sum in registers."""
     row_sum = carray(stack_floats(BLOCK), BLOCK)
@@ -212,7 +214,7 @@ def first_gradient_dense(T1, dz, inputs, rows, scale):
 # ---------------------------------------------------------------- later layers: in blocks of their input units
 
 
-@inline_jit
+@llvm_inline_jit
 def gather_forward(hidden_out, hidden_in, W, b, relu, tanh, lo, hi):
     """hidden_out[., n] = activation(hidden_in[., n] @ W + b) for images lo..hi-1: each unit a dot product over
     all blocks of the layer before, in a fixed order (whichever thread computes it); padding units = 0."""
@@ -228,7 +230,7 @@ def gather_forward(hidden_out, hidden_in, W, b, relu, tanh, lo, hi):
             hidden_out[k >> 6, n, k & 63] = np.float32(0.0)
 
 
-@inline_jit
+@llvm_inline_jit
 def output_forward(probs, hidden_in, W, b, lo, hi):
     """probs[n] = softmax(hidden_in[., n] @ W + b) for n in lo..hi-1, summing block by block in a fixed order."""
     n_classes = probs.shape[1]
@@ -251,7 +253,7 @@ def output_forward(probs, hidden_in, W, b, lo, hi):
             p[k] /= total
 
 
-@inline_jit
+@llvm_inline_jit
 def output_backward(dlogits, probs, labels, rows, lo, hi):
     """dlogits[., n] (in blocks, as every layer's gradient) of the cross-entropy's mean over the batch (images
     rows, their labels labels[rows]) for n in lo..hi-1; returns those images' summed loss and correct ones."""
@@ -275,7 +277,7 @@ def output_backward(dlogits, probs, labels, rows, lo, hi):
     return loss, correct
 
 
-@inline_jit
+@llvm_inline_jit
 def gather_backward(dz_in, dz_out, hidden_in, W, relu, tanh, blk, n_images):
     """dz_in[blk, n] = (dz_out[., n] @ W[blk]^T) * activation'(hidden_in[blk, n]): the gradient at block blk of
     the layer before, from this layer's (W in blocks of its input units, as stored)."""
@@ -334,7 +336,7 @@ def adam_rule(weight, m, s, g, r, j, step, decay, corrections):
         np.sqrt(s[r, j] * second_correction) + step.epsilon)
 
 
-@inline_jit
+@llvm_inline_jit
 def rule_from_buffer(weight, m, s, gradient, step, decay, corrections, adam):
     """Nesterov (adam None) or Adam for every element of 2-D weight, its gradient summed in the buffer
     gradient, which it zeroes for the next batch."""
@@ -347,7 +349,7 @@ def rule_from_buffer(weight, m, s, gradient, step, decay, corrections, adam):
             gradient[r, j] = np.float32(0.0)
 
 
-@inline_jit
+@llvm_inline_jit
 def gather_update(params, velocity, second, adaptive, i, dz_in, dz_out, hidden_in, step, corrections, blk,
                   n_images, scale_in_place):
     """The update of W[i][blk] (layer i+2's weights from block blk of the layer before) and of b[i][blk] (the
@@ -427,7 +429,7 @@ def gather_update(params, velocity, second, adaptive, i, dz_in, dz_out, hidden_i
                 adam_rule(bb, mb, sb, g[j], 0, j, step, np.float32(0.0), corrections)
 
 
-@inline_jit
+@llvm_inline_jit
 def output_bias_update(params, velocity, second, adaptive, dlogits, n_images, step, corrections):
     """b_out's step (SGD plain, with momentum, Nesterov or Adam); its gradient is sum_n dlogits[., n]."""
     b = params.b_out
