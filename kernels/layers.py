@@ -329,11 +329,12 @@ def adam_rule(weight, m, s, g, r, j, step, decay, corrections):
     """Adam with decoupled weight decay (common.Optimizer) for weight[r, j] with gradient g; corrections are
     1 / (1 - beta1^t) and 1 / (1 - beta2^t)."""
     first_correction, second_correction = corrections
-    m[r, j] = step.momentum * m[r, j] + (np.float32(1.0) - step.momentum) * g
-    s[r, j] = step.beta2 * s[r, j] + (np.float32(1.0) - step.beta2) * g * g
-    weight[r, j] *= np.float32(1.0) - step.learning_rate * decay
-    weight[r, j] -= step.learning_rate * (m[r, j] * first_correction) / (
-        np.sqrt(s[r, j] * second_correction) + step.epsilon)
+    first = step.momentum * m[r, j] + (np.float32(1.0) - step.momentum) * g
+    second = step.beta2 * s[r, j] + (np.float32(1.0) - step.beta2) * g * g
+    m[r, j], s[r, j] = first, second  # the step below uses the registers: read back after the weight is
+    # stored (which, as far as LLVM knows, may be the same memory), each would be loaded again
+    weight[r, j] = weight[r, j] * (np.float32(1.0) - step.learning_rate * decay) - step.learning_rate * (
+        first * first_correction) / (np.sqrt(second * second_correction) + step.epsilon)
 
 
 @llvm_inline_jit
