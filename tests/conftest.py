@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import numpy as np
 
 # scikit-learn's array-API check (test_estimator.py) runs only where SciPy was imported with this set; it changes
 # nothing else here.
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+# The Ctrl-C tests send SIGINT to the commands they start. A shell starts background jobs with SIGINT ignored
+# (`python -m pytest &` in a script), and an ignored signal stays ignored in every process started from there,
+# so those commands would never hear it; a handled one is reset to the default in them.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from fastnet.model import Network
 
