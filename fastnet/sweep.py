@@ -35,7 +35,12 @@ import numpy as np
 from .errors import FastnetError
 from .training import TrainConfig
 
-TRUTH = {"true": True, "yes": True, "false": False, "no": False}  # how a true-or-false setting may be written
+
+def _truth(text: str) -> bool:
+    """A true-or-false setting as written: true/yes or false/no (KeyError otherwise)."""
+    return {"true": True, "yes": True, "false": False, "no": False}[text.lower()]
+
+
 # The train settings a sweep may vary, by flag: (TrainConfig field, how one value is read).
 SETTINGS = {
     "epochs": ("epochs", int),
@@ -45,8 +50,8 @@ SETTINGS = {
     "optimizer": ("optimizer", str),
     "lr": ("learning_rate", float),
     "momentum": ("momentum", float),
-    "nesterov": ("nesterov", lambda text: TRUTH[text.lower()]),
-    "augment": ("augment", lambda text: TRUTH[text.lower()]),
+    "nesterov": ("nesterov", _truth),
+    "augment": ("augment", _truth),
     "weight-decay": ("weight_decay", float),
     "schedule": ("schedule", str),
     "seed": ("seed", int),
