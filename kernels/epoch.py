@@ -46,7 +46,7 @@ from .intrinsics import load_acquire
 from .jit import jit
 from .layers import (TILE, Step, bias_corrections, first_forward_dense, first_forward_sparse,
                      first_gradient_by_image, first_gradient_by_pixel, first_gradient_dense, gather_backward,
-                     gather_forward, gather_update, output_backward, output_bias_update, output_forward,
+                     gather_forward, gather_update, image_share, output_backward, output_bias_update, output_forward,
                      rule_from_buffer, scale_add)
 from .layout import BLOCK, Blocked, aligned_zeros, from_blocks, n_blocks, to_blocks
 from .threads import SOLO_AT, STOP_AT, new_control, new_stop_flag, publish, run_workers, thread_count, wait_for
@@ -166,7 +166,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
         publish(control, worker + 1, meeting)
         for other in range(active):
             naps += wait_for(control, other + 1, meeting)
-        lo, hi = rows.size * worker // active, rows.size * (worker + 1) // active
+        lo, hi = image_share(rows.size, worker, active)
         if augmented is not None and b + 1 < end:  # this worker's share of the next batch's transforms
             size = min(batch_size, order.size - (b + 1) * batch_size)
             first, last = size * worker // active, size * (worker + 1) // active
