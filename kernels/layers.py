@@ -30,7 +30,8 @@ from .intrinsics import float32_from_bits, nonzero_bits32, stack_floats, trailin
 from .jit import inline_jit, llvm_inline_jit
 from .layout import BLOCK
 
-TILE_IMAGES = 4  # images whose later layers' sums share loads (dot_tile)
+TILE_IMAGES = 4  # images whose later layers' sums share loads (dot_tile), with 2 units each
+TILE_SUMS = 2 * TILE_IMAGES
 TILE = 32  # images whose first-layer gradient is summed pixel by pixel at a time (see first_gradient_by_pixel)
 
 
@@ -216,28 +217,28 @@ def first_gradient_dense(T1, dz, inputs, rows, scale):
 
 
 @inline_jit
-def dot_tile(hidden_in, W, n0, n_end, k0, k_end):
-    """The dot products of images n0..n0+3 (hidden_in[., n], every block) with units k0, k0+1 (W[., k], every
-    block, as stored), as ((n0 k0, n0+1 k0, n0+2 k0, n0+3 k0), (the same for k0+1)). The eight share each load
-    of a row: one dot product at a time loads two numbers per multiply-add, this tile 0.75, and LLVM keeps the
-    eight running sums in vector registers. An image from n_end or a unit from k_end repeats the last one
-    before it: its sum is computed and not used."""
+def dot_tile(sums, hidden_in, W, n0, n_end, k0, k_end):
+    """sums[2 a + u] = the dot product of image n0 + a (hidden_in[., n], every block) with unit k0 + u (W[., k],
+    every block, as stored), for a < 4 and u < 2. The eight share each load of a row: one dot product at a time
+    loads two numbers per multiply-add, this tile 0.75, and LLVM keeps the eight running sums in vector
+    registers. An image from n_end or a unit from k_end repeats the last one before it: its sum is computed and
+    not used."""
     n1, n2, n3 = min(n0 + 1, n_end - 1), min(n0 + 2, n_end - 1), min(n0 + 3, n_end - 1)
     k1 = min(k0 + 1, k_end - 1)
-    z00 = z10 = z20 = z30 = z01 = z11 = z21 = z31 = np.float32(0.0)
+    z00 = z01 = z10 = z11 = z20 = z21 = z30 = z31 = np.float32(0.0)
     for blk in range(W.shape[0]):
         x0, x1, x2, x3 = hidden_in[blk, n0], hidden_in[blk, n1], hidden_in[blk, n2], hidden_in[blk, n3]
         w0, w1 = W[blk, k0], W[blk, k1]
         for j in range(BLOCK):
             z00 += x0[j] * w0[j]
-            z10 += x1[j] * w0[j]
-            z20 += x2[j] * w0[j]
-            z30 += x3[j] * w0[j]
             z01 += x0[j] * w1[j]
+            z10 += x1[j] * w0[j]
             z11 += x1[j] * w1[j]
+            z20 += x2[j] * w0[j]
             z21 += x2[j] * w1[j]
+            z30 += x3[j] * w0[j]
             z31 += x3[j] * w1[j]
-    return (z00, z10, z20, z30), (z01, z11, z21, z31)
+    sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], sums[7] = z00, z01, z10, z11, z20, z21, z30, z31
 
 
 @inline_jit
@@ -256,14 +257,15 @@ def gather_forward(hidden_out, hidden_in, W, b, relu, tanh, lo, hi):
     """hidden_out[., n] = activation(hidden_in[., n] @ W + b) for images lo..hi-1 (lo a multiple of
     TILE_IMAGES: image_share), in tiles of images and units (dot_tile); padding units = 0."""
     n_out = W.shape[1]
+    sums = carray(stack_floats(TILE_SUMS), TILE_SUMS)
     for n0 in range(lo, hi, TILE_IMAGES):
         images = min(TILE_IMAGES, hi - n0)
         for k0 in range(0, n_out, 2):
-            sums = dot_tile(hidden_in, W, n0, hi, k0, n_out)
+            dot_tile(sums, hidden_in, W, n0, hi, k0, n_out)
             for u in range(min(2, n_out - k0)):
                 k = k0 + u
                 for a in range(images):
-                    hidden_out[k >> 6, n0 + a, k & 63] = activate(sums[u][a] + b[k >> 6, k & 63], relu, tanh)
+                    hidden_out[k >> 6, n0 + a, k & 63] = activate(sums[2 * a + u] + b[k >> 6, k & 63], relu, tanh)
         for k in range(n_out, hidden_out.shape[0] * BLOCK):
             for a in range(images):
                 hidden_out[k >> 6, n0 + a, k & 63] = np.float32(0.0)
@@ -273,13 +275,14 @@ def gather_forward(hidden_out, hidden_in, W, b, relu, tanh, lo, hi):
 def output_forward(probs, hidden_in, W, b, lo, hi):
     """probs[n] = softmax(hidden_in[., n] @ W + b) for n in lo..hi-1 (lo as gather_forward's)."""
     n_classes = probs.shape[1]
+    sums = carray(stack_floats(TILE_SUMS), TILE_SUMS)
     for n0 in range(lo, hi, TILE_IMAGES):
         images = min(TILE_IMAGES, hi - n0)
         for k0 in range(0, n_classes, 2):
-            sums = dot_tile(hidden_in, W, n0, hi, k0, n_classes)
+            dot_tile(sums, hidden_in, W, n0, hi, k0, n_classes)
             for u in range(min(2, n_classes - k0)):
                 for a in range(images):
-                    probs[n0 + a, k0 + u] = sums[u][a] + b[k0 + u]
+                    probs[n0 + a, k0 + u] = sums[2 * a + u] + b[k0 + u]
         for n in range(n0, n0 + images):
             p = probs[n]
             largest = p[0]  # a loop, not p.max(): Numba would compile its generic max for this kernel
