@@ -72,6 +72,18 @@ def test_forward_matches_reference(case, mnist_train):
     assert_close("probs", fast_probs, ref_probs, ATOL)
 
 
+@pytest.mark.parametrize("n_images", [1, 3, 6])
+def test_forward_matches_reference_at_the_tiles_edges(n_images, mnist_train):
+    """The later layers' sums come in tiles of 4 images x 2 units (layers.dot_tile): odd widths (a unit pair
+    with one unit) and batches that end mid-tile. The kernel is CASES[1]'s, so nothing new compiles."""
+    inputs, _ = inputs_for(CASES[1], mnist_train, n_images)
+    network = new_network((96, 67), CASES[1].activation, classes=3)
+    fast_hidden, fast_probs = run_forward(numba_backend, network, inputs)
+    ref_hidden, ref_probs = run_forward(numpy_backend, network, inputs)
+    assert_close("hidden layer 2", fast_hidden[1], ref_hidden[1], ATOL)
+    assert_close("probs", fast_probs, ref_probs, ATOL)
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_backward_matches_reference(case, mnist_train):
     inputs, labels = inputs_for(case, mnist_train, 33)
