@@ -30,8 +30,8 @@ from .intrinsics import float32_from_bits, nonzero_bits32, stack_floats, trailin
 from .jit import inline_jit, llvm_inline_jit
 from .layout import BLOCK
 
-TILE_IMAGES = 4  # images whose later layers' sums share loads (dot_tile), with 2 units each
-TILE_SUMS = 2 * TILE_IMAGES
+TILE_IMAGES, TILE_UNITS = 4, 2  # images x units whose later layers' sums share their loads (dot_tile)
+TILE_SUMS = TILE_IMAGES * TILE_UNITS
 TILE = 32  # images whose first-layer gradient is summed pixel by pixel at a time (see first_gradient_by_pixel)
 
 
@@ -218,11 +218,11 @@ def first_gradient_dense(T1, dz, inputs, rows, scale):
 
 @inline_jit
 def dot_tile(sums, hidden_in, W, n0, n_end, k0, k_end):
-    """sums[2 a + u] = the dot product of image n0 + a (hidden_in[., n], every block) with unit k0 + u (W[., k],
-    every block, as stored), for a < 4 and u < 2. The eight share each load of a row: one dot product at a time
-    loads two numbers per multiply-add, this tile 0.75, and LLVM keeps the eight running sums in vector
-    registers. An image from n_end or a unit from k_end repeats the last one before it: its sum is computed and
-    not used."""
+    """sums[TILE_UNITS a + u] = the dot product of image n0 + a (hidden_in[., n], every block) with unit k0 + u
+    (W[., k], every block, as stored), for a < TILE_IMAGES (4) and u < TILE_UNITS (2). The eight share each load
+    of a row: one dot product at a time loads two numbers per multiply-add, this tile 0.75, and LLVM keeps the
+    eight running sums in vector registers. An image from n_end or a unit from k_end repeats the last one before
+    it: its sum is computed and not used."""
     n1, n2, n3 = min(n0 + 1, n_end - 1), min(n0 + 2, n_end - 1), min(n0 + 3, n_end - 1)
     k1 = min(k0 + 1, k_end - 1)
     z00 = z01 = z10 = z11 = z20 = z21 = z30 = z31 = np.float32(0.0)
@@ -260,12 +260,13 @@ def gather_forward(hidden_out, hidden_in, W, b, relu, tanh, lo, hi):
     sums = carray(stack_floats(TILE_SUMS), TILE_SUMS)
     for n0 in range(lo, hi, TILE_IMAGES):
         images = min(TILE_IMAGES, hi - n0)
-        for k0 in range(0, n_out, 2):
+        for k0 in range(0, n_out, TILE_UNITS):
             dot_tile(sums, hidden_in, W, n0, hi, k0, n_out)
-            for u in range(min(2, n_out - k0)):
+            for u in range(min(TILE_UNITS, n_out - k0)):
                 k = k0 + u
                 for a in range(images):
-                    hidden_out[k >> 6, n0 + a, k & 63] = activate(sums[2 * a + u] + b[k >> 6, k & 63], relu, tanh)
+                    z = sums[TILE_UNITS * a + u] + b[k >> 6, k & 63]
+                    hidden_out[k >> 6, n0 + a, k & 63] = activate(z, relu, tanh)
         for k in range(n_out, hidden_out.shape[0] * BLOCK):
             for a in range(images):
                 hidden_out[k >> 6, n0 + a, k & 63] = np.float32(0.0)
@@ -278,11 +279,11 @@ def output_forward(probs, hidden_in, W, b, lo, hi):
     sums = carray(stack_floats(TILE_SUMS), TILE_SUMS)
     for n0 in range(lo, hi, TILE_IMAGES):
         images = min(TILE_IMAGES, hi - n0)
-        for k0 in range(0, n_classes, 2):
+        for k0 in range(0, n_classes, TILE_UNITS):
             dot_tile(sums, hidden_in, W, n0, hi, k0, n_classes)
-            for u in range(min(2, n_classes - k0)):
+            for u in range(min(TILE_UNITS, n_classes - k0)):
                 for a in range(images):
-                    probs[n0 + a, k0 + u] = sums[2 * a + u] + b[k0 + u]
+                    probs[n0 + a, k0 + u] = sums[TILE_UNITS * a + u] + b[k0 + u]
         for n in range(n0, n0 + images):
             p = probs[n]
             largest = p[0]  # a loop, not p.max(): Numba would compile its generic max for this kernel
