@@ -219,8 +219,8 @@ def warm_up(backend, config: TrainConfig, inputs: np.ndarray, labels: np.ndarray
     """Compile (or load from cache) every kernel training will call; returns the seconds it took.
 
     Runs them on copies of a few real rows with the real argument types (sparse or dense as the whole data is
-    read), so that the timed epochs contain no compilation. With child_environment, the prediction kernel is
-    compiled meanwhile in a second process (numba_backend.start_compiling_prediction).
+    read), so that the timed epochs contain no compilation. With child_environment, a second process shares
+    the compile (numba_backend.compile_on_both_cores).
     """
     start = time.perf_counter()
     count = min(len(inputs), 2 * config.batch_size)
@@ -228,12 +228,14 @@ def warm_up(backend, config: TrainConfig, inputs: np.ndarray, labels: np.ndarray
     sizes = (inputs.shape[1], *config.hidden, n_classes)
     network = Network.initialise(sizes, config.activation, np.random.default_rng(0))
     optimizer = config.optimizer_at(0.0)
+    sparse = is_sparse(inputs)
     helper = None
     if child_environment is not None:  # on the other core, if there is anything to compile
-        helper = backend.start_compiling_prediction(sizes, network.activation_code, inputs.dtype.name,
-                                                    child_environment)
+        helper = backend.compile_on_both_cores(sizes, network.activation_code, inputs.dtype.name, sparse,
+                                               config.batch_size, optimizer,
+                                               input_shape if config.augment else None, child_environment)
     backend.train_epoch(network.params, new_state(network.params, optimizer),
-                        backend.prepare(few_inputs, sparse=is_sparse(inputs)), few_labels,
+                        backend.prepare(few_inputs, sparse=sparse), few_labels,
                         np.arange(count, dtype=np.int64), config.batch_size, optimizer, network.activation_code,
                         augment=epoch_augmentation(config, np.random.default_rng(0), count, input_shape))
     if helper is not None:

@@ -6,8 +6,9 @@
 Each provides (legend in common.py; params = [W_1, b_1, ..., W_L, b_L]; inputs (N, D) uint8 pixels or float32
 features; optimizer a common.Optimizer, state a common.OptimizerState):
     prepare(inputs, sparse=None)                      the training data as the backend reads it
-    start_compiling_prediction(layer_sizes, activation, dtype, env)
-                                                      a process compiling predict's kernel meanwhile, or None
+    compile_on_both_cores(layer_sizes, activation, dtype, sparse, batch_size, optimizer, augment_shape, env)
+                                                      the epoch's kernels shared out with a second process,
+                                                      which then compiles predict's: that process, or None
     train_epoch(params, state, data, labels, order, batch_size, optimizer, activation, progress=None,
                 stop=None, first_batch=0) -> (summed loss, correct predictions, next batch)
     forward(hidden, probs, inputs, params, activation)                 hidden: one (N, H_l) array per layer

@@ -38,6 +38,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numba import typeof, types
 
 from .augment import new_augmented, transform_images
 from .common import RELU, TANH, Augment, Optimizer, OptimizerState, input_scale
@@ -277,6 +278,42 @@ def run_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, ord
               augment: Augment | None = None):
     """train_epoch's work; returns its three results and the Buffers of the last batch (the hidden layers'
     activations and the probabilities, which numba_backend's one-batch forward reads)."""
+    run = worker_arguments(params, state, data, labels, order, batch_size, optimizer, activation, stop,
+                           first_batch, augment)
+    ink, order, augmented = run.arguments[2], run.arguments[5], run.arguments[-1]
+    if augmented is not None:  # the first batch's transforms: the workers transform each next one
+        first = first_batch * batch_size
+        transform_images(ink, order, first, min(first + batch_size, order.size), augmented,
+                         augmented.sources[0], (first_batch % 2) * batch_size)
+    losses, hits, next_batches = zip(*run_workers(run.n_workers, _epoch_worker, run.n_workers, *run.arguments,
+                                                  wait_in_threads=stop is not None))
+    next_batch = int(next_batches[0])
+    from_blocks(run.blocked, params)
+    for moments, blocks in ((state.first, run.velocity), (state.second, run.second)):
+        if blocks is not None:
+            from_blocks(blocks, moments)
+    state.step[0] += next_batch - first_batch
+    if progress is not None:
+        progress(min(len(order), next_batch * batch_size))
+    return float(sum(losses)), int(sum(hits)), next_batch, run.buffers
+
+
+class WorkerRun(NamedTuple):
+    """An epoch as its workers take it: their count, _epoch_worker's arguments after (worker, n_workers), and
+    the blocked weights, moments and buffers among them (read back after the epoch)."""
+
+    n_workers: int
+    arguments: tuple
+    blocked: Blocked
+    velocity: Blocked | None
+    second: Blocked | None
+    buffers: Buffers
+
+
+def worker_arguments(params, state: OptimizerState, data: InkIndex | Dense, labels, order, batch_size,
+                     optimizer: Optimizer, activation, stop=None, first_batch=0, augment: Augment | None = None
+                     ) -> WorkerRun:
+    """The epoch's data, weights and settings as _epoch_worker takes them (run_epoch's arguments)."""
     ink, inputs = (data, None) if isinstance(data, InkIndex) else (None, data.inputs)
     n_inputs = params[0].shape[0]
     blocked = to_blocks(params)
@@ -288,26 +325,65 @@ def run_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, ord
     buffers = new_buffers(blocked, batch_size, n_workers, ink, n_inputs, by_image, adaptive)
     relu, tanh = activation_flags(activation)
     scale = np.float32(input_scale(ink.values.dtype if ink is not None else inputs.dtype))
-    order = order.astype(np.int64, copy=False)
     augmented = None
     if augment is not None:
         if ink is None:
             raise ValueError("augmentation reads the ink index: the data must be mostly zeros (ink.prepare)")
         augmented = new_augmented(augment, batch_size, n_workers, ink)
-        first = first_batch * batch_size
-        transform_images(ink, order, first, min(first + batch_size, order.size), augmented,
-                         augmented.sources[0], (first_batch % 2) * batch_size)
-    losses, hits, next_batches = zip(*run_workers(
-        n_workers, _epoch_worker, n_workers, new_control(n_workers), new_stop_flag() if stop is None else stop, ink,
-        inputs, labels.astype(np.int64, copy=False), order, blocked, velocity, second, adaptive, buffers, widths,
-        batch_size, step, int(state.step[0]), relu, tanh, by_image, deep_flag(params), first_batch, scale,
-        augmented, wait_in_threads=stop is not None))
-    next_batch = int(next_batches[0])
-    from_blocks(blocked, params)
-    for moments, blocks in ((state.first, velocity), (state.second, second)):
-        if blocks is not None:
-            from_blocks(blocks, moments)
-    state.step[0] += next_batch - first_batch
-    if progress is not None:
-        progress(min(len(order), next_batch * batch_size))
-    return float(sum(losses)), int(sum(hits)), next_batch, buffers
+    arguments = (new_control(n_workers), new_stop_flag() if stop is None else stop, ink, inputs,
+                 labels.astype(np.int64, copy=False), order.astype(np.int64, copy=False), blocked, velocity, second,
+                 adaptive, buffers, widths, batch_size, step, int(state.step[0]), relu, tanh, by_image,
+                 deep_flag(params), first_batch, scale, augmented)
+    return WorkerRun(n_workers, arguments, blocked, velocity, second, buffers)
+
+
+def layer_signatures(run: WorkerRun) -> list[tuple]:
+    """(function, argument types) of every layers.py or augment.py function that _epoch_worker calls in this
+    run, as it calls them, in that order: what compiling the worker compiles first, each function on its own
+    (jit.py). They mirror the calls above, here beside them; a test checks that compiling these leaves none
+    for the worker's compile (compile_ahead.py)."""
+    (_, _, ink, inputs, labels, order, params, velocity, second, adaptive, buffers, _, _, step, _, relu, tanh,
+     by_image, deep, _, scale, augmented) = run.arguments
+    t = typeof
+    layer = t(buffers.hidden[0])  # every layer's activations and gradients, dlogits too: (blocks, N, BLOCK)
+    block_of_W1 = t(params.W1[0])  # also the moments' and the gradient buffer's blocks
+    int64, rows, corrections = types.int64, t(order), types.UniTuple(types.float32, 2)
+    first_ink = t(ink if augmented is None else augmented.ink)
+    optimizer = (t(params), t(velocity), t(second), t(adaptive))
+    activation = (t(relu), t(tanh))
+    backward = (gather_backward, (layer, layer, layer, t(params.W[0]), *activation, int64, int64))
+    calls = []
+    if deep is not None:  # step 1
+        calls += [backward, (gather_update, (*optimizer, int64, layer, layer, layer, t(step), corrections, int64,
+                                             int64, types.literal(False)))]
+    calls += [backward, (gather_update, (*optimizer, types.literal(0), layer, layer, layer, t(step), corrections,
+                                         int64, int64, types.literal(True)))]  # step 2
+    # Numba drops a branch only where `argument is None` is decided by the argument's type being None: beside
+    # a flag that is True, its None branch is compiled too (by_image: the pixel-by-pixel gradient; Adam: the
+    # Nesterov rule).
+    if inputs is not None:
+        calls.append((first_gradient_dense, (block_of_W1, block_of_W1, t(inputs), rows, t(scale))))
+    else:
+        calls.append((first_gradient_by_pixel, (block_of_W1, block_of_W1, first_ink, rows, t(buffers.tiles[0]),
+                                                t(scale))))
+        if by_image is not None:
+            calls.append((first_gradient_by_image, (block_of_W1, block_of_W1, first_ink, rows, t(scale))))
+    rule = (rule_from_buffer, (block_of_W1, block_of_W1, block_of_W1, block_of_W1, t(step), types.float32,
+                               corrections))
+    if adaptive is not None:
+        calls.append((rule[0], (*rule[1], types.none)))
+        if second is not None:
+            calls.append((rule[0], (*rule[1], types.literal(True))))
+    first_layer_forward = first_forward_dense if inputs is not None else first_forward_sparse
+    calls.append((first_layer_forward, (layer, t(inputs) if inputs is not None else first_ink, rows, t(params.W1),
+                                        t(params.b[0]), *activation, int64, int64, t(scale))))
+    if augmented is not None:  # step 3
+        calls.append((transform_images, (t(ink), rows, int64, int64, t(augmented), t(augmented.sources[0]),
+                                         int64)))
+    if deep is not None:
+        calls.append((gather_forward, (layer, layer, t(params.W[0]), t(params.b[0]), *activation, int64, int64)))
+    probs, dlogits = t(buffers.probs), t(buffers.dlogits)
+    calls += [(output_forward, (probs, layer, t(params.W[0]), t(params.b_out), int64, int64)),
+              (output_backward, (dlogits, probs, t(labels), rows, int64, int64)),
+              (output_bias_update, (*optimizer, dlogits, int64, t(step), corrections))]
+    return calls

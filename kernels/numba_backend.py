@@ -21,10 +21,11 @@ from .epoch import kernel_step, run_epoch, train_epoch
 from .ink import Dense, InkIndex, ink_index, prepare as _prepare
 from .jit import jit
 from .layers import rule_from_buffer, scale_add
-from .predict import compile_prediction, predict, start_compiling_prediction
+from .compile_ahead import compile_on_both_cores
+from .predict import compile_prediction, predict
 
 __all__ = ["prepare", "train_epoch", "forward", "backward", "optimizer_step", "predict", "compile_prediction",
-           "start_compiling_prediction", "augment_images"]
+           "compile_on_both_cores", "augment_images"]
 
 
 def prepare(inputs: np.ndarray, chunk: int = 4096, sparse: bool | None = None) -> InkIndex | Dense:

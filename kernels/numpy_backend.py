@@ -23,7 +23,8 @@ def prepare(inputs: np.ndarray, sparse: bool | None = None) -> np.ndarray:
     return inputs
 
 
-def start_compiling_prediction(layer_sizes, activation, dtype, env) -> None:
+def compile_on_both_cores(layer_sizes, activation, dtype, sparse, batch_size, optimizer, augment_shape, env
+                          ) -> None:
     """Nothing to compile here (see numba_backend)."""
     return None
 

@@ -8,9 +8,6 @@ they are. Each thread takes a contiguous range of rows and has its own buffers.
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -93,7 +90,7 @@ def predict(probs, inputs, params, activation):
     run_workers(n_workers, work)
 
 
-# ---------------------------------------------------------------- compiling on both cores
+# ---------------------------------------------------------------- compiling ahead (compile_ahead.py)
 
 
 def compile_prediction(layer_sizes: list[int], activation: int, dtype: str) -> None:
@@ -104,24 +101,3 @@ def compile_prediction(layer_sizes: list[int], activation: int, dtype: str) -> N
               for array in (rng.standard_normal((fan_in, fan_out)).astype(np.float32), np.zeros(fan_out, np.float32))]
     inputs = np.zeros((1, layer_sizes[0]), dtype)
     predict(np.empty((1, layer_sizes[-1]), np.float32), inputs, params, activation)
-
-
-def start_compiling_prediction(layer_sizes: list[int], activation: int, dtype: str, env: dict
-                               ) -> subprocess.Popen | None:
-    """On an empty cache, compile the prediction kernel into it from a second process (environment env: one that
-    imports this package), on the other core, while this one compiles the epoch: Numba compiles one function at a
-    time per process. Returns the process to wait for, or None where there is nothing to gain (cached already,
-    one thread, or a Numba whose cache layout this does not know: then the kernel is compiled here, when used)."""
-    try:
-        cached = Path(_predict_rows._cache._cache_file._index_path).exists()  # Numba internals, hence the guard
-    except AttributeError:
-        return None
-    if cached or thread_count() < 2:
-        return None
-    code = (f"from {__package__}.predict import compile_prediction; "
-            f"compile_prediction({list(map(int, layer_sizes))!r}, {int(activation)}, {dtype!r})")
-    try:
-        return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    except OSError:
-        return None

@@ -115,29 +115,6 @@ def test_freshly_compiled_and_cached_kernels_give_bit_identical_weights(tmp_path
     assert digests[0] == digests[1], "compiled and cached kernels gave different weights"
 
 
-WARM_UP_AND_REPORT = """
-from fastnet import _child_environment
-from fastnet.datasets import load_mnist
-from fastnet.kernels import numba_backend, predict
-from fastnet.training import TrainConfig, warm_up
-images, labels = load_mnist("test")
-warm_up(numba_backend, TrainConfig(), images[:100], labels[:100], 10, child_environment=_child_environment())
-stats = predict._predict_rows.stats
-again = numba_backend.start_compiling_prediction([784, 128, 10], 0, "uint8", _child_environment())
-print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()), again)
-"""
-
-
-def test_on_an_empty_cache_a_second_process_compiles_the_prediction_kernel(tmp_path):
-    """warm_up has another process compile prediction while it compiles the epoch; it then loads that
-    kernel from the cache (a hit, not a miss), and with the cache warm starts no process at all."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), NUMBA_NUM_THREADS="2",
-               PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", WARM_UP_AND_REPORT], env=env, capture_output=True, text=True,
-                            timeout=600, check=True)
-    assert result.stdout.split() == ["1", "0", "None"]
-
-
 def test_same_seed_same_weights_other_seed_other_weights(mnist_train, mnist_test):
     small = tuple(a[:3000] for a in mnist_train)
     first, _ = train(TrainConfig(epochs=1, seed=3), small, mnist_test, 10)
