@@ -6,7 +6,7 @@ itself. So before the worker, this process and a helper process share out those 
 in a folder of claims) and compiles it into the cache. Once the helper has finished its share it says so, and
 goes on to compile the prediction kernel; this process then compiles the worker, loading the helper's share
 from the cache. What either compiles is what the worker's own compile would have compiled: the kernels, and so
-the weights, are the same (tests/test_training.py).
+the weights, are the same (tests/test_compile_ahead.py).
 """
 
 from __future__ import annotations
@@ -64,13 +64,18 @@ def _is_cached(dispatcher, argument_types: tuple) -> bool:
 
 
 def compile_claimed(signatures: list[tuple], claims: Path) -> None:
-    """Compile each of signatures that no other process has claimed in the folder claims, claiming it first."""
-    for number, (function, argument_types) in enumerate(signatures):
+    """Compile each function of signatures (for all its argument types there) that no other process has claimed
+    in the folder claims, claiming it first. By function, not by signature: Numba keeps one cache index per
+    function, which two processes writing at once could leave with one entry lost."""
+    functions = list(dict.fromkeys(function for function, _ in signatures))
+    for number, function in enumerate(functions):
         try:
             os.close(os.open(claims / str(number), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             continue
-        function.compile(argument_types)
+        for other, argument_types in signatures:
+            if other is function:
+                function.compile(argument_types)
 
 
 def helper(plan_json: str, claims: str) -> None:
