@@ -74,9 +74,9 @@ class Buffers(NamedTuple):
 
 
 @jit
-def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, params, velocity, second, adaptive,
-                  buffers, widths, batch_size, step, steps_before, relu, tanh, image_by_image, deep, first_batch,
-                  scale, augmented):
+def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, params, velocity, second, additive,
+                  adaptive, buffers, widths, batch_size, step, steps_before, relu, tanh, image_by_image, deep,
+                  first_batch, scale, augmented):
     """One worker's share of an epoch, from batch first_batch; returns (summed loss, correct, next batch).
     (loss and correct are this worker's images'.) The module docstring says what it does and when.
 
@@ -111,7 +111,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
                 dz_out = dlogits if i == n_hidden - 1 else dz[i + 1]
                 for blk in range(worker, hidden[i].shape[0], active):
                     gather_backward(dz[i], dz_out, hidden[i], params.W[i], relu, tanh, blk, prev_rows.size)
-                    gather_update(params, velocity, second, adaptive, i, dz[i], dz_out, hidden[i], step,
+                    gather_update(params, velocity, second, additive, adaptive, i, dz[i], dz_out, hidden[i], step,
                                   corrections, blk, prev_rows.size, False)
                 meeting += 1
                 publish(control, worker + 1, meeting)
@@ -121,13 +121,13 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
         for blk in range(worker, hidden[0].shape[0], active):  # 2. the first hidden layer's blocks
             if b > first_batch:
                 gather_backward(dz[0], dz_out, hidden[0], params.W[0], relu, tanh, blk, prev_rows.size)
-                gather_update(params, velocity, second, adaptive, 0, dz[0], dz_out, hidden[0], step, corrections,
-                              blk, prev_rows.size, True)
+                gather_update(params, velocity, second, additive, adaptive, 0, dz[0], dz_out, hidden[0], step,
+                              corrections, blk, prev_rows.size, True)
                 # The first layer's update: its gradient (from dz, left scaled by gather_update for plain SGD
                 # and momentum) added straight to the weights or the velocity, or (Nesterov, Adam) summed in
                 # the gradient buffer first, as every weight takes a step there, with ink or not.
                 weight = params.W1[blk]
-                if adaptive is None:
+                if additive is not None:
                     if velocity is None:
                         if step.weight_decay != np.float32(0.0):
                             scale_add(weight, np.float32(1.0) - step.learning_rate * step.weight_decay, weight,
@@ -136,7 +136,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
                     else:
                         target = velocity.W1[blk]
                         scale_add(target, step.momentum, weight, step.weight_decay)
-                else:
+                if adaptive is not None:
                     target = gradient[blk]
                 if inputs is not None:
                     first_gradient_dense(target, dz[0][blk], inputs, prev_rows, scale)
@@ -145,15 +145,15 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
                         first_gradient_by_pixel(target, dz[0][blk], first_ink, first_prev_rows, tile, scale)
                     else:
                         first_gradient_by_image(target, dz[0][blk], first_ink, first_prev_rows, scale)
-                if adaptive is None:
-                    if velocity is not None:
-                        scale_add(weight, np.float32(1.0), velocity.W1[blk], -step.learning_rate)
-                elif second is None:
-                    rule_from_buffer(weight, velocity.W1[blk], velocity.W1[blk], gradient[blk], step,
-                                     step.weight_decay, corrections, None)
-                else:
-                    rule_from_buffer(weight, velocity.W1[blk], second.W1[blk], gradient[blk], step,
-                                     step.weight_decay, corrections, True)
+                if additive is not None and velocity is not None:
+                    scale_add(weight, np.float32(1.0), velocity.W1[blk], -step.learning_rate)
+                if adaptive is not None:
+                    if second is None:
+                        rule_from_buffer(weight, velocity.W1[blk], velocity.W1[blk], gradient[blk], step,
+                                         step.weight_decay, corrections, None)
+                    else:
+                        rule_from_buffer(weight, velocity.W1[blk], second.W1[blk], gradient[blk], step,
+                                         step.weight_decay, corrections, True)
             if b < end:
                 if inputs is not None:
                     first_forward_dense(hidden[0], inputs, rows, params.W1, params.b[0], relu, tanh, blk,
@@ -198,7 +198,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
         for other in range(active):
             naps += wait_for(control, other + 1, meeting)
         if worker == 0:
-            output_bias_update(params, velocity, second, adaptive, dlogits, rows.size, step,
+            output_bias_update(params, velocity, second, additive, adaptive, dlogits, rows.size, step,
                                bias_corrections(step, t + 1))
         if control[STOP_AT] >= 0:
             end = control[STOP_AT]
@@ -249,12 +249,13 @@ def new_buffers(blocked: Blocked, batch_size: int, n_workers: int, ink, n_inputs
                    aligned_zeros(blocked.W1.shape) if adaptive else aligned_zeros((0, 0, BLOCK)))
 
 
-def kernel_step(optimizer: Optimizer) -> tuple[Step, bool | None]:
-    """The optimiser as the kernels take it: its settings in float32, and adaptive (layers.Step)."""
+def kernel_step(optimizer: Optimizer) -> tuple[Step, bool | None, bool | None]:
+    """The optimiser as the kernels take it: its settings in float32, additive and adaptive (layers.Step)."""
     beta = optimizer.beta1 if optimizer.kind == "adam" else optimizer.momentum
     step = Step(np.float32(optimizer.learning_rate), np.float32(beta), np.float32(optimizer.weight_decay),
                 np.float32(optimizer.beta2), np.float32(optimizer.epsilon))
-    return step, (True if optimizer.kind == "adam" or (optimizer.nesterov and optimizer.momentum != 0) else None)
+    adaptive = optimizer.kind == "adam" or (optimizer.nesterov and optimizer.momentum != 0)
+    return step, (None if adaptive else True), (True if adaptive else None)
 
 
 def train_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, order, batch_size,
@@ -319,7 +320,7 @@ def worker_arguments(params, state: OptimizerState, data: InkIndex | Dense, labe
     blocked = to_blocks(params)
     velocity = to_blocks(state.first) if state.first is not None else None
     second = to_blocks(state.second) if state.second is not None else None
-    step, adaptive = kernel_step(optimizer)
+    step, additive, adaptive = kernel_step(optimizer)
     widths = np.array([w.shape[1] for w in params[0:-2:2]], np.int64)
     n_workers, by_image = _workers_for(batch_size, len(blocked.b[0])), image_by_image(batch_size, ink)
     buffers = new_buffers(blocked, batch_size, n_workers, ink, n_inputs, by_image, adaptive)
@@ -332,7 +333,7 @@ def worker_arguments(params, state: OptimizerState, data: InkIndex | Dense, labe
         augmented = new_augmented(augment, batch_size, n_workers, ink)
     arguments = (new_control(n_workers), new_stop_flag() if stop is None else stop, ink, inputs,
                  labels.astype(np.int64, copy=False), order.astype(np.int64, copy=False), blocked, velocity, second,
-                 adaptive, buffers, widths, batch_size, step, int(state.step[0]), relu, tanh, by_image,
+                 additive, adaptive, buffers, widths, batch_size, step, int(state.step[0]), relu, tanh, by_image,
                  deep_flag(params), first_batch, scale, augmented)
     return WorkerRun(n_workers, arguments, blocked, velocity, second, buffers)
 
@@ -342,14 +343,14 @@ def layer_signatures(run: WorkerRun) -> list[tuple]:
     run, as it calls them, in that order: what compiling the worker compiles first, each function on its own
     (jit.py). They mirror the calls above, here beside them; a test checks that compiling these leaves none
     for the worker's compile (compile_ahead.py)."""
-    (_, _, ink, inputs, labels, order, params, velocity, second, adaptive, buffers, _, _, step, _, relu, tanh,
-     by_image, deep, _, scale, augmented) = run.arguments
+    (_, _, ink, inputs, labels, order, params, velocity, second, additive, adaptive, buffers, _, _, step, _, relu,
+     tanh, by_image, deep, _, scale, augmented) = run.arguments
     t = typeof
     layer = t(buffers.hidden[0])  # every layer's activations and gradients, dlogits too: (blocks, N, BLOCK)
     block_of_W1 = t(params.W1[0])  # also the moments' and the gradient buffer's blocks
     int64, rows, corrections = types.int64, t(order), types.UniTuple(types.float32, 2)
     first_ink = t(ink if augmented is None else augmented.ink)
-    optimizer = (t(params), t(velocity), t(second), t(adaptive))
+    optimizer = (t(params), t(velocity), t(second), t(additive), t(adaptive))
     activation = (t(relu), t(tanh))
     backward = (gather_backward, (layer, layer, layer, t(params.W[0]), *activation, int64, int64))
     calls = []

@@ -38,8 +38,10 @@ TILE = 32  # images whose first-layer gradient is summed pixel by pixel at a tim
 class Step(NamedTuple):
     """An optimiser's settings as the kernels take them (common.Optimizer says the maths), float32. Beside them
     the kernels take the moments, in blocks: velocity (SGD's, or Adam's first moment; None for plain SGD) and
-    second (Adam's; else None), and adaptive: None where the gradient is simply added (plain SGD, momentum),
-    True for Nesterov SGD and Adam (rule)."""
+    second (Adam's; else None), and two flags, one True and the other None: additive, where the gradient is
+    simply added (plain SGD, momentum), adaptive for Nesterov SGD and Adam (a rule per weight). Two, not one
+    flag and its else branch: Numba drops a branch only where the argument it tests is None, and a True flag's
+    else branch would be compiled too (several seconds of compile across the kernels)."""
 
     learning_rate: np.float32
     momentum: np.float32  # SGD's momentum, or Adam's beta1
@@ -395,20 +397,20 @@ def rule_from_buffer(weight, m, s, gradient, step, decay, corrections, adam):
 
 
 @llvm_inline_jit
-def gather_update(params, velocity, second, adaptive, i, dz_in, dz_out, hidden_in, step, corrections, blk,
-                  n_images, scale_in_place):
+def gather_update(params, velocity, second, additive, adaptive, i, dz_in, dz_out, hidden_in, step, corrections,
+                  blk, n_images, scale_in_place):
     """The update of W[i][blk] (layer i+2's weights from block blk of the layer before) and of b[i][blk] (the
     layer before's biases there), after gather_backward has written dz_in[blk].
 
     Gradients: dW[blk][k] = sum_n dz_out[k, n] * hidden_in[blk, n], db[blk] = sum_n dz_in[blk, n], each summed
-    in registers. With adaptive None, plain SGD (velocity None) adds -lr times them straight into the weights
+    in registers. With additive, plain SGD (velocity None) adds -lr times them straight into the weights
     and SGD with momentum into the velocity, which then moves the weights; with scale_in_place, dz_in[blk] is
     left multiplied by that factor (-lr, or 1), for the first layer's gradient, added the same way. With
-    adaptive True, Nesterov SGD (second None) or Adam takes each summed gradient as it is.
+    adaptive, Nesterov SGD (second None) or Adam takes each summed gradient as it is.
     """
     Wb, bb, dz, h = params.W[i][blk], params.b[i][blk:blk + 1], dz_in[blk], hidden_in[blk]
     g = carray(stack_floats(BLOCK), BLOCK)  # one row's gradient, summed over the batch in registers
-    if adaptive is None:
+    if additive is not None:
         if velocity is None:  # w = (1 - lr decay) w (- lr * the gradient, below)
             scale = -step.learning_rate
             if step.weight_decay != np.float32(0.0):
@@ -443,7 +445,7 @@ def gather_update(params, velocity, second, adaptive, i, dz_in, dz_out, hidden_i
         if velocity is not None:  # w -= lr v
             scale_add(Wb, np.float32(1.0), velocity.W[i][blk], -step.learning_rate)
             scale_add(bb, np.float32(1.0), velocity.b[i][blk:blk + 1], -step.learning_rate)
-    else:
+    if adaptive is not None:
         # The moments' blocks are taken once, here: taken per element, the views kept the loops scalar.
         mW, mb = velocity.W[i][blk], velocity.b[i][blk:blk + 1]
         if second is None:
@@ -475,22 +477,25 @@ def gather_update(params, velocity, second, adaptive, i, dz_in, dz_out, hidden_i
 
 
 @llvm_inline_jit
-def output_bias_update(params, velocity, second, adaptive, dlogits, n_images, step, corrections):
+def output_bias_update(params, velocity, second, additive, adaptive, dlogits, n_images, step, corrections):
     """b_out's step (SGD plain, with momentum, Nesterov or Adam); its gradient is sum_n dlogits[., n]."""
     b = params.b_out
     n_classes = b.shape[0]
-    if velocity is None:
-        for n in range(n_images):
+    if additive is not None:
+        if velocity is None:
+            for n in range(n_images):
+                for k in range(n_classes):
+                    b[k] -= step.learning_rate * dlogits[k >> 6, n, k & 63]
+        else:  # loops, not array expressions: each of those is a compile of its own
+            v = velocity.b_out
             for k in range(n_classes):
-                b[k] -= step.learning_rate * dlogits[k >> 6, n, k & 63]
-    elif adaptive is None:
-        v = velocity.b_out
-        v *= step.momentum
-        for n in range(n_images):
+                v[k] *= step.momentum
+            for n in range(n_images):
+                for k in range(n_classes):
+                    v[k] += dlogits[k >> 6, n, k & 63]
             for k in range(n_classes):
-                v[k] += dlogits[k >> 6, n, k & 63]
-        b -= step.learning_rate * v
-    else:
+                b[k] -= step.learning_rate * v[k]
+    if adaptive is not None:
         row, m_row = b.reshape((1, n_classes)), velocity.b_out.reshape((1, n_classes))
         for k in range(n_classes):
             g = np.float32(0.0)

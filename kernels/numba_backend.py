@@ -78,9 +78,9 @@ def backward(grads, hidden, probs, inputs, labels, params, activation):
 
 
 @jit
-def _step_array(weight, grad, velocity, second, adaptive, step, decay, corrections):
+def _step_array(weight, grad, velocity, second, additive, adaptive, step, decay, corrections):
     """One optimiser step for a 2-D parameter with the kernels' own element code (layers.py)."""
-    if adaptive is None:
+    if additive is not None:
         if velocity is None:
             if decay != np.float32(0.0):
                 scale_add(weight, np.float32(1.0) - step.learning_rate * decay, weight, np.float32(0.0))
@@ -89,15 +89,16 @@ def _step_array(weight, grad, velocity, second, adaptive, step, decay, correctio
             scale_add(velocity, step.momentum, weight, decay)
             scale_add(velocity, np.float32(1.0), grad, np.float32(1.0))
             scale_add(weight, np.float32(1.0), velocity, -step.learning_rate)
-    elif second is None:
-        rule_from_buffer(weight, velocity, velocity, grad, step, decay, corrections, None)
-    else:
-        rule_from_buffer(weight, velocity, second, grad, step, decay, corrections, True)
+    if adaptive is not None:
+        if second is None:
+            rule_from_buffer(weight, velocity, velocity, grad, step, decay, corrections, None)
+        else:
+            rule_from_buffer(weight, velocity, second, grad, step, decay, corrections, True)
 
 
 def optimizer_step(params, grads, state: OptimizerState, optimizer: Optimizer):
     """One step of the optimiser for every parameter, in place (for tests: the epoch fuses it into the backward)."""
-    step, adaptive = kernel_step(optimizer)
+    step, additive, adaptive = kernel_step(optimizer)
     state.step[0] += 1
     t = int(state.step[0])
     corrections = (np.float32(1.0 / (1.0 - optimizer.beta1 ** t)), np.float32(1.0 / (1.0 - optimizer.beta2 ** t)))
@@ -107,5 +108,5 @@ def optimizer_step(params, grads, state: OptimizerState, optimizer: Optimizer):
     for i, (weight, grad) in enumerate(zip(params, grads)):
         moments = [None if state.first is None else state.first[i], None if state.second is None else state.second[i]]
         decay = np.float32(optimizer.weight_decay if weight.ndim == 2 else 0.0)
-        _step_array(row(weight), row(grad).copy(), row(moments[0]), row(moments[1]), adaptive, step, decay,
+        _step_array(row(weight), row(grad).copy(), row(moments[0]), row(moments[1]), additive, adaptive, step, decay,
                     corrections)
