@@ -180,10 +180,11 @@ def _run_child(arguments: list[str], env: dict, what: str, timeout: float | None
     return result
 
 
-# A fresh process that compiles (or loads) the Numba kernels as training does: for a workload (JSON, or the
-# default) and the batch sizes given as arguments (training's default batch size if none); prints the seconds that took and
-# the seconds since it started.
+# A fresh process that compiles (or loads) the Numba kernels as training does (on both cores, as `train`): for a
+# workload (JSON, or the default) and the batch sizes given as arguments (training's default batch size if none);
+# prints the seconds that took and the seconds since it started.
 _WARM_UP = ("import json, sys, time; t = time.perf_counter(); "
+            "from fastnet import _child_environment; "
             "from fastnet.bench import Workload; from fastnet.kernels import get_backend; "
             "from fastnet.training import TrainConfig, warm_up; "
             "workload = Workload(**json.loads(sys.argv[1])) if len(sys.argv) > 1 else Workload(); "
@@ -192,7 +193,8 @@ _WARM_UP = ("import json, sys, time; t = time.perf_counter(); "
             "optimizer=workload.optimizer) for b in sys.argv[2:] or [TrainConfig().batch_size]]; "
             "t0 = time.perf_counter(); "
             "configs += [TrainConfig(**dict(c.as_dict(), augment=True)) for c in configs if workload.augment]; "
-            "[warm_up(get_backend('numba'), config, inputs, labels, 10, input_shape=(28, 28, 1)) "
+            "[warm_up(get_backend('numba'), config, inputs, labels, 10, child_environment=_child_environment(), "
+            "input_shape=(28, 28, 1)) "
             "for config in configs]; "
             "print(time.perf_counter() - t0, time.perf_counter() - t)")
 

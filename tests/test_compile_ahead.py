@@ -17,14 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Settings that take the worker through every branch the plan mirrors: augmented sparse uint8 with Nesterov
 # (the transform, one rule); a deep dense network with Adam (the later layers, the dense first layer, both
-# rules); sparse floats in small batches with momentum (the image-by-image gradient beside the pixel one).
+# rules); sparse floats in small batches with plain SGD, the default optimiser (the image-by-image gradient beside
+# the pixel one).
 CASES = {
     "augmented": dict(layer_sizes=[784, 128, 10], activation=1, dtype="uint8", sparse=True, batch_size=32,
                       optimizer=["sgd", 0.05, 0.9, True, 5e-5], augment_shape=[28, 28, 1]),
     "deep-dense-adam": dict(layer_sizes=[20, 70, 40, 3], activation=2, dtype="float32", sparse=False,
                             batch_size=8, optimizer=["adam", 0.001, 0.0, False, 0.01], augment_shape=None),
     "sparse-floats-by-image": dict(layer_sizes=[784, 130, 64, 5], activation=0, dtype="float32", sparse=True,
-                                   batch_size=10, optimizer=["sgd", 0.1, 0.9, False, 0.0], augment_shape=None),
+                                   batch_size=10, optimizer=["sgd", 0.1, 0.0, False, 5e-5], augment_shape=None),
 }
 
 # The layer functions the worker's compile asks for, recorded by wrapping each one's compile, against the plan.
