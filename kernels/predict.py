@@ -47,10 +47,13 @@ def _predict_rows(probs, inputs, params, widths, relu, tanh, deep, lo, hi, hidde
             for blk in range(hidden[0].shape[0]):
                 first_forward_sparse(hidden[0], ink, rows[:count], params.W1, params.b[0], relu, tanh, blk,
                                      min(BLOCK, widths[0] - blk * BLOCK), scale)
+        # np.int64(0), not 0: a literal 0 is a type of its own, for which gather_forward and output_forward would
+        # be compiled again, where now they share the epoch worker's compile (its shares of images start anywhere).
+        zero = np.int64(0)
         if deep is not None:
             for i in range(1, n_hidden):
-                gather_forward(hidden[i], hidden[i - 1], params.W[i - 1], params.b[i], relu, tanh, 0, count)
-        output_forward(probs[first:first + count], hidden[n_hidden - 1], params.W[n_hidden - 1], params.b_out, 0,
+                gather_forward(hidden[i], hidden[i - 1], params.W[i - 1], params.b[i], relu, tanh, zero, count)
+        output_forward(probs[first:first + count], hidden[n_hidden - 1], params.W[n_hidden - 1], params.b_out, zero,
                        count)
 
 
