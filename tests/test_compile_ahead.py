@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Settings that take the worker through every branch the plan mirrors: augmented sparse uint8 with Nesterov
@@ -104,6 +106,7 @@ print(hashlib.sha256(b"".join(p.tobytes() for p in network.params)).hexdigest())
 """
 
 
+@pytest.mark.xdist_group("busy_or_timed")  # it takes both cores: not beside test_serve's timings
 def test_on_an_empty_cache_a_second_process_shares_the_compile_to_the_same_weights(tmp_path):
     """warm_up on an empty cache: the helper compiles part of the worker's layer functions (this process loads
     them from the cache) and the prediction kernel (loaded: a hit, not a miss); with the cache warm no helper
