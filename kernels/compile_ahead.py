@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from numba import typeof
 
-from .common import Augment, Optimizer, new_state
 from .augment import transform_images
+from .common import Augment, Optimizer, new_state
 from .epoch import _epoch_worker, layer_signatures, worker_arguments
 from .ink import prepare
 from .layers import gather_update, output_bias_update
-from .predict import _predict_rows, compile_prediction
+from .predict import _predict_rows, predict
 from .threads import thread_count
 
 READY = "ready"  # the helper's line once its share of the layer functions is in the cache
@@ -35,15 +35,19 @@ READY = "ready"  # the helper's line once its share of the layer functions is in
 LONGEST_FIRST = (gather_update, transform_images, output_bias_update)
 
 
+def _stand_in_params(layer_sizes: list[int]) -> list[np.ndarray]:
+    """Zero weights and biases of these layer sizes (D, H..., K): what the kernels are compiled for is their
+    types, not their values."""
+    return [array for fan_in, fan_out in zip(layer_sizes[:-1], layer_sizes[1:])
+            for array in (np.zeros((fan_in, fan_out), np.float32), np.zeros(fan_out, np.float32))]
+
+
 def epoch_plan(layer_sizes: list[int], activation: int, dtype: str, sparse: bool, batch_size: int,
                optimizer: Optimizer, augment_shape: tuple[int, int, int] | None) -> tuple[tuple, list[tuple]]:
     """(the worker's argument types, its layer functions' signatures) for an epoch of this network, optimiser
     and data (inputs of dtype, read sparse or not, augmented with images of augment_shape or not); built on a
     few rows of zeros, which have the real data's types."""
-    rng = np.random.default_rng(0)
-    params = [array for fan_in, fan_out in zip(layer_sizes[:-1], layer_sizes[1:])
-              for array in (rng.standard_normal((fan_in, fan_out)).astype(np.float32), np.zeros(fan_out, np.float32))]
-    count = 2
+    params, count = _stand_in_params(layer_sizes), 2
     data = prepare(np.zeros((count, layer_sizes[0]), dtype), sparse=sparse)
     augment = None if augment_shape is None else Augment(np.zeros((count, 6), np.float32), tuple(augment_shape))
     run = worker_arguments(params, new_state(params, optimizer), data, np.zeros(count, np.int64),
@@ -51,6 +55,13 @@ def epoch_plan(layer_sizes: list[int], activation: int, dtype: str, sparse: bool
     worker_types = tuple(typeof(argument) for argument in (0, run.n_workers, *run.arguments))
     signatures = layer_signatures(run)
     return worker_types, sorted(signatures, key=lambda call: call[0] not in LONGEST_FIRST)  # (a stable sort)
+
+
+def compile_prediction(layer_sizes: list[int], activation: int, dtype: str) -> None:
+    """Compile (or load from the cache) the prediction kernel for networks of these layer sizes, activation and
+    mostly-zero inputs of this dtype, as a caller would use it."""
+    predict(np.empty((1, layer_sizes[-1]), np.float32), np.zeros((1, layer_sizes[0]), dtype),
+            _stand_in_params(layer_sizes), activation)
 
 
 def _is_cached(dispatcher, argument_types: tuple) -> bool:
@@ -79,12 +90,12 @@ def compile_claimed(signatures: list[tuple], claims: Path) -> None:
 
 
 def helper(plan_json: str, claims: str) -> None:
-    """The helper process's work (plan_json: epoch_plan's and compile_prediction's arguments)."""
+    """The helper process's work (plan_json: epoch_plan's arguments, the optimiser as a list)."""
     plan = json.loads(plan_json)
     if claims:
-        compile_claimed(epoch_plan(**plan["epoch"], optimizer=Optimizer(*plan["optimizer"]))[1], Path(claims))
+        compile_claimed(epoch_plan(**dict(plan, optimizer=Optimizer(*plan["optimizer"])))[1], Path(claims))
         print(READY, flush=True)
-    compile_prediction(**plan["prediction"])
+    compile_prediction(plan["layer_sizes"], plan["activation"], plan["dtype"])
 
 
 def compile_on_both_cores(layer_sizes: list[int], activation: int, dtype: str, sparse: bool, batch_size: int,
@@ -107,9 +118,7 @@ def compile_on_both_cores(layer_sizes: list[int], activation: int, dtype: str, s
     share = not _is_cached(_epoch_worker, worker_types)
     if not (share or predicting):
         return None
-    plan = json.dumps(dict(epoch=epoch, optimizer=list(optimizer),
-                           prediction=dict(layer_sizes=epoch["layer_sizes"], activation=epoch["activation"],
-                                           dtype=dtype)))
+    plan = json.dumps(dict(epoch, optimizer=list(optimizer)))
     code = f"from {__package__}.compile_ahead import helper; import sys; helper(sys.argv[1], sys.argv[2])"
     try:
         with tempfile.TemporaryDirectory(prefix="fastnet-claims-") as claims:

@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import typeof, types
 
-from .augment import new_augmented, transform_images
+from .augment import Augmented, new_augmented, transform_images
 from .common import RELU, TANH, Augment, Optimizer, OptimizerState, input_scale
 from .ink import Dense, InkIndex, prefetch_row
 from .intrinsics import load_acquire
@@ -281,7 +281,7 @@ def run_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, ord
     activations and the probabilities, which numba_backend's one-batch forward reads)."""
     run = worker_arguments(params, state, data, labels, order, batch_size, optimizer, activation, stop,
                            first_batch, augment)
-    ink, order, augmented = run.arguments[2], run.arguments[5], run.arguments[-1]
+    ink, order, augmented = run.arguments.ink, run.arguments.order, run.arguments.augmented
     if augmented is not None:  # the first batch's transforms: the workers transform each next one
         first = first_batch * batch_size
         transform_images(ink, order, first, min(first + batch_size, order.size), augmented,
@@ -289,26 +289,49 @@ def run_epoch(params, state: OptimizerState, data: InkIndex | Dense, labels, ord
     losses, hits, next_batches = zip(*run_workers(run.n_workers, _epoch_worker, run.n_workers, *run.arguments,
                                                   wait_in_threads=stop is not None))
     next_batch = int(next_batches[0])
-    from_blocks(run.blocked, params)
-    for moments, blocks in ((state.first, run.velocity), (state.second, run.second)):
+    from_blocks(run.arguments.params, params)
+    for moments, blocks in ((state.first, run.arguments.velocity), (state.second, run.arguments.second)):
         if blocks is not None:
             from_blocks(blocks, moments)
     state.step[0] += next_batch - first_batch
     if progress is not None:
         progress(min(len(order), next_batch * batch_size))
-    return float(sum(losses)), int(sum(hits)), next_batch, run.buffers
+    return float(sum(losses)), int(sum(hits)), next_batch, run.arguments.buffers
+
+
+class WorkerArguments(NamedTuple):
+    """_epoch_worker's arguments after (worker, n_workers), by name."""
+
+    control: np.ndarray
+    stop: np.ndarray
+    ink: InkIndex | None
+    inputs: np.ndarray | None
+    labels: np.ndarray
+    order: np.ndarray
+    params: Blocked
+    velocity: Blocked | None
+    second: Blocked | None
+    additive: bool | None
+    adaptive: bool | None
+    buffers: Buffers
+    widths: np.ndarray
+    batch_size: int
+    step: Step
+    steps_before: int
+    relu: bool | None
+    tanh: bool | None
+    image_by_image: bool | None
+    deep: bool | None
+    first_batch: int
+    scale: np.float32
+    augmented: Augmented | None
 
 
 class WorkerRun(NamedTuple):
-    """An epoch as its workers take it: their count, _epoch_worker's arguments after (worker, n_workers), and
-    the blocked weights, moments and buffers among them (read back after the epoch)."""
+    """An epoch as its workers take it: their count and their arguments."""
 
     n_workers: int
-    arguments: tuple
-    blocked: Blocked
-    velocity: Blocked | None
-    second: Blocked | None
-    buffers: Buffers
+    arguments: WorkerArguments
 
 
 def worker_arguments(params, state: OptimizerState, data: InkIndex | Dense, labels, order, batch_size,
@@ -318,24 +341,23 @@ def worker_arguments(params, state: OptimizerState, data: InkIndex | Dense, labe
     ink, inputs = (data, None) if isinstance(data, InkIndex) else (None, data.inputs)
     n_inputs = params[0].shape[0]
     blocked = to_blocks(params)
-    velocity = to_blocks(state.first) if state.first is not None else None
-    second = to_blocks(state.second) if state.second is not None else None
     step, additive, adaptive = kernel_step(optimizer)
-    widths = np.array([w.shape[1] for w in params[0:-2:2]], np.int64)
     n_workers, by_image = _workers_for(batch_size, len(blocked.b[0])), image_by_image(batch_size, ink)
-    buffers = new_buffers(blocked, batch_size, n_workers, ink, n_inputs, by_image, adaptive)
     relu, tanh = activation_flags(activation)
-    scale = np.float32(input_scale(ink.values.dtype if ink is not None else inputs.dtype))
     augmented = None
     if augment is not None:
         if ink is None:
             raise ValueError("augmentation reads the ink index: the data must be mostly zeros (ink.prepare)")
         augmented = new_augmented(augment, batch_size, n_workers, ink)
-    arguments = (new_control(n_workers), new_stop_flag() if stop is None else stop, ink, inputs,
-                 labels.astype(np.int64, copy=False), order.astype(np.int64, copy=False), blocked, velocity, second,
-                 additive, adaptive, buffers, widths, batch_size, step, int(state.step[0]), relu, tanh, by_image,
-                 deep_flag(params), first_batch, scale, augmented)
-    return WorkerRun(n_workers, arguments, blocked, velocity, second, buffers)
+    return WorkerRun(n_workers, WorkerArguments(
+        new_control(n_workers), new_stop_flag() if stop is None else stop, ink, inputs,
+        labels.astype(np.int64, copy=False), order.astype(np.int64, copy=False), blocked,
+        to_blocks(state.first) if state.first is not None else None,
+        to_blocks(state.second) if state.second is not None else None, additive, adaptive,
+        new_buffers(blocked, batch_size, n_workers, ink, n_inputs, by_image, adaptive),
+        np.array([w.shape[1] for w in params[0:-2:2]], np.int64), batch_size, step, int(state.step[0]), relu, tanh,
+        by_image, deep_flag(params), first_batch,
+        np.float32(input_scale(ink.values.dtype if ink is not None else inputs.dtype)), augmented))
 
 
 def layer_signatures(run: WorkerRun) -> list[tuple]:
@@ -343,48 +365,47 @@ def layer_signatures(run: WorkerRun) -> list[tuple]:
     run, as it calls them, in that order: what compiling the worker compiles first, each function on its own
     (jit.py). They mirror the calls above, here beside them; a test checks that compiling these leaves none
     for the worker's compile (compile_ahead.py)."""
-    (_, _, ink, inputs, labels, order, params, velocity, second, additive, adaptive, buffers, _, _, step, _, relu,
-     tanh, by_image, deep, _, scale, augmented) = run.arguments
+    a = run.arguments
+    ink, inputs, params, buffers, augmented = a.ink, a.inputs, a.params, a.buffers, a.augmented
     t = typeof
     layer = t(buffers.hidden[0])  # every layer's activations and gradients, dlogits too: (blocks, N, BLOCK)
     block_of_W1 = t(params.W1[0])  # also the moments' and the gradient buffer's blocks
-    int64, rows, corrections = types.int64, t(order), types.UniTuple(types.float32, 2)
+    int64, rows, corrections = types.int64, t(a.order), types.UniTuple(types.float32, 2)
     first_ink = t(ink if augmented is None else augmented.ink)
-    optimizer = (t(params), t(velocity), t(second), t(additive), t(adaptive))
-    activation = (t(relu), t(tanh))
+    optimizer = (t(params), t(a.velocity), t(a.second), t(a.additive), t(a.adaptive))
+    activation = (t(a.relu), t(a.tanh))
     backward = (gather_backward, (layer, layer, layer, t(params.W[0]), *activation, int64, int64))
     calls = []
-    if deep is not None:  # step 1
-        calls += [backward, (gather_update, (*optimizer, int64, layer, layer, layer, t(step), corrections, int64,
+    if a.deep is not None:  # step 1
+        calls += [backward, (gather_update, (*optimizer, int64, layer, layer, layer, t(a.step), corrections, int64,
                                              int64, types.literal(False)))]
-    calls += [backward, (gather_update, (*optimizer, types.literal(0), layer, layer, layer, t(step), corrections,
+    calls += [backward, (gather_update, (*optimizer, types.literal(0), layer, layer, layer, t(a.step), corrections,
                                          int64, int64, types.literal(True)))]  # step 2
     # Numba drops a branch only where `argument is None` is decided by the argument's type being None: beside
     # a flag that is True, its None branch is compiled too (by_image: the pixel-by-pixel gradient; Adam: the
     # Nesterov rule).
     if inputs is not None:
-        calls.append((first_gradient_dense, (block_of_W1, block_of_W1, t(inputs), rows, t(scale))))
+        calls.append((first_gradient_dense, (block_of_W1, block_of_W1, t(inputs), rows, t(a.scale))))
     else:
         calls.append((first_gradient_by_pixel, (block_of_W1, block_of_W1, first_ink, rows, t(buffers.tiles[0]),
-                                                t(scale))))
-        if by_image is not None:
-            calls.append((first_gradient_by_image, (block_of_W1, block_of_W1, first_ink, rows, t(scale))))
-    rule = (rule_from_buffer, (block_of_W1, block_of_W1, block_of_W1, block_of_W1, t(step), types.float32,
-                               corrections))
-    if adaptive is not None:
-        calls.append((rule[0], (*rule[1], types.none)))
-        if second is not None:
-            calls.append((rule[0], (*rule[1], types.literal(True))))
+                                                t(a.scale))))
+        if a.image_by_image is not None:
+            calls.append((first_gradient_by_image, (block_of_W1, block_of_W1, first_ink, rows, t(a.scale))))
+    rule = (block_of_W1, block_of_W1, block_of_W1, block_of_W1, t(a.step), types.float32, corrections)
+    if a.adaptive is not None:
+        calls.append((rule_from_buffer, (*rule, types.none)))
+        if a.second is not None:
+            calls.append((rule_from_buffer, (*rule, types.literal(True))))
     first_layer_forward = first_forward_dense if inputs is not None else first_forward_sparse
     calls.append((first_layer_forward, (layer, t(inputs) if inputs is not None else first_ink, rows, t(params.W1),
-                                        t(params.b[0]), *activation, int64, int64, t(scale))))
+                                        t(params.b[0]), *activation, int64, int64, t(a.scale))))
     if augmented is not None:  # step 3
         calls.append((transform_images, (t(ink), rows, int64, int64, t(augmented), t(augmented.sources[0]),
                                          int64)))
-    if deep is not None:
+    if a.deep is not None:
         calls.append((gather_forward, (layer, layer, t(params.W[0]), t(params.b[0]), *activation, int64, int64)))
     probs, dlogits = t(buffers.probs), t(buffers.dlogits)
     calls += [(output_forward, (probs, layer, t(params.W[0]), t(params.b_out), int64, int64)),
-              (output_backward, (dlogits, probs, t(labels), rows, int64, int64)),
-              (output_bias_update, (*optimizer, dlogits, int64, t(step), corrections))]
+              (output_backward, (dlogits, probs, t(a.labels), rows, int64, int64)),
+              (output_bias_update, (*optimizer, dlogits, int64, t(a.step), corrections))]
     return calls

@@ -17,15 +17,15 @@ import numpy as np
 
 from .augment import new_augmented, transform_images
 from .common import Augment, Optimizer, OptimizerState, check_inputs
+from .compile_ahead import compile_on_both_cores
 from .epoch import kernel_step, run_epoch, train_epoch
 from .ink import Dense, InkIndex, ink_index, prepare as _prepare
 from .jit import jit
 from .layers import rule_from_buffer, scale_add
-from .compile_ahead import compile_on_both_cores
-from .predict import compile_prediction, predict
+from .predict import predict
 
-__all__ = ["prepare", "train_epoch", "forward", "backward", "optimizer_step", "predict", "compile_prediction",
-           "compile_on_both_cores", "augment_images"]
+__all__ = ["prepare", "train_epoch", "forward", "backward", "optimizer_step", "predict", "compile_on_both_cores",
+           "augment_images"]
 
 
 def prepare(inputs: np.ndarray, chunk: int = 4096, sparse: bool | None = None) -> InkIndex | Dense:

@@ -91,16 +91,3 @@ def predict(probs, inputs, params, activation):
                       np.empty(GROUP, np.int64), _listing(inputs) if sparse else None, compress, scale)
 
     run_workers(n_workers, work)
-
-
-# ---------------------------------------------------------------- compiling ahead (compile_ahead.py)
-
-
-def compile_prediction(layer_sizes: list[int], activation: int, dtype: str) -> None:
-    """Compile (or load from the cache) the prediction kernel for networks of these layer sizes (D, H..., K),
-    activation and mostly-zero inputs of this dtype, as a caller would use it."""
-    rng = np.random.default_rng(0)
-    params = [array for fan_in, fan_out in zip(layer_sizes[:-1], layer_sizes[1:])
-              for array in (rng.standard_normal((fan_in, fan_out)).astype(np.float32), np.zeros(fan_out, np.float32))]
-    inputs = np.zeros((1, layer_sizes[0]), dtype)
-    predict(np.empty((1, layer_sizes[-1]), np.float32), inputs, params, activation)
