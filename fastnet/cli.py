@@ -21,7 +21,7 @@ from . import __version__, _child_environment
 from .errors import FastnetError
 from .files import check_not_among, check_outputs
 from .kernels import BACKENDS
-from .kernels.common import ACTIVATIONS
+from .kernels.common import ACTIVATIONS, TRANSFORMED
 from .images import IMAGE_SUFFIXES
 from .training import (DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, MAX_HIDDEN_LAYERS, OPTIMIZERS, SCHEDULES,
                        EpochStats, TrainConfig)
@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_number(int, 0, what="must be 0 or more"), default=defaults.seed,
                        help="seed for the initial weights, the shuffles and --val-split")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
-                       help="train on each image through a new random small rotation, scale, shear and shift every "
-                            "epoch (images that are mostly blank, as digits)")
+                       help=f"each epoch, train on {100 * TRANSFORMED:.0f}%% of the images (drawn anew) through a new random small "
+                            "rotation, scale, shear and shift, and on the others as they are (images that are "
+                            "mostly blank, as digits)")
     _add_backend_flags(train)
     _add_data_flags(train)
     train.add_argument("--out", type=Path, help="where to save the parameters (default: parameters.npz; with "

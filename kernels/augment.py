@@ -5,7 +5,8 @@ The transform maps each output pixel back into the original and reads it bilinea
 augment_images is the reference). Only output pixels that can have ink are visited: those whose source lies
 within a pixel of the original's ink, found by mapping the ink's bounding box forward. A digit's ~150 ink
 pixels then cost a scatter into a zeroed scratch image, ~500 bilinear reads and a clean-up: no float copy of
-the data, no Python per image.
+the data, no Python per image. An image whose transform is the identity (left as it is: common.TRANSFORMED)
+has its ink copied.
 
 The batch's index: image n of a batch slot s (0 or 1: batch b is written into slot b % 2 while the other
 holds the batch before, whose backward still reads it) owns a fixed run of H * W * C entries from
@@ -93,13 +94,23 @@ def transform_image(ink, row, matrix, augmented, source, run):
     out_start, out_pixels, out_values = augmented.ink
     padded = (width + 2) * channels
     first, end = start[row], start[row + 1]
+    m0, m1, m2, m3, m4, m5 = matrix[0], matrix[1], matrix[2], matrix[3], matrix[4], matrix[5]
+    one, zero = np.float32(1.0), np.float32(0.0)
+    if m0 == one and m1 == zero and m2 == zero and m3 == zero and m4 == one and m5 == zero:
+        # The identity (an image left as it is, common.TRANSFORMED): its ink copied, exactly what reading it
+        # bilinearly gives (weights of exactly 0 and 1), without the scratch image and the reads.
+        count = np.uint64(out_start[2 * run])
+        for t in range(first, end):
+            out_pixels[count], out_values[count] = pixels[t], values[t]
+            count += np.uint64(1)
+        out_start[2 * run + 1] = np.int64(count)
+        return
     x_lo, x_hi, y_lo, y_hi = width, -1, augmented.height, -1
     for t in range(first, end):  # the image into the scratch, and its ink's bounding box
         p = pixels[t]
         source[scratch_at[p]] = np.float32(values[t])
         x_lo, x_hi = min(x_lo, column[p]), max(x_hi, column[p])
         y_lo, y_hi = min(y_lo, line[p]), max(y_hi, line[p])
-    m0, m1, m2, m3, m4, m5 = matrix[0], matrix[1], matrix[2], matrix[3], matrix[4], matrix[5]
     count = np.uint64(out_start[2 * run])
     if x_hi >= 0:
         # Sources within a pixel of the ink box: beyond, all four pixels read are zero. Such an output pixel
@@ -113,7 +124,6 @@ def transform_image(ink, row, matrix, augmented, source, run):
             sy = (sy_lo if corner & 2 == 0 else sy_hi) - m5
             oy = (m0 * sy - m3 * sx) / det
             oy_lo, oy_hi = min(oy_lo, oy), max(oy_hi, oy)
-        one, zero = np.float32(1.0), np.float32(0.0)
         y_first, y_end = _whole_range(oy_lo, oy_hi, augmented.height)
         top, right = np.float32(augmented.height), np.float32(width)
         for y in range(y_first, y_end):
