@@ -181,9 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_number(int, 0, what="must be 0 or more"), default=defaults.seed,
                        help="seed for the initial weights, the shuffles and --val-split")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
-                       help=f"each epoch, train on {100 * TRANSFORMED:.0f}%% of the images (drawn anew) through a new random small "
-                            "rotation, scale, shear and shift, and on the others as they are (images that are "
-                            "mostly blank, as digits)")
+                       help=f"each epoch, train on {100 * TRANSFORMED:.0f}%% of the images (drawn anew) through a "
+                            "new random small rotation, scale, shear and shift, and on the others as they are "
+                            "(images that are mostly blank, as digits)")
     _add_backend_flags(train)
     _add_data_flags(train)
     train.add_argument("--out", type=Path, help="where to save the parameters (default: parameters.npz; with "

@@ -15,12 +15,68 @@ Three kinds of function:
   worker, that copying took a third of its compile.
 
 error_model="numpy" drops the zero-divisor check Numba adds to every float division, which kept loops scalar.
+
+The cache: Numba keeps a compiled function while its own source file is unchanged, but the epoch worker
+(epoch.py) holds code inlined from layers.py, augment.py and others, so an edit there left the worker's
+cached code running the old version (a known limit of Numba's cache). Every function here is cached under
+one stamp of all of kernels/ instead: a change to any of its modules recompiles them all.
 """
 
+import functools
+import hashlib
+from pathlib import Path
+
 from numba import njit
+from numba.core import caching
 
 _SETTINGS = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
+KERNELS = Path(__file__).resolve().parent
 
-jit = njit(**_SETTINGS)
-llvm_inline_jit = njit(**_SETTINGS, forceinline=True)
-inline_jit = njit(**_SETTINGS, inline="always")
+
+@functools.cache
+def kernels_stamp() -> str:
+    """A hash of every module of kernels/, names and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(KERNELS.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+class _WholePackageStamp:
+    """Mixed into Numba's cache locators: for functions defined in kernels/, the stamp of all of it."""
+
+    def get_source_stamp(self):
+        return kernels_stamp()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if Path(py_file).resolve().parent != KERNELS:
+            return None
+        return super().from_function(py_func, py_file)
+
+
+class _KernelsCacheImpl(caching.CompileResultCacheImpl):
+    # Numba's locators in Numba's order (a NUMBA_CACHE_DIR, then __pycache__ here, then a per-user folder),
+    # each with the package's stamp; Numba's own after them, should none of those apply.
+    _locator_classes = [type(locator.__name__, (_WholePackageStamp, locator), {})
+                        for locator in caching.CompileResultCacheImpl._locator_classes] \
+        + caching.CompileResultCacheImpl._locator_classes
+
+
+class _KernelsCache(caching.FunctionCache):
+    _impl_class = _KernelsCacheImpl
+
+
+def _cached_as_kernels(decorator):
+    """decorator, then the function's cache replaced by _KernelsCache (Numba internals: the dispatcher's
+    _cache, which enable_caching sets)."""
+    def decorate(function):
+        dispatcher = decorator(function)
+        dispatcher._cache = _KernelsCache(dispatcher.py_func)
+        return dispatcher
+    return decorate
+
+
+jit = _cached_as_kernels(njit(**_SETTINGS))
+llvm_inline_jit = _cached_as_kernels(njit(**_SETTINGS, forceinline=True))
+inline_jit = _cached_as_kernels(njit(**_SETTINGS, inline="always"))
