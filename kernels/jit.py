@@ -19,7 +19,8 @@ error_model="numpy" drops the zero-divisor check Numba adds to every float divis
 The cache: Numba keeps a compiled function while its own source file is unchanged, but the epoch worker
 (epoch.py) holds code inlined from layers.py, augment.py and others, so an edit there left the worker's
 cached code running the old version (a known limit of Numba's cache). Every function here is cached under
-one stamp of all of kernels/ instead: a change to any of its modules recompiles them all.
+one stamp of all of kernels/ instead: a change to any of its modules recompiles them all (with a Numba whose
+cache internals differ from those this knows, Numba's own cache).
 """
 
 import functools
@@ -55,16 +56,21 @@ class _WholePackageStamp:
         return super().from_function(py_func, py_file)
 
 
-class _KernelsCacheImpl(caching.CompileResultCacheImpl):
-    # Numba's locators in Numba's order (a NUMBA_CACHE_DIR, then __pycache__ here, then a per-user folder),
-    # each with the package's stamp; Numba's own after them, should none of those apply.
-    _locator_classes = [type(locator.__name__, (_WholePackageStamp, locator), {})
-                        for locator in caching.CompileResultCacheImpl._locator_classes] \
-        + caching.CompileResultCacheImpl._locator_classes
+def _kernels_cache_class():
+    """A FunctionCache whose locators are Numba's, in Numba's order (a NUMBA_CACHE_DIR, then __pycache__ here,
+    then a per-user folder), each with the package's stamp; Numba's own after them, should none of those apply.
+    None where this Numba's internals differ: then Numba's own cache, per file."""
+    try:
+        numba_impl, numba_cache = caching.CompileResultCacheImpl, caching.FunctionCache
+        locators = [type(locator.__name__, (_WholePackageStamp, locator), {})
+                    for locator in numba_impl._locator_classes] + list(numba_impl._locator_classes)
+    except AttributeError:
+        return None
+    impl = type("KernelsCacheImpl", (numba_impl,), {"_locator_classes": locators})
+    return type("KernelsCache", (numba_cache,), {"_impl_class": impl})
 
 
-class _KernelsCache(caching.FunctionCache):
-    _impl_class = _KernelsCacheImpl
+_KernelsCache = _kernels_cache_class()
 
 
 def _cached_as_kernels(decorator):
@@ -72,7 +78,8 @@ def _cached_as_kernels(decorator):
     _cache, which enable_caching sets)."""
     def decorate(function):
         dispatcher = decorator(function)
-        dispatcher._cache = _KernelsCache(dispatcher.py_func)
+        if _KernelsCache is not None and hasattr(dispatcher, "_cache"):
+            dispatcher._cache = _KernelsCache(dispatcher.py_func)
         return dispatcher
     return decorate
 
