@@ -45,7 +45,7 @@ class TrainConfig:
     epsilon: float = 1e-8
     seed: int = 0
     backend: str = "numba"
-    augment: bool = False  # each image through a new random small affine transform every epoch (images only)
+    augment: bool = False  # each epoch, a share of the images through new random small affine transforms (images)
 
     def __post_init__(self):
         """Every setting is checked here, whoever made the config (flags, a checkpoint, the API): one bad value
