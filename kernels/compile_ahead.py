@@ -112,8 +112,10 @@ def compile_on_both_cores(layer_sizes: list[int], activation: int, dtype: str, s
                  augment_shape=None if augment_shape is None else list(map(int, augment_shape)))
     worker_types, signatures = epoch_plan(**epoch, optimizer=optimizer)
     try:
-        predicting = not Path(_predict_rows._cache._cache_file._index_path).exists()  # Numba internals
-    except AttributeError:
+        # any prediction kernel compiled for these sources (Numba internals: an index that is missing, of another
+        # Numba or of older sources reads as empty)
+        predicting = not _predict_rows._cache._cache_file._load_index()
+    except (AttributeError, OSError, TypeError):
         return None
     share = not _is_cached(_epoch_worker, worker_types)
     if not (share or predicting):

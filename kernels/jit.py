@@ -25,6 +25,7 @@ cache internals differ from those this knows, Numba's own cache).
 
 import functools
 import hashlib
+import sys
 from pathlib import Path
 
 from numba import njit
@@ -34,24 +35,32 @@ _SETTINGS = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
 KERNELS = Path(__file__).resolve().parent
 
 
+def _modules() -> list[Path]:
+    """kernels/'s modules: its *.py files, not hidden ones (an editor's lock file, .#epoch.py, is a dangling
+    link) nor anything that is not a plain file."""
+    return sorted(path for path in KERNELS.glob("*.py") if not path.name.startswith(".") and path.is_file())
+
+
 @functools.cache
 def kernels_stamp() -> str:
-    """A hash of every module of kernels/, names and contents."""
+    """A hash of every module of kernels/, names and contents; taken once a process, when the first kernel is
+    defined (a module changed while a process runs is not seen, as with Numba's own stamps)."""
     digest = hashlib.sha256()
-    for path in sorted(KERNELS.glob("*.py")):
+    for path in _modules():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
 class _WholePackageStamp:
-    """Mixed into Numba's cache locators: for functions defined in kernels/, the stamp of all of it."""
+    """Mixed into Numba's cache locators: for functions defined in kernels/ as a folder of source files, the
+    stamp of all of it (in a zip or a frozen program, Numba's own locators and stamps)."""
 
     def get_source_stamp(self):
         return kernels_stamp()
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        if Path(py_file).resolve().parent != KERNELS:
+        if getattr(sys, "frozen", False) or Path(py_file).resolve().parent != KERNELS or not _modules():
             return None
         return super().from_function(py_func, py_file)
 
@@ -64,10 +73,10 @@ def _kernels_cache_class():
         numba_impl, numba_cache = caching.CompileResultCacheImpl, caching.FunctionCache
         locators = [type(locator.__name__, (_WholePackageStamp, locator), {})
                     for locator in numba_impl._locator_classes] + list(numba_impl._locator_classes)
-    except AttributeError:
+        impl = type("KernelsCacheImpl", (numba_impl,), {"_locator_classes": locators})
+        return type("KernelsCache", (numba_cache,), {"_impl_class": impl})
+    except (AttributeError, TypeError):
         return None
-    impl = type("KernelsCacheImpl", (numba_impl,), {"_locator_classes": locators})
-    return type("KernelsCache", (numba_cache,), {"_impl_class": impl})
 
 
 _KernelsCache = _kernels_cache_class()
@@ -79,7 +88,10 @@ def _cached_as_kernels(decorator):
     def decorate(function):
         dispatcher = decorator(function)
         if _KernelsCache is not None and hasattr(dispatcher, "_cache"):
-            dispatcher._cache = _KernelsCache(dispatcher.py_func)
+            try:
+                dispatcher._cache = _KernelsCache(dispatcher.py_func)
+            except (AttributeError, TypeError):  # Numba's internals not as expected: its own cache stays
+                pass
         return dispatcher
     return decorate
 

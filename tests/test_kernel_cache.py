@@ -3,7 +3,8 @@
 The epoch worker holds code LLVM inlined from other modules (layers.py, augment.py); Numba's own cache would
 keep serving the worker compiled from their old versions after an edit there (or a `git pull` that changes
 only them). The check: in a copy of kernels/ with two small modules of its own, one function calling another
-across them, each run in a fresh process against one cache.
+across them, each run in a fresh process against one cache; beside them the dangling link an editor leaves as
+a lock file, which the stamp must pass over.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def test_an_edit_to_an_inlined_function_in_another_module_recompiles_its_caller(
     package = tmp_path / "kernels"
     shutil.copytree(KERNELS, package, ignore=shutil.ignore_patterns("__pycache__"))
     (package / "probe_caller.py").write_text(CALLER)
+    (package / ".#probe_caller.py").symlink_to("user@host.1234:1700000000")  # an editor's lock: passed over
     env = dict(os.environ, PYTHONPATH=str(tmp_path), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
 
     def run(value: int) -> tuple[int, int, int]:
