@@ -35,10 +35,11 @@ _SETTINGS = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
 KERNELS = Path(__file__).resolve().parent
 
 
-def _modules() -> list[Path]:
+@functools.cache
+def _modules() -> tuple[Path, ...]:
     """kernels/'s modules: its *.py files, not hidden ones (an editor's lock file, .#epoch.py, is a dangling
-    link) nor anything that is not a plain file."""
-    return sorted(path for path in KERNELS.glob("*.py") if not path.name.startswith(".") and path.is_file())
+    link) nor anything that is not a plain file. Listed once a process, as the stamp is taken."""
+    return tuple(sorted(path for path in KERNELS.glob("*.py") if not path.name.startswith(".") and path.is_file()))
 
 
 @functools.cache
