@@ -15,7 +15,8 @@ import numpy as np
 from .checkpoint import Checkpoint, save_checkpoint
 from .errors import FastnetError
 from .kernels import BACKENDS, get_backend
-from .kernels.common import ACTIVATIONS, Augment, Optimizer, affine_matrices, new_state
+from .kernels.common import (ACTIVATIONS, TRANSFORMED, Augment, Optimizer, affine_matrices, new_state,
+                             plain_final_epochs)
 from .kernels.ink import is_sparse
 from .model import Network
 
@@ -208,10 +209,14 @@ def check_augmentable(config: TrainConfig, inputs: np.ndarray, input_shape: tupl
 
 
 def epoch_augmentation(config: TrainConfig, rng: np.random.Generator, count: int,
-                       input_shape: tuple[int, ...] | None) -> Augment | None:
-    """This epoch's random transforms, one per image, drawn after its shuffle (so a resumed run draws the same),
-    or None without augmentation."""
-    return affine_matrices(rng, count, tuple(input_shape)) if config.augment else None
+                       input_shape: tuple[int, ...] | None, epoch: int) -> Augment | None:
+    """Epoch `epoch`'s random transforms (from 0), one per image, drawn after its shuffle (so a resumed run draws
+    the same): a share TRANSFORMED of them, none in the run's final epochs (common.plain_final_epochs, still
+    through the augmented kernel: the identity is a copy); None without augmentation."""
+    if not config.augment:
+        return None
+    final = epoch >= config.epochs - plain_final_epochs(config.epochs)
+    return affine_matrices(rng, count, tuple(input_shape), 0.0 if final else TRANSFORMED)
 
 
 def warm_up(backend, config: TrainConfig, inputs: np.ndarray, labels: np.ndarray, n_classes: int,
@@ -237,7 +242,7 @@ def warm_up(backend, config: TrainConfig, inputs: np.ndarray, labels: np.ndarray
     backend.train_epoch(network.params, new_state(network.params, optimizer),
                         backend.prepare(few_inputs, sparse=sparse), few_labels,
                         np.arange(count, dtype=np.int64), config.batch_size, optimizer, network.activation_code,
-                        augment=epoch_augmentation(config, np.random.default_rng(0), count, input_shape))
+                        augment=epoch_augmentation(config, np.random.default_rng(0), count, input_shape, 0))
     if helper is not None:
         helper.wait()  # whatever became of it, accuracy() below compiles or loads the kernel
     accuracy(backend, network, few_inputs, few_labels)
@@ -312,7 +317,7 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
     for epoch in range(len(history), config.epochs):
         rng_state = rng.bit_generator.state  # before the shuffle: a resumed run draws the same order
         order = rng.permutation(len(inputs))
-        augment = epoch_augmentation(config, rng, len(inputs), input_shape)
+        augment = epoch_augmentation(config, rng, len(inputs), input_shape, epoch)
         continuing = resume is not None and epoch == resume.epoch
         first_batch, loss_sum, correct = (resume.next_batch, resume.loss_sum, resume.correct) if continuing else (0, 0.0, 0)
         learning_rate = learning_rate_at(config, epoch)

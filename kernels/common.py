@@ -38,12 +38,21 @@ ROTATION, SCALE, SHEAR, SHIFT = 12.0, 0.1, 10.0, 0.09
 # a validation split (docs/performance.md, Augmentation): a share of them left plain read better than all
 # transformed, and cost less (the kernel copies an identity's ink).
 TRANSFORMED = 0.7
+# The share of a training run's epochs, at its end, in which no image is transformed (5 of 35): as accurate on
+# that split as transforming to the end, and those epochs cost less (docs/performance.md, Augmentation).
+PLAIN_FINAL_EPOCHS = 1 / 7
 
 
-def affine_matrices(rng: np.random.Generator, count: int, shape: tuple[int, int, int]) -> Augment:
+def plain_final_epochs(epochs: int) -> int:
+    """How many of a run's last epochs train on the images as they are (PLAIN_FINAL_EPOCHS, rounded)."""
+    return round(epochs * PLAIN_FINAL_EPOCHS)
+
+
+def affine_matrices(rng: np.random.Generator, count: int, shape: tuple[int, int, int],
+                    transformed: float = TRANSFORMED) -> Augment:
     """count random transforms about the image's centre, uniform in the ranges above: rotate, shear along x,
-    scale (both axes alike), shift; each, with probability 1 - TRANSFORMED, the identity instead.
-    Augment.matrices holds their inverses (output pixel -> input pixel)."""
+    scale (both axes alike), shift; each, with probability 1 - transformed, the identity instead (the draws
+    are the same whatever the share). Augment.matrices holds their inverses (output pixel -> input pixel)."""
     height, width = shape[:2]
     angle, shear = (np.radians(rng.uniform(-limit, limit, count)) for limit in (ROTATION, SHEAR))
     scale = rng.uniform(1 - SCALE, 1 + SCALE, count)
@@ -59,7 +68,7 @@ def affine_matrices(rng: np.random.Generator, count: int, shape: tuple[int, int,
     matrices = np.stack([inverse[:, 0], inverse[:, 1], inverse[:, 0] * from_x + inverse[:, 1] * from_y + centre_x,
                          inverse[:, 2], inverse[:, 3], inverse[:, 2] * from_x + inverse[:, 3] * from_y + centre_y],
                         axis=1).astype(np.float32)
-    matrices[rng.random(count) >= TRANSFORMED] = (1, 0, 0, 0, 1, 0)
+    matrices[rng.random(count) >= transformed] = (1, 0, 0, 0, 1, 0)
     return Augment(matrices, tuple(int(n) for n in shape))
 
 

@@ -20,8 +20,8 @@ import pytest
 
 from fastnet.errors import FastnetError
 from fastnet.kernels import numba_backend, numpy_backend
-from fastnet.kernels.common import TRANSFORMED, Optimizer, affine_matrices, new_state
-from fastnet.training import TrainConfig, train
+from fastnet.kernels.common import TRANSFORMED, Optimizer, affine_matrices, new_state, plain_final_epochs
+from fastnet.training import TrainConfig, epoch_augmentation, train
 
 from .conftest import assert_close, new_network
 from .test_checkpoint import make_folder_dataset
@@ -102,6 +102,20 @@ def test_random_transforms_stay_in_their_ranges():
     stretch = np.linalg.svd(forward, compute_uv=False)
     assert 0.8 < stretch.min() and stretch.max() < 1.3
     assert len(np.unique(m, axis=0)) == len(m)
+
+
+def test_the_final_epochs_transform_nothing_and_draw_as_the_others():
+    """epoch_augmentation: the share TRANSFORMED until the run's final epochs (plain_final_epochs of them: 5 of
+    35), then only identities; the share changes which images are transformed, not what is drawn."""
+    config = TrainConfig(epochs=35, augment=True)
+    assert plain_final_epochs(35) == 5 and plain_final_epochs(1) == 0
+    shares = [1 - (epoch_augmentation(config, np.random.default_rng(epoch), 2000, (28, 28, 1), epoch).matrices
+                   == IDENTITY).all(axis=1).mean() for epoch in range(35)]
+    assert all(abs(share - TRANSFORMED) < 0.05 for share in shares[:30]) and shares[30:] == [0.0] * 5
+    assert epoch_augmentation(TrainConfig(augment=False), np.random.default_rng(0), 10, (28, 28, 1), 0) is None
+    every, some = (affine_matrices(np.random.default_rng(3), 500, (28, 28, 1), share).matrices for share in (1, 0.5))
+    kept = ~(some == IDENTITY).all(axis=1)
+    assert 0 < kept.sum() < 500 and np.array_equal(some[kept], every[kept])
 
 
 @pytest.mark.parametrize("inputs", ["pixels", "scaled", "colour"])
