@@ -183,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
                        help=f"each epoch, train on {100 * TRANSFORMED:.0f}%% of the images (drawn anew) through a "
                             "new random small rotation, scale, shear and shift, and on the others as they are; "
-                            f"in the final {100 * PLAIN_FINAL_EPOCHS:.0f}%% of the epochs ({plain_final_epochs(35)} of 35), "
-                            "on all as they are "
-                            "(images that are mostly blank, as digits) (default: off)")
+                            f"in the final {100 * PLAIN_FINAL_EPOCHS:.0f}%% of the epochs "
+                            f"({plain_final_epochs(35)} of 35), on all as they are (images that are mostly blank, "
+                            "as digits) (default: off)")
     _add_backend_flags(train)
     _add_data_flags(train)
     train.add_argument("--out", type=Path, help="where to save the parameters (default: parameters.npz; with "
