@@ -46,9 +46,9 @@ from .ink import Dense, InkIndex, prefetch_row
 from .intrinsics import load_acquire
 from .jit import jit
 from .layers import (TILE, Step, bias_corrections, first_forward_dense, first_forward_sparse,
-                     first_gradient_by_image, first_gradient_by_pixel, first_gradient_dense, gather_backward,
-                     gather_forward, gather_update, image_share, output_backward, output_bias_update, output_forward,
-                     rule_from_buffer, scale_add)
+                     first_gradient_by_image, first_gradient_by_pixel, first_gradient_dense, first_step_by_pixel,
+                     first_step_dense, gather_backward, gather_forward, gather_update, image_share, output_backward,
+                     output_bias_update, output_forward, rule_from_buffer, scale_add)
 from .layout import BLOCK, Blocked, aligned_zeros, from_blocks, n_blocks, to_blocks
 from .threads import SOLO_AT, STOP_AT, new_control, new_stop_flag, publish, run_workers, thread_count, wait_for
 
@@ -63,7 +63,8 @@ SOLO_WARM_UP = 32
 class Buffers(NamedTuple):
     """One batch's intermediate values: hidden[i] and dz[i] (blocks of H_{i+1}, batch, BLOCK) per hidden layer
     (dz: the loss's gradient at its units), probs (batch, K), dlogits (blocks of K, batch, BLOCK), a tile per
-    worker (first_gradient_by_pixel), and the first layer's gradient in blocks for Nesterov and Adam."""
+    worker (first_gradient_by_pixel), and the first layer's gradient in blocks for Nesterov and Adam on the
+    ink index (summed there over batches of more than TILE images, or image by image)."""
 
     hidden: tuple
     dz: tuple
@@ -123,9 +124,10 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
                 gather_backward(dz[0], dz_out, hidden[0], params.W[0], relu, tanh, blk, prev_rows.size)
                 gather_update(params, velocity, second, additive, adaptive, 0, dz[0], dz_out, hidden[0], step,
                               corrections, blk, prev_rows.size, True)
-                # The first layer's update: its gradient (from dz, left scaled by gather_update for plain SGD
-                # and momentum) added straight to the weights or the velocity, or (Nesterov, Adam) summed in
-                # the gradient buffer first, as every weight takes a step there, with ink or not.
+                # The first layer's update. Plain SGD and momentum: its gradient (from dz, left scaled by
+                # gather_update) added straight to the weights or the velocity. Nesterov and Adam: each row's
+                # gradient taken by the rule as its sum is done (every weight takes a step, with ink or not);
+                # image by image, summed in the gradient buffer first.
                 weight = params.W1[blk]
                 if additive is not None:
                     if velocity is None:
@@ -136,24 +138,31 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
                     else:
                         target = velocity.W1[blk]
                         scale_add(target, step.momentum, weight, step.weight_decay)
+                    if inputs is not None:
+                        first_gradient_dense(target, dz[0][blk], inputs, prev_rows, scale)
+                    if ink is not None:
+                        if image_by_image is None:
+                            first_gradient_by_pixel(target, dz[0][blk], first_ink, first_prev_rows, tile, scale)
+                        else:
+                            first_gradient_by_image(target, dz[0][blk], first_ink, first_prev_rows, scale)
+                    if velocity is not None:
+                        scale_add(weight, np.float32(1.0), velocity.W1[blk], -step.learning_rate)
                 if adaptive is not None:
-                    target = gradient[blk]
-                if inputs is not None:
-                    first_gradient_dense(target, dz[0][blk], inputs, prev_rows, scale)
-                if ink is not None:
-                    if image_by_image is None:
-                        first_gradient_by_pixel(target, dz[0][blk], first_ink, first_prev_rows, tile, scale)
-                    else:
-                        first_gradient_by_image(target, dz[0][blk], first_ink, first_prev_rows, scale)
-                if additive is not None and velocity is not None:
-                    scale_add(weight, np.float32(1.0), velocity.W1[blk], -step.learning_rate)
-                if adaptive is not None:
-                    if second is None:
-                        rule_from_buffer(weight, velocity.W1[blk], velocity.W1[blk], gradient[blk], step,
-                                         step.weight_decay, corrections, None)
-                    else:
-                        rule_from_buffer(weight, velocity.W1[blk], second.W1[blk], gradient[blk], step,
-                                         step.weight_decay, corrections, True)
+                    if inputs is not None:
+                        first_step_dense(params, velocity, second, blk, dz[0][blk], inputs, prev_rows, scale, step,
+                                         corrections)
+                    if ink is not None:
+                        if image_by_image is None:
+                            first_step_by_pixel(params, velocity, second, blk, gradient[blk], dz[0][blk], first_ink,
+                                                first_prev_rows, tile, scale, step, corrections)
+                        else:
+                            first_gradient_by_image(gradient[blk], dz[0][blk], first_ink, first_prev_rows, scale)
+                            if second is None:
+                                rule_from_buffer(weight, velocity.W1[blk], velocity.W1[blk], gradient[blk], step,
+                                                 step.weight_decay, corrections, None)
+                            else:
+                                rule_from_buffer(weight, velocity.W1[blk], second.W1[blk], gradient[blk], step,
+                                                 step.weight_decay, corrections, True)
             if b < end:
                 if inputs is not None:
                     first_forward_dense(hidden[0], inputs, rows, params.W1, params.b[0], relu, tanh, blk,
@@ -246,7 +255,7 @@ def new_buffers(blocked: Blocked, batch_size: int, n_workers: int, ink, n_inputs
     return Buffers(hidden, tuple(aligned_zeros(h.shape) for h in hidden),
                    np.empty((batch_size, n_classes), np.float32),
                    aligned_zeros((n_blocks(n_classes), batch_size, BLOCK)), tiles(n_workers, ink, n_inputs, by_image),
-                   aligned_zeros(blocked.W1.shape) if adaptive else aligned_zeros((0, 0, BLOCK)))
+                   aligned_zeros(blocked.W1.shape) if adaptive and ink is not None else aligned_zeros((0, 0, BLOCK)))
 
 
 def kernel_step(optimizer: Optimizer) -> tuple[Step, bool | None, bool | None]:
@@ -384,18 +393,28 @@ def layer_signatures(run: WorkerRun) -> list[tuple]:
     # Numba drops a branch only where `argument is None` is decided by the argument's type being None: beside
     # a flag that is True, its None branch is compiled too (by_image: the pixel-by-pixel gradient; Adam: the
     # Nesterov rule).
-    if inputs is not None:
-        calls.append((first_gradient_dense, (block_of_W1, block_of_W1, t(inputs), rows, t(a.scale))))
-    else:
-        calls.append((first_gradient_by_pixel, (block_of_W1, block_of_W1, first_ink, rows, t(buffers.tiles[0]),
-                                                t(a.scale))))
-        if a.image_by_image is not None:
-            calls.append((first_gradient_by_image, (block_of_W1, block_of_W1, first_ink, rows, t(a.scale))))
-    rule = (block_of_W1, block_of_W1, block_of_W1, block_of_W1, t(a.step), types.float32, corrections)
+    by_image = (first_gradient_by_image, (block_of_W1, block_of_W1, first_ink, rows, t(a.scale)))
+    if a.additive is not None:
+        if inputs is not None:
+            calls.append((first_gradient_dense, (block_of_W1, block_of_W1, t(inputs), rows, t(a.scale))))
+        else:
+            calls.append((first_gradient_by_pixel, (block_of_W1, block_of_W1, first_ink, rows, t(buffers.tiles[0]),
+                                                    t(a.scale))))
+            if a.image_by_image is not None:
+                calls.append(by_image)
     if a.adaptive is not None:
-        calls.append((rule_from_buffer, (*rule, types.none)))
-        if a.second is not None:
-            calls.append((rule_from_buffer, (*rule, types.literal(True))))
+        blocks = (t(params), t(a.velocity), t(a.second), int64)
+        if inputs is not None:
+            calls.append((first_step_dense, (*blocks, block_of_W1, t(inputs), rows, t(a.scale), t(a.step),
+                                             corrections)))
+        else:
+            calls.append((first_step_by_pixel, (*blocks, block_of_W1, block_of_W1, first_ink, rows,
+                                                t(buffers.tiles[0]), t(a.scale), t(a.step), corrections)))
+            if a.image_by_image is not None:
+                rule = (block_of_W1, block_of_W1, block_of_W1, block_of_W1, t(a.step), types.float32, corrections)
+                calls += [by_image, (rule_from_buffer, (*rule, types.none))]
+                if a.second is not None:
+                    calls.append((rule_from_buffer, (*rule, types.literal(True))))
     first_layer_forward = first_forward_dense if inputs is not None else first_forward_sparse
     calls.append((first_layer_forward, (layer, t(inputs) if inputs is not None else first_ink, rows, t(params.W1),
                                         t(params.b[0]), *activation, int64, int64, t(a.scale))))

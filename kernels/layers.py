@@ -147,6 +147,34 @@ def first_forward_dense(hidden, inputs, rows, W1, b1, relu, tanh, blk, width, sc
             h[n, j] = np.float32(0.0)
 
 
+@inline_jit
+def fill_tile(tile, ink, images):
+    """tile[p, n] = image n's value at pixel p, for the ink pixels of images (at most TILE of them)."""
+    _, pixels, values = ink
+    for n in range(images.size):
+        first, end = ink_span(ink, images[n])
+        for t in range(first, end):
+            tile[pixels[t], n] = values[t]
+
+
+@inline_jit
+def add_pixel_sum(row_sum, tile, p, dz, scale):
+    """row_sum += sum_n tile[p, n] * scale * dz[n] over the images with ink at pixel p (fill_tile), whose tile
+    row is then zeroed again; returns whether there were any."""
+    with_ink = nonzero_bits32(tile, p)  # one vector compare
+    if with_ink == 0:
+        return False
+    while with_ink != 0:
+        n = trailing_zeros(with_ink)
+        with_ink &= with_ink - np.uint64(1)
+        x = tile[p, n] * scale
+        for j in range(BLOCK):
+            row_sum[j] += x * dz[n, j]
+    for n in range(TILE):
+        tile[p, n] = 0
+    return True
+
+
 @llvm_inline_jit
 def first_gradient_by_pixel(T1, dz, ink, rows, tile, scale):
     """T1[p] += sum_n x[rows[n], p] * dz[n] over the ink pixels p: W1's gradient (times whatever dz carries),
@@ -158,30 +186,49 @@ def first_gradient_by_pixel(T1, dz, ink, rows, tile, scale):
     transposed: tile[p, n] is image n's value at pixel p, so row p's nonzero
     entries say which images have ink there.
     """
-    _, pixels, values = ink
     row_sum = carray(stack_floats(BLOCK), BLOCK)
     for c in range(0, rows.size, TILE):
-        images, dz_part = rows[c:c + TILE], dz[c:c + TILE]
-        for n in range(images.size):
-            first, end = ink_span(ink, images[n])
-            for t in range(first, end):
-                tile[pixels[t], n] = values[t]
+        fill_tile(tile, ink, rows[c:c + TILE])
+        dz_part = dz[c:c + TILE]
         for p in range(T1.shape[0]):
-            with_ink = nonzero_bits32(tile, p)  # one vector compare
-            if with_ink == 0:
-                continue
             for j in range(BLOCK):
                 row_sum[j] = np.float32(0.0)
-            while with_ink != 0:
-                n = trailing_zeros(with_ink)
-                with_ink &= with_ink - np.uint64(1)
-                x = tile[p, n] * scale
+            if add_pixel_sum(row_sum, tile, p, dz_part, scale):
                 for j in range(BLOCK):
-                    row_sum[j] += x * dz_part[n, j]
+                    T1[p, j] += row_sum[j]
+
+
+@llvm_inline_jit
+def first_step_by_pixel(params, velocity, second, blk, gradient, dz, ink, rows, tile, scale, step, corrections):
+    """Nesterov SGD (second None) or Adam for block blk of W1, its gradient summed pixel by pixel as in
+    first_gradient_by_pixel and taken by the rule row by row as each row's sum is done: the update fused into
+    the backward, with no pass of its own (every row takes its step, with ink in the batch or not). Batches
+    over TILE images sum the chunks before the last in gradient (zero between batches, and left so)."""
+    weight, m = params.W1[blk], velocity.W1[blk]
+    s = m if second is None else second.W1[blk]  # (Nesterov has no second moment)
+    row_sum = carray(stack_floats(BLOCK), BLOCK)
+    for c in range(0, rows.size, TILE):
+        fill_tile(tile, ink, rows[c:c + TILE])
+        dz_part = dz[c:c + TILE]
+        last = c + TILE >= rows.size
+        for p in range(weight.shape[0]):
             for j in range(BLOCK):
-                T1[p, j] += row_sum[j]
-            for n in range(TILE):
-                tile[p, n] = 0
+                row_sum[j] = np.float32(0.0)
+            inked = add_pixel_sum(row_sum, tile, p, dz_part, scale)
+            if not last:
+                if inked:
+                    for j in range(BLOCK):
+                        gradient[p, j] += row_sum[j]
+                continue
+            if c > 0:
+                for j in range(BLOCK):
+                    row_sum[j] = gradient[p, j] + row_sum[j]
+                    gradient[p, j] = np.float32(0.0)
+            for j in range(BLOCK):
+                if second is None:
+                    nesterov_rule(weight, m, row_sum[j], p, j, step, step.weight_decay)
+                else:
+                    adam_rule(weight, m, s, row_sum[j], p, j, step, step.weight_decay, corrections)
 
 
 @llvm_inline_jit
@@ -200,19 +247,41 @@ def first_gradient_by_image(T1, dz, ink, rows, scale):
                 T1[p, j] += x * g[j]
 
 
+@inline_jit
+def dense_row_sum(row_sum, dz, inputs, rows, i, scale):
+    """row_sum = sum_n x[rows[n], i] * scale * dz[n]: input i's row of W1's gradient."""
+    for j in range(BLOCK):
+        row_sum[j] = np.float32(0.0)
+    for n in range(rows.size):
+        x = inputs[rows[n], i] * scale
+        for j in range(BLOCK):
+            row_sum[j] += x * dz[n, j]
+
+
 @llvm_inline_jit
 def first_gradient_dense(T1, dz, inputs, rows, scale):
     """T1[i] += sum_n x[rows[n], i] * dz[n] for every input i, each row's sum in registers."""
     row_sum = carray(stack_floats(BLOCK), BLOCK)
     for i in range(T1.shape[0]):
-        for j in range(BLOCK):
-            row_sum[j] = np.float32(0.0)
-        for n in range(rows.size):
-            x = inputs[rows[n], i] * scale
-            for j in range(BLOCK):
-                row_sum[j] += x * dz[n, j]
+        dense_row_sum(row_sum, dz, inputs, rows, i, scale)
         for j in range(BLOCK):
             T1[i, j] += row_sum[j]
+
+
+@llvm_inline_jit
+def first_step_dense(params, velocity, second, blk, dz, inputs, rows, scale, step, corrections):
+    """Nesterov SGD (second None) or Adam for block blk of W1, each row's gradient summed as in
+    first_gradient_dense and taken by the rule at once (first_step_by_pixel's fusion, for dense inputs)."""
+    weight, m = params.W1[blk], velocity.W1[blk]
+    s = m if second is None else second.W1[blk]
+    row_sum = carray(stack_floats(BLOCK), BLOCK)
+    for i in range(weight.shape[0]):
+        dense_row_sum(row_sum, dz, inputs, rows, i, scale)
+        for j in range(BLOCK):
+            if second is None:
+                nesterov_rule(weight, m, row_sum[j], i, j, step, step.weight_decay)
+            else:
+                adam_rule(weight, m, s, row_sum[j], i, j, step, step.weight_decay, corrections)
 
 
 # ---------------------------------------------------------------- later layers: in blocks of their input units

@@ -100,7 +100,8 @@ def test_backward_matches_reference(case, mnist_train):
 
 
 # Optimisers, each with a case and a batch size of its own: every update path (plain SGD, momentum, Nesterov,
-# Adam; the first layer's gradient image by image under 16 images, pixel by pixel, dense) compiles once. Each
+# Adam; the first layer's gradient image by image under 16 images, pixel by pixel in one tile of images or
+# more, dense; for Nesterov and Adam the rule fused into it, or after it image by image) compiles once. Each
 # kernel variant takes ~10 s to compile, so the cases share them where they can (forward and backward run as
 # a momentum step, as the last one does).
 STEPS = [
@@ -108,6 +109,8 @@ STEPS = [
     (Optimizer("sgd", 0.1, momentum=0.9, weight_decay=0.01), CASES[0], 5),
     (Optimizer("sgd", 0.2, momentum=0.9, nesterov=True, weight_decay=0.01), CASES[1], 33),
     (Optimizer("adam", 0.003, weight_decay=0.01), CASES[2], 16),
+    (Optimizer("adam", 0.003, weight_decay=0.01), CASES[0], 40),  # two tiles a batch, then one (the ragged 16)
+    (Optimizer("sgd", 0.2, momentum=0.9, nesterov=True), CASES[0], 10),  # image by image, then the rule
     # lr 0.02: at 0.2, 96 steps of one image each amplify the last-bit differences chaotically (1e-2 at the end)
     (Optimizer("sgd", 0.02, momentum=0.5), CASES[2], 1),
 ]
