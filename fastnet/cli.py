@@ -21,7 +21,7 @@ from . import __version__, _child_environment
 from .errors import FastnetError
 from .files import check_not_among, check_outputs
 from .kernels import BACKENDS
-from .kernels.common import ACTIVATIONS, PLAIN_FINAL_EPOCHS, TRANSFORMED, plain_final_epochs
+from .kernels.common import ACTIVATIONS, PLAIN_FINAL_EPOCHS, TRANSFORMED, WHOLE_PIXEL_SHARE, plain_final_epochs
 from .images import IMAGE_SUFFIXES
 from .training import (DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, MAX_HIDDEN_LAYERS, OPTIMIZERS, SCHEDULES,
                        EpochStats, TrainConfig)
@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seed for the initial weights, the shuffles and --val-split")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
                        help=f"each epoch, train on {100 * TRANSFORMED:.0f}%% of the images (drawn anew) through a "
-                            "new random small rotation, scale, shear and shift, and on the others as they are; "
+                            "new random small rotation, scale, shear and shift (or, for "
+                            f"{100 * WHOLE_PIXEL_SHARE:.0f}%% of them, a shift by whole pixels), and on the others "
+                            "as they are; "
                             f"in the final {100 * PLAIN_FINAL_EPOCHS:.0f}%% of the epochs "
                             f"({plain_final_epochs(35)} of 35), on all as they are (images that are mostly blank, "
                             "as digits) (default: off)")

@@ -96,13 +96,19 @@ def transform_image(ink, row, matrix, augmented, source, run):
     first, end = start[row], start[row + 1]
     m0, m1, m2, m3, m4, m5 = matrix[0], matrix[1], matrix[2], matrix[3], matrix[4], matrix[5]
     one, zero = np.float32(1.0), np.float32(0.0)
-    if m0 == one and m1 == zero and m2 == zero and m3 == zero and m4 == one and m5 == zero:
-        # The identity (an image left as it is, common.TRANSFORMED): its ink copied, exactly what reading it
-        # bilinearly gives (weights of exactly 0 and 1), without the scratch image and the reads.
+    if (m0 == one and m1 == zero and m3 == zero and m4 == one and m2 == np.float32(np.int32(m2))
+            and m5 == np.float32(np.int32(m5))):
+        # A whole-pixel shift, the identity among them (common.affine_matrices): its ink moved by whole pixels,
+        # what falls outside dropped, exactly what reading it bilinearly gives (weights of exactly 0 and 1),
+        # without the scratch image and the reads. (Output pixel (x, y) reads input (x + m2, y + m5).)
+        dx, dy = -np.int64(m2), -np.int64(m5)
+        shift = (dy * width + dx) * channels
         count = np.uint64(out_start[2 * run])
         for t in range(first, end):
-            out_pixels[count], out_values[count] = pixels[t], values[t]
-            count += np.uint64(1)
+            p = pixels[t]
+            x, y = column[p] + dx, line[p] + dy
+            out_pixels[count], out_values[count] = p + shift, values[t]  # written always, kept if inside
+            count += np.uint64((np.uint64(x) < np.uint64(width)) & (np.uint64(y) < np.uint64(augmented.height)))
         out_start[2 * run + 1] = np.int64(count)
         return
     x_lo, x_hi, y_lo, y_hi = width, -1, augmented.height, -1

@@ -20,7 +20,8 @@ import pytest
 
 from fastnet.errors import FastnetError
 from fastnet.kernels import numba_backend, numpy_backend
-from fastnet.kernels.common import TRANSFORMED, Optimizer, affine_matrices, new_state, plain_final_epochs
+from fastnet.kernels.common import (TRANSFORMED, WHOLE_PIXEL_SHARE, WHOLE_PIXELS, Optimizer, affine_matrices,
+                                   new_state, plain_final_epochs)
 from fastnet.training import TrainConfig, epoch_augmentation, train
 
 from .conftest import assert_close, new_network
@@ -53,12 +54,18 @@ def colour_strokes(count: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.__name__.split(".")[-1])
 def test_identity_and_whole_pixel_shifts_are_exact(backend, mnist_train):
+    """Exact, whatever falls off an edge (the Numba kernel copies such images' ink rather than reading it)."""
     images = mnist_train[0][:20]
     assert np.array_equal(backend.augment_images(images, np.tile(IDENTITY, (20, 1)), (28, 28, 1)), images)
     moved = backend.augment_images(images, np.tile(shift_matrix(3, -2), (20, 1)), (28, 28, 1))
     expected = np.zeros((20, 28, 28), np.uint8)
     expected[:, :26, 3:] = images.reshape(20, 28, 28)[:, 2:, :25]
     assert np.array_equal(moved, expected.reshape(20, -1))
+    colour = colour_strokes(20)
+    moved = backend.augment_images(colour, np.tile(shift_matrix(-9, 7), (20, 1)), (20, 24, 3))
+    expected = np.zeros((20, 20, 24, 3), np.uint8)
+    expected[:, 7:, :15] = colour.reshape(20, 20, 24, 3)[:, :13, 9:]
+    assert np.array_equal(moved, expected.reshape(20, -1)) and 0 < np.count_nonzero(moved) < np.count_nonzero(colour)
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.__name__.split(".")[-1])
@@ -86,12 +93,20 @@ def test_a_quarter_turn_is_np_rot90(backend, mnist_train):
 
 def test_random_transforms_stay_in_their_ranges():
     """A share TRANSFORMED of the images is transformed, the others left as they are (the identity, exactly);
-    every transform moves the centre by at most the shift range and scales lengths within the scale and shear
-    ranges (its singular values); the draws differ image to image."""
+    of those, a share WHOLE_PIXEL_SHARE only moved by whole pixels (up to WHOLE_PIXELS, each move drawn, the
+    identity among them); every other transform moves the centre by at most the shift range and scales lengths
+    within the scale and shear ranges (its singular values); the draws differ image to image."""
     augment = affine_matrices(np.random.default_rng(0), 2000, (28, 28, 1))
     plain = (augment.matrices == IDENTITY).all(axis=1)
-    assert abs(plain.mean() - (1 - TRANSFORMED)) < 0.05  # 2000 draws: the share's standard deviation is 0.01
-    m = augment.matrices[~plain].astype(np.float64)
+    whole = (augment.matrices[:, [0, 1, 3, 4]] == IDENTITY[[0, 1, 3, 4]]).all(axis=1) & ~plain
+    moves = augment.matrices[whole][:, [2, 5]]
+    assert set(np.unique(moves)) == set(range(-WHOLE_PIXELS, WHOLE_PIXELS + 1))
+    shifted = TRANSFORMED * WHOLE_PIXEL_SHARE  # of which 1 in (2 WHOLE_PIXELS + 1)^2 is the identity
+    unmoved = shifted / (2 * WHOLE_PIXELS + 1) ** 2
+    # 2000 draws: each share's standard deviation is 0.011 or less
+    assert abs(plain.mean() - (1 - TRANSFORMED + unmoved)) < 0.05 and abs(whole.mean() - (shifted - unmoved)) < 0.05
+    m = augment.matrices[~plain & ~whole].astype(np.float64)
+    assert abs(len(m) / 2000 - (TRANSFORMED - shifted)) < 0.05
     inverse = m[:, [0, 1, 3, 4]].reshape(-1, 2, 2)
     forward = np.linalg.inv(inverse)
     centre = np.array([13.5, 13.5])
@@ -135,9 +150,11 @@ def test_kernel_transform_matches_the_reference(inputs, mnist_train):
     fast = numba_backend.augment_images(images, matrices, shape)
     ref = numpy_backend.augment_images(images, matrices, shape)
     assert ref.any() and not np.array_equal(ref, images), "the transforms should move the ink"
-    plain = (matrices == IDENTITY).all(axis=1)  # copied, so exact: apart from the others' tolerance below
-    assert plain.any() and np.array_equal(fast[plain], ref[plain])
-    fast, ref = fast[~plain], ref[~plain]
+    # the identities and whole-pixel shifts are copied, so exact: apart from the others' tolerance below
+    copied = ((matrices[:, [0, 1, 3, 4]] == IDENTITY[[0, 1, 3, 4]]).all(axis=1)
+              & (matrices[:, [2, 5]] % 1 == 0).all(axis=1))
+    assert (matrices[copied] != IDENTITY).any() and np.array_equal(fast[copied], ref[copied])
+    fast, ref = fast[~copied], ref[~copied]
     if images.dtype == np.uint8:
         difference = np.abs(fast.astype(int) - ref)
         assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
