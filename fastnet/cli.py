@@ -23,8 +23,8 @@ from .files import check_not_among, check_outputs
 from .kernels import BACKENDS
 from .kernels.common import ACTIVATIONS, PLAIN_FINAL_EPOCHS, TRANSFORMED, WHOLE_PIXEL_SHARE, plain_final_epochs
 from .images import IMAGE_SUFFIXES
-from .training import (DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, MAX_HIDDEN_LAYERS, OPTIMIZERS, SCHEDULES,
-                       EpochStats, TrainConfig)
+from .training import (DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, MAX_HIDDEN_LAYERS, OPTIMIZERS,
+                       SCHEDULES, EpochStats, TrainConfig)
 
 DRY_RUN_IMAGES = (2048, 1000)  # train and test images used by --dry-run
 STARTED = time.perf_counter()  # start-up (imports, loading kernels) is reported apart from the work
@@ -170,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="base learning rate (default: "
                             + ", ".join(f"{rate:g} for {name}" for name, rate in DEFAULT_LEARNING_RATE.items()) + ")")
     train.add_argument("--momentum", type=_number(float, 0.0, maximum=1.0, what="must be in [0, 1)"),
-                       default=defaults.momentum, help="SGD momentum (0: plain SGD)")
-    train.add_argument("--nesterov", action="store_true", help="Nesterov momentum (with sgd and a --momentum)")
+                       help=f"SGD momentum, 0 for plain SGD (default: {DEFAULT_MOMENTUM['sgd']:g})")
+    train.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
+                       help="Nesterov momentum (default: on with sgd and a momentum above 0)")
     train.add_argument("--weight-decay", type=_number(float, 0.0, what="must be 0 or more"),
                        help="weight decay on the weights, not the biases: L2 for sgd, decoupled (AdamW) for adam "
                             "(default: " + ", ".join(f"{decay:g} for {name}"
@@ -186,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{100 * WHOLE_PIXEL_SHARE:.0f}%% of them, a shift by whole pixels), and on the others "
                             "as they are; "
                             f"in the final {100 * PLAIN_FINAL_EPOCHS:.0f}%% of the epochs "
-                            f"({plain_final_epochs(35)} of 35), on all as they are (images that are mostly blank, "
-                            "as digits) (default: off)")
+                            f"({plain_final_epochs(35)} of 35), on all as they are (default: on for images that "
+                            "are mostly blank, as the shipped MNIST digits; off for other data)")
     _add_backend_flags(train)
     _add_data_flags(train)
     train.add_argument("--out", type=Path, help="where to save the parameters (default: parameters.npz; with "
@@ -220,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time PyTorch, scikit-learn and JAX where installed (optional extras)")
     bench.add_argument("--hidden", type=_widths, default=defaults.hidden, metavar="N[,N...]",
                        help=f"units of each hidden layer, as for train (default: {','.join(map(str, defaults.hidden))})")
-    bench.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation,
+    bench.add_argument("--activation", choices=ACTIVATIONS, default="sigmoid",  # the seed network's (bench.Workload)
                        help="activation of the hidden layers")
-    bench.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
+    bench.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                        help="plain sgd at min(1, 0.05 x batch), or adam at 0.001")
     bench.add_argument("--dense", type=_number(int, 0, maximum=100_001, what="must be 0 to 100000"), default=0,
                        metavar="N", help="train on N synthetic dense float features (10,000 rows) instead of MNIST")
@@ -512,7 +513,8 @@ def train(args: argparse.Namespace) -> int:
     from .parameters import Parameters, save
     from .plot import plot_history
     from .kernels.threads import thread_count
-    from .training import Interrupted, check_augmentable, check_data, check_size, train as run_training, warm_up
+    from .training import (Interrupted, check_augmentable, check_data, check_size, train as run_training, warm_up,
+                           with_augment)
 
     resume = load_checkpoint(args.resume) if args.resume else None
     config = TrainConfig(**resume.config) if resume is not None else train_config(args)
@@ -546,6 +548,7 @@ def train(args: argparse.Namespace) -> int:
                            "(and --image-size, --color) it was trained on")
     backend = get_backend(config.backend)
     threads = f", {thread_count()} threads" if config.backend == "numba" else ""
+    config = with_augment(config, train_set[0], dataset.input_shape)
     check_augmentable(config, train_set[0], dataset.input_shape)
     compile_seconds = warm_up(backend, config, *train_set, n_classes=len(classes),
                               child_environment=_child_environment(), input_shape=dataset.input_shape)

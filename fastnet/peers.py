@@ -29,7 +29,8 @@ def _fastnet(backend_name, augment=False):
         backend = get_backend(backend_name)
         config = TrainConfig(batch_size=batch_size, backend=backend_name, hidden=workload.hidden,
                              activation=workload.activation, optimizer=workload.optimizer,
-                             learning_rate=workload.learning_rate(batch_size), weight_decay=0.0, augment=augment)
+                             learning_rate=workload.learning_rate(batch_size), momentum=0.0, weight_decay=0.0,
+                             augment=augment)
         shape = (28, 28, 1)
         warm_up(backend, config, inputs, labels, 10, input_shape=shape)
         rng = np.random.default_rng(2)

@@ -471,7 +471,7 @@ def _finish(plan: Plan, results: Results, dataset) -> int:
     from .kernels import get_backend
     from .kernels.common import input_scale
     from .parameters import Parameters, save
-    from .training import accuracy, train
+    from .training import accuracy, train, with_augment
 
     rows = [(number, settings, results.outcome(settings)) for number, settings in enumerate(plan.trials)]
     scored = sorted((row for row in rows if row[2]["status"] == "ok"),
@@ -485,7 +485,7 @@ def _finish(plan: Plan, results: Results, dataset) -> int:
     if not scored:
         raise FastnetError(f"every trial failed; their errors are in {results.path}")
     number, settings, outcome = scored[0]
-    config = TrainConfig(**settings)
+    config = with_augment(TrainConfig(**settings), dataset.train[0], dataset.input_shape)
     _use_threads(os.cpu_count() or 1)
     print(f"best: trial {number} ({_describe(settings, plan.space.swept)}), validation "
           f"{100 * float(outcome['validation_accuracy']):.2f}%; retraining it on all {len(dataset.train[0]):,} "

@@ -6,7 +6,7 @@ import hashlib
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,9 +22,11 @@ from .model import Network
 
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("sgd", "adam")
-# Each optimiser's own defaults: SGD's suit the seed network (sigmoid, batch 32); Adam's are the usual ones
-# (PyTorch's and Keras's), with no weight decay unless asked for (it is then decoupled: AdamW).
-DEFAULT_LEARNING_RATE = {"sgd": 1.0, "adam": 0.001}
+# Each optimiser's own defaults: SGD's (Nesterov momentum 0.9, lr 0.05) train the seed's 784-128-10 with relu
+# and augmentation to its best accuracy in 35 epochs (docs/performance.md, Augmentation); Adam's are the usual
+# ones (PyTorch's and Keras's), with no weight decay unless asked for (it is then decoupled: AdamW).
+DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.001}
+DEFAULT_MOMENTUM = {"sgd": 0.9, "adam": 0.0}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adam": 0.0}
 MAX_HIDDEN_LAYERS = 16
 
@@ -34,19 +36,21 @@ class TrainConfig:
     epochs: int = 35
     batch_size: int = 32
     learning_rate: float | None = None  # None: the optimiser's default (DEFAULT_LEARNING_RATE)
-    momentum: float = 0.0  # SGD's
-    nesterov: bool = False
+    momentum: float | None = None  # SGD's; None: the optimiser's default (DEFAULT_MOMENTUM)
+    nesterov: bool | None = None  # None: with SGD and a momentum
     weight_decay: float | None = None  # None: the optimiser's default (DEFAULT_WEIGHT_DECAY)
     schedule: str = "cosine"
     hidden: tuple[int, ...] = (128,)  # units of each hidden layer
-    activation: str = "sigmoid"
+    activation: str = "relu"
     optimizer: str = "sgd"
     beta1: float = 0.9  # Adam's
     beta2: float = 0.999
     epsilon: float = 1e-8
     seed: int = 0
     backend: str = "numba"
-    augment: bool = False  # each epoch, a share of the images through new random small affine transforms (images)
+    # each epoch, a share of the images through new random small affine transforms; None: where the data are
+    # images that are mostly blank (with_augment decides once the data are known)
+    augment: bool | None = None
 
     def __post_init__(self):
         """Every setting is checked here, whoever made the config (flags, a checkpoint, the API): one bad value
@@ -77,6 +81,8 @@ class TrainConfig:
             self.learning_rate = DEFAULT_LEARNING_RATE[self.optimizer]
         if self.weight_decay is None:
             self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
+        if self.momentum is None:
+            self.momentum = DEFAULT_MOMENTUM[self.optimizer]
         for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
             whole(name, getattr(self, name), low)
         real("learning_rate", 0.0, low_inclusive=False)
@@ -85,9 +91,13 @@ class TrainConfig:
         real("beta1", 0.0, 1.0)
         real("beta2", 0.0, 1.0)
         real("epsilon", 0.0, low_inclusive=False)
-        for name in ("nesterov", "augment"):
-            if not isinstance(getattr(self, name), bool):
-                raise FastnetError(f"setting {name}={getattr(self, name)!r}: must be true or false")
+        if self.nesterov is None:
+            self.nesterov = self.optimizer == "sgd" and self.momentum > 0
+        if not isinstance(self.nesterov, bool):
+            raise FastnetError(f"setting nesterov={self.nesterov!r}: must be true or false")
+        if not (self.augment is None or isinstance(self.augment, bool)):
+            raise FastnetError(f"setting augment={self.augment!r}: must be true, false or none (where the data "
+                               "are images that are mostly blank)")
         if self.optimizer == "adam" and self.momentum != 0:
             raise FastnetError("setting momentum: it is SGD's; Adam's is beta1")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
@@ -195,6 +205,19 @@ def check_size(config: TrainConfig, sizes: tuple[int, ...], n_train: int,
                            f"{available / 2**30:,.1f} GiB available; choose fewer hidden units")
 
 
+def augmentable(inputs: np.ndarray, input_shape: tuple[int, ...] | None) -> bool:
+    """Whether inputs are images (of input_shape, H x W x C) that are mostly blank: what augmentation works on."""
+    return bool(input_shape is not None and len(input_shape) == 3 and int(np.prod(input_shape)) == inputs.shape[1]
+                and is_sparse(inputs))
+
+
+def with_augment(config: TrainConfig, inputs: np.ndarray, input_shape: tuple[int, ...] | None) -> TrainConfig:
+    """config with augment decided where it was left to the data (None): on for images that are mostly blank."""
+    if config.augment is not None:
+        return config
+    return replace(config, augment=augmentable(inputs, input_shape))
+
+
 def check_augmentable(config: TrainConfig, inputs: np.ndarray, input_shape: tuple[int, ...] | None) -> None:
     """Refuse augmentation where it cannot apply: on inputs that are not images, or images that are not mostly
     blank (the transform works on the ink index)."""
@@ -228,6 +251,7 @@ def warm_up(backend, config: TrainConfig, inputs: np.ndarray, labels: np.ndarray
     the compile (numba_backend.compile_on_both_cores).
     """
     start = time.perf_counter()
+    config = with_augment(config, inputs, input_shape)
     count = min(len(inputs), 2 * config.batch_size)
     few_inputs, few_labels = inputs[:count].copy(), labels[:count].copy()
     sizes = (inputs.shape[1], *config.hidden, n_classes)
@@ -288,13 +312,15 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
     threads, and so does a run stopped (stop[0] = 1, from new_stop_flag()) and
     continued from its checkpoint (resume). With checkpoint_path, a checkpoint is
     written after every epoch and when stopped; a stop raises Interrupted.
-    config.augment needs the images' input_shape (H, W, C).
+    Augmentation (config.augment True, or None: where the data are images mostly blank) needs the images'
+    input_shape (H, W, C).
     """
     backend = get_backend(config.backend)
     inputs, labels = train_set
     check_data(inputs, labels, n_classes)
     if test_set is not None:
         check_data(*test_set, n_classes, "test")
+    config = with_augment(config, inputs, input_shape)
     check_augmentable(config, inputs, input_shape)
     n_batches = -(-len(inputs) // config.batch_size)
     fingerprint = data_fingerprint(inputs, labels, n_classes) if resume is not None or checkpoint_path else None

@@ -21,6 +21,7 @@ from fastnet.datasets import MNIST_FILES, load_mnist
 from fastnet.errors import FastnetError
 from fastnet.sweep import Results, Space, read_toml
 from fastnet.trained import load
+from fastnet.training import DEFAULT_LEARNING_RATE
 
 from .test_idx import idx_bytes
 
@@ -71,7 +72,7 @@ def test_grid_random_points_and_toml():
     kept, left_out = nesterov.trials(None, 0)
     assert [(t["momentum"], t["nesterov"]) for t in kept] == [(0.0, False), (0.9, True), (0.9, False)]
     assert len(left_out) == 1 and "momentum=0.0 nesterov=True" in left_out[0]
-    assert all(t["epochs"] == 35 and t["learning_rate"] == 1.0 for t in kept)  # the rest: train's defaults
+    assert all(t["epochs"] == 35 and t["learning_rate"] == DEFAULT_LEARNING_RATE["sgd"] for t in kept)  # train's
     with pytest.raises(FastnetError, match="no combination"):
         Space.parse({"optimizer": "adam", "momentum": "0.9"}).trials(None, 0)
     for texts, message in (({"lr": "-1"}, "learning_rate"), ({"hidden": "0"}, "hidden"),
@@ -114,7 +115,7 @@ def test_results_are_rewritten_whole_and_read_back(tmp_path):
 
 
 def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small_mnist, tmp_path):
-    result = fastnet_sweep("--data", small_mnist, "--lr", "0.3,1", "--hidden", "16,32", "--epochs", 3,
+    result = fastnet_sweep("--data", small_mnist, "--lr", "0.03,0.1", "--hidden", "16,32", "--epochs", 3,
                            "--batch-size", "32,100000", "--out", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = read_rows(tmp_path / "out" / "results.csv")
@@ -134,10 +135,10 @@ def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small
     measured = np.mean(model.predict_proba(images).argmax(axis=1) == labels)
     reported = float(result.stdout.split("test accuracy ")[1].split("%")[0])
     assert abs(100 * measured - reported) < 0.006 and model.network.hidden == (int(best["hidden"]),)
-    again = fastnet_sweep("--data", small_mnist, "--lr", "0.3,1", "--hidden", "16,32", "--epochs", 3,
+    again = fastnet_sweep("--data", small_mnist, "--lr", "0.03,0.1", "--hidden", "16,32", "--epochs", 3,
                           "--batch-size", "32,100000", "--out", tmp_path / "out", cwd=tmp_path)
     assert again.returncode == 0 and "8 already in" in again.stdout and "Dask" not in again.stdout
-    other = fastnet_sweep("--data", small_mnist, "--lr", "0.3,1", "--validation", 0.2, "--out", tmp_path / "out",
+    other = fastnet_sweep("--data", small_mnist, "--lr", "0.03,0.1", "--validation", 0.2, "--out", tmp_path / "out",
                           cwd=tmp_path)
     assert other.returncode == 1 and "was scored with" in other.stderr and "validation 0.1 (now 0.2)" in other.stderr
 

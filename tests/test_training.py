@@ -31,7 +31,7 @@ def test_one_epoch_reaches_90_percent(mnist_train, mnist_test):
 
 def test_numpy_backend_learns_too(mnist_train, mnist_test):
     small = tuple(a[:6000] for a in mnist_train)
-    _, history = train(TrainConfig(epochs=1, backend="numpy", batch_size=16, learning_rate=0.5), small, mnist_test, 10)
+    _, history = train(TrainConfig(epochs=1, backend="numpy", batch_size=16), small, mnist_test, 10)
     assert history[0].test_accuracy >= 0.85
 
 
