@@ -20,7 +20,8 @@ def test_train_epoch(benchmark, backend_name, batch_size, threads, mnist_train, 
     set_threads(threads)
     backend = get_backend(backend_name)
     images, labels = mnist_train
-    warm_up(backend, TrainConfig(batch_size=batch_size, backend=backend_name), images, labels, 10)
+    warm_up(backend, TrainConfig(batch_size=batch_size, backend=backend_name, activation="sigmoid", momentum=0.0),
+            images, labels, 10)  # the kernels timed below: the seed network, plain SGD
     network = Network.initialise((784, 128, 10), "sigmoid", np.random.default_rng(0))
     optimizer = Optimizer("sgd", 0.1)
     state = new_state(network.params, optimizer)

@@ -119,7 +119,7 @@ def _add_sweep_parser(commands) -> None:
 
     sweep = commands.add_parser(
         "sweep", help="train many settings (on Dask), score each on a validation split, keep the best",
-        description="Each setting flag takes one value or a comma-separated list (--lr 0.1,0.3,1; hidden layers "
+        description="Each setting flag takes one value or a comma-separated list (--lr 0.02,0.05,0.1; hidden layers "
                     "joined by '-': --hidden 128,256-128); with --random N, also a range LOW:HIGH, sampled "
                     "log-uniformly. Settings not given keep train's defaults. Needs Dask: "
                     'pip install "fastnet[sweep]".')
@@ -677,7 +677,7 @@ def sweep(args: argparse.Namespace) -> int:
     texts.update({flag: getattr(args, flag.replace("-", "_")) for flag in sweeps.SETTINGS
                   if getattr(args, flag.replace("-", "_")) is not None})
     if not texts:
-        raise FastnetError("sweep: give the settings to try, e.g. --lr 0.1,0.3,1 --hidden 64,128 (see --help)")
+        raise FastnetError("sweep: give the settings to try, e.g. --lr 0.02,0.05,0.1 --hidden 64,128 (see --help)")
     unknown = sorted(set(options) - set(sweeps.OPTIONS))
     if unknown:
         raise FastnetError(f"{args.config}: unknown options {unknown}; the options are {', '.join(sweeps.OPTIONS)}")

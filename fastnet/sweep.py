@@ -1,7 +1,7 @@
 """`fastnet sweep`: train many settings on Dask workers, score each on a validation split, keep the best.
 
-    search space  train settings, each a list of values (--lr 0.1,0.3,1; --hidden 128,256-128) or, with
-                  --random N, a range sampled log-uniformly (--lr 1e-3:1); from flags or a TOML file
+    search space  train settings, each a list of values (--lr 0.02,0.05,0.1; --hidden 128,256-128) or, with
+                  --random N, a range sampled log-uniformly (--lr 1e-3:0.3); from flags or a TOML file
     trials        the grid of every combination, or N seeded random points; each trains on the training set less
                   a validation split carved from it (seeded), and is scored on that split, never on the test set
     results       OUT/results.csv, rewritten atomically after every finished trial (a crash leaves the last
@@ -167,7 +167,7 @@ def read_toml(path: Path) -> tuple[dict[str, str], dict]:
 
         random = 8          # optional: the other options are those of the command line, with _ for -
         [space]
-        lr = [0.1, 0.3, 1.0]        # a list of values, or "1e-3:1" (a range, with random)
+        lr = [0.02, 0.05, 0.1]      # a list of values, or "1e-3:0.3" (a range, with random)
         hidden = ["128", "256-128"]
     """
     try:

@@ -112,7 +112,8 @@ class TrainConfig:
                          self.beta1, self.beta2, self.epsilon)
 
     def describe(self) -> str:
-        """The optimiser in words: 'lr 1 (cosine), momentum 0, weight decay 5e-05' or 'adam, lr 0.001 ...'."""
+        """The optimiser in words: 'lr 0.05 (cosine), momentum 0.9 (Nesterov), weight decay 5e-05' or 'adam, lr
+        0.001 ...'."""
         if self.optimizer == "adam":
             return (f"adam, lr {self.learning_rate:g} ({self.schedule}), betas {self.beta1:g} {self.beta2:g}, "
                     f"weight decay {self.weight_decay:g} (decoupled)")
@@ -320,6 +321,8 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
     check_data(inputs, labels, n_classes)
     if test_set is not None:
         check_data(*test_set, n_classes, "test")
+    if resume is not None and config.augment is None:  # decided when the run began: the checkpoint says how
+        config = replace(config, augment=bool(resume.config.get("augment")))
     config = with_augment(config, inputs, input_shape)
     check_augmentable(config, inputs, input_shape)
     n_batches = -(-len(inputs) // config.batch_size)

@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fastnet.checkpoint import load_checkpoint
+from fastnet.errors import FastnetError
 from fastnet.kernels import get_backend
 from fastnet.kernels.common import Optimizer, affine_matrices, new_state
 from fastnet.kernels.threads import new_stop_flag
@@ -68,8 +70,8 @@ def test_interrupted_training_resumes_to_bit_identical_weights(backend_name, kin
     table with three hidden layers (the kernel test's dense case: no kernels of its own to compile)."""
     if kind in ("sgd", "augment"):  # augmented: each epoch's transforms drawn again on resuming
         small, test = tuple(a[:4000] for a in mnist_train), mnist_test
-        config = TrainConfig(epochs=3, momentum=0.0 if kind == "augment" else 0.5, learning_rate=0.3,
-                             backend=backend_name, augment=kind == "augment")
+        config = TrainConfig(epochs=3, activation="sigmoid", momentum=0.0 if kind == "augment" else 0.5,
+                             nesterov=False, learning_rate=0.3, backend=backend_name, augment=kind == "augment")
     else:
         small, test = dense_table(4000), dense_table(500, seed=1)
         config = TrainConfig(epochs=3, hidden=(130, 65, 30), activation="tanh", optimizer="adam",
@@ -88,6 +90,9 @@ def test_interrupted_training_resumes_to_bit_identical_weights(backend_name, kin
     assert interrupted.value.checkpoint_path == checkpoint
     state = load_checkpoint(checkpoint)
     assert (state.epoch, state.next_batch) == (1, 1)  # stopped in epoch 2 after its first batch
+    if kind == "augment":  # augmentation left to the data on resuming: the checkpoint's, which needs the shape
+        with pytest.raises(FastnetError, match="augmentation transforms images"):
+            train(replace(config, augment=None), small, test, 10, resume=state)
     resumed, history = train(config, small, test, 10, resume=state, checkpoint_path=checkpoint, input_shape=shape)
     assert len(history) == 3
     for a, b in zip(unbroken.params, resumed.params):

@@ -181,7 +181,7 @@ def test_a_worker_killed_mid_sweep_loses_only_its_trial(small_mnist, tmp_path):
 
         out = tmp_path / "out"
         sweep = subprocess.Popen([sys.executable, "-m", "fastnet", "sweep", "--data", str(small_mnist), "--lr",
-                                  "0.3,0.5,1,2", "--hidden", "16,24", "--epochs", "25", "--scheduler", address,
+                                  "0.01,0.02,0.03,0.05", "--hidden", "16,24", "--epochs", "25", "--scheduler", address,
                                   "--out", str(out)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         with Client(address, timeout=60) as watcher:

@@ -61,12 +61,14 @@ print(numba.get_num_threads(), digest)
 """
 
 
-@pytest.mark.parametrize("settings", [{"batch_size": 32}, {"batch_size": 64, "momentum": 0.9},
+@pytest.mark.parametrize("settings", [{"batch_size": 32},
+                                      {"batch_size": 64, "activation": "sigmoid", "momentum": 0.9, "nesterov": False,
+                                       "augment": False},
                                       {"dense": True, "hidden": [130, 65, 30], "activation": "tanh",
                                        "optimizer": "adam", "weight_decay": 0.01, "batch_size": 18}], ids=str)
 def test_weights_are_bit_identical_for_one_and_two_threads(settings):
-    """The default network, momentum, and Adam with three hidden layers on dense inputs (augmentation:
-    test_augment.py)."""
+    """The default run (relu, Nesterov, augmented), the original's sigmoid network with classical momentum, and
+    Adam with three hidden layers on dense inputs."""
     digests = set()
     for threads in ("1", "2"):
         env = dict(os.environ, NUMBA_NUM_THREADS=threads, PYTHONPATH=str(ROOT))
