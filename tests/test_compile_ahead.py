@@ -31,19 +31,26 @@ CASES = {
 }
 
 # The layer functions the worker's compile asks for, recorded by wrapping each one's compile, against the plan.
+# Those a layer function itself calls (the transform's helpers) are compiled with it, in the process that takes
+# it, so only the worker's own requests count (depth 0).
 PLAN_AGAINST_WORKER = """
 import json, sys
 import numpy as np
 from numba.core.registry import CPUDispatcher
 from fastnet.kernels import augment, compile_ahead, layers, numba_backend
 from fastnet.kernels.common import Augment, Optimizer, new_state
-requested = []
+requested, depth = [], [0]
 for module in (layers, augment):
     for function in vars(module).values():
         if isinstance(function, CPUDispatcher) and function.targetoptions.get("forceinline"):
             def recording(types, function=function, compile=function.compile):
-                requested.append((function.py_func.__name__, str(tuple(types))))
-                return compile(types)
+                if depth[0] == 0:
+                    requested.append((function.py_func.__name__, str(tuple(types))))
+                depth[0] += 1
+                try:
+                    return compile(types)
+                finally:
+                    depth[0] -= 1
             function.compile = recording
 for name, case in json.loads(sys.argv[1]).items():
     optimizer = Optimizer(*case.pop("optimizer"))
