@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, _child_environment
+from .bench import Workload
 from .errors import FastnetError
 from .files import check_not_among, check_outputs
 from .kernels import BACKENDS
@@ -187,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{100 * WHOLE_PIXEL_SHARE:.0f}%% of them, a shift by whole pixels), and on the others "
                             "as they are; "
                             f"in the final {100 * PLAIN_FINAL_EPOCHS:.0f}%% of the epochs "
-                            f"({plain_final_epochs(35)} of 35), on all as they are (default: on for images that "
-                            "are mostly blank, as the shipped MNIST digits; off for other data)")
+                            f"({plain_final_epochs(defaults.epochs)} of {defaults.epochs}), on all as they are "
+                            "(default: on for images that are mostly blank, as the shipped MNIST digits; off for "
+                            "other data)")
     _add_backend_flags(train)
     _add_data_flags(train)
     train.add_argument("--out", type=Path, help="where to save the parameters (default: parameters.npz; with "
@@ -221,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time PyTorch, scikit-learn and JAX where installed (optional extras)")
     bench.add_argument("--hidden", type=_widths, default=defaults.hidden, metavar="N[,N...]",
                        help=f"units of each hidden layer, as for train (default: {','.join(map(str, defaults.hidden))})")
-    bench.add_argument("--activation", choices=ACTIVATIONS, default="sigmoid",  # the seed network's (bench.Workload)
+    bench.add_argument("--activation", choices=ACTIVATIONS, default=Workload.activation,  # the seed network's
                        help="activation of the hidden layers")
-    bench.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+    bench.add_argument("--optimizer", choices=OPTIMIZERS, default=Workload.optimizer,
                        help="plain sgd at min(1, 0.05 x batch), or adam at 0.001")
     bench.add_argument("--dense", type=_number(int, 0, maximum=100_001, what="must be 0 to 100000"), default=0,
                        metavar="N", help="train on N synthetic dense float features (10,000 rows) instead of MNIST")

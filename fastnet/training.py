@@ -206,10 +206,14 @@ def check_size(config: TrainConfig, sizes: tuple[int, ...], n_train: int,
                            f"{available / 2**30:,.1f} GiB available; choose fewer hidden units")
 
 
+def _image_shaped(inputs: np.ndarray, input_shape: tuple[int, ...] | None) -> bool:
+    """Whether inputs are images of input_shape (H, W, C), not plain features."""
+    return input_shape is not None and len(input_shape) == 3 and int(np.prod(input_shape)) == inputs.shape[1]
+
+
 def augmentable(inputs: np.ndarray, input_shape: tuple[int, ...] | None) -> bool:
-    """Whether inputs are images (of input_shape, H x W x C) that are mostly blank: what augmentation works on."""
-    return bool(input_shape is not None and len(input_shape) == 3 and int(np.prod(input_shape)) == inputs.shape[1]
-                and is_sparse(inputs))
+    """Whether inputs are images that are mostly blank: what augmentation works on."""
+    return _image_shaped(inputs, input_shape) and bool(is_sparse(inputs))
 
 
 def with_augment(config: TrainConfig, inputs: np.ndarray, input_shape: tuple[int, ...] | None) -> TrainConfig:
@@ -224,7 +228,7 @@ def check_augmentable(config: TrainConfig, inputs: np.ndarray, input_shape: tupl
     blank (the transform works on the ink index)."""
     if not config.augment:
         return
-    if input_shape is None or len(input_shape) != 3 or int(np.prod(input_shape)) != inputs.shape[1]:
+    if not _image_shaped(inputs, input_shape):
         raise FastnetError("augmentation transforms images: these inputs are plain features (no image shape); "
                            "train without --augment")
     if not is_sparse(inputs):

@@ -175,6 +175,17 @@ def add_pixel_sum(row_sum, tile, p, dz, scale):
     return True
 
 
+@inline_jit
+def step_row(weight, m, s, g, r, step, corrections, second):
+    """Nesterov SGD (second None: m its velocity) or Adam (m, s its moments) for row r of a block of W1, from
+    the row's summed gradient g (BLOCK values), with the weights' decay."""
+    for j in range(BLOCK):
+        if second is None:
+            nesterov_rule(weight, m, g[j], r, j, step, step.weight_decay)
+        else:
+            adam_rule(weight, m, s, g[j], r, j, step, step.weight_decay, corrections)
+
+
 @llvm_inline_jit
 def first_gradient_by_pixel(T1, dz, ink, rows, tile, scale):
     """T1[p] += sum_n x[rows[n], p] * dz[n] over the ink pixels p: W1's gradient (times whatever dz carries),
@@ -224,11 +235,7 @@ def first_step_by_pixel(params, velocity, second, blk, gradient, dz, ink, rows, 
                 for j in range(BLOCK):
                     row_sum[j] = gradient[p, j] + row_sum[j]
                     gradient[p, j] = np.float32(0.0)
-            for j in range(BLOCK):
-                if second is None:
-                    nesterov_rule(weight, m, row_sum[j], p, j, step, step.weight_decay)
-                else:
-                    adam_rule(weight, m, s, row_sum[j], p, j, step, step.weight_decay, corrections)
+            step_row(weight, m, s, row_sum, p, step, corrections, second)
 
 
 @llvm_inline_jit
@@ -277,11 +284,7 @@ def first_step_dense(params, velocity, second, blk, dz, inputs, rows, scale, ste
     row_sum = carray(stack_floats(BLOCK), BLOCK)
     for i in range(weight.shape[0]):
         dense_row_sum(row_sum, dz, inputs, rows, i, scale)
-        for j in range(BLOCK):
-            if second is None:
-                nesterov_rule(weight, m, row_sum[j], i, j, step, step.weight_decay)
-            else:
-                adam_rule(weight, m, s, row_sum[j], i, j, step, step.weight_decay, corrections)
+        step_row(weight, m, s, row_sum, i, step, corrections, second)
 
 
 # ---------------------------------------------------------------- later layers: in blocks of their input units
