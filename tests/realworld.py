@@ -88,7 +88,10 @@ def hard_case(kind: str, digit: np.ndarray, rng: np.random.Generator) -> np.ndar
     """One MNIST digit as a (H, W) uint8 photo or scan of one hard kind:
     table     the paper photographed with a dark table around it
     thick     a very thick pen (strokes ~4x MNIST's)
-    lighting  light falling off to half across the page, at a random angle"""
+    thin      a thin pen (the strokes eroded by 4 of their ~10 px at 112 px)
+    lighting  light falling off to half across the page, at a random angle
+    scan      scanned at 8-12 px and enlarged to 64 px (bicubic): blurry, dark on light
+    edges     cropped tight to the ink: the strokes touch every edge, dark on light"""
     if kind == "table":
         paper = _on_paper(_enlarged(digit), rng, margin=(0.5, 1.0))
         height, width = paper.shape
@@ -99,6 +102,19 @@ def hard_case(kind: str, digit: np.ndarray, rng: np.random.Generator) -> np.ndar
     elif kind == "thick":
         pen = Image.fromarray((_enlarged(digit) * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(15))
         photo = _on_paper(np.asarray(pen, np.float32) / 255, rng)
+    elif kind == "thin":
+        pen = Image.fromarray((_enlarged(digit) * 255).astype(np.uint8)).filter(ImageFilter.MinFilter(5))
+        photo = _on_paper(np.asarray(pen, np.float32) / 255, rng)
+    elif kind == "scan":
+        size = int(rng.integers(8, 13))
+        small = Image.fromarray(digit.reshape(28, 28)).resize((size, size), Image.Resampling.BOX)
+        ink = np.asarray(small.resize((64, 64), Image.Resampling.BICUBIC), np.float32) / 255
+        photo = 0.9 - 0.8 * np.clip(ink, 0, 1) + rng.normal(0, 0.02, ink.shape)
+    elif kind == "edges":
+        ink = _enlarged(digit)
+        rows, columns = np.flatnonzero(ink.max(axis=1) > 0.5), np.flatnonzero(ink.max(axis=0) > 0.5)
+        ink = ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+        photo = 0.9 - 0.8 * ink + rng.normal(0, 0.02, ink.shape)
     elif kind == "lighting":
         photo = _on_paper(_enlarged(digit), rng)
         ys, xs = np.mgrid[0:photo.shape[0], 0:photo.shape[1]] / max(photo.shape)

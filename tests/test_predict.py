@@ -134,12 +134,15 @@ def test_realworld_digits_are_read_at_97_percent_or_better(tmp_path, model):
     assert accuracy >= 0.97, f"{accuracy:.3f}"
 
 
-@pytest.mark.parametrize("kind,floor", [("table", 0.95), ("lighting", 0.95), ("thick", 0.78)])
+@pytest.mark.parametrize("kind,floor", [("table", 0.95), ("lighting", 0.95), ("thick", 0.9), ("thin", 0.95),
+                                        ("scan", 0.95), ("edges", 0.98)])
 def test_hard_photos_are_read(kind, floor, model):
     """120 MNIST test digits (7,000 on: used by no other test) photographed one hard way each
     (realworld.hard_case). Before the paper was found in a photo with a table around it, 9.5% of such photos
     were read right; with a thick pen 73% (a background estimate that ate the strokes, and strokes not
-    brought up to white); these floors sit between that and what is read now (100%, 98-100%, 82%)."""
+    brought up to white), then 85.8% before strokes thicker than MNIST's were thinned; cropped tight to the
+    ink, 95.8% before the border decided the polarity of thick digits that cover most of their image. The
+    floors sit between those and what is read now (100%, 99.2%, 95.0%, 98.3%, 99.2%, 100%)."""
     from fastnet.datasets import load_mnist
 
     images, labels = load_mnist("test")
