@@ -45,7 +45,7 @@ from .common import RELU, TANH, Augment, Optimizer, OptimizerState, input_scale
 from .ink import Dense, InkIndex, prefetch_row
 from .intrinsics import load_acquire
 from .jit import jit
-from .layers import (TILE, Step, bias_corrections, first_forward_dense, first_forward_sparse,
+from .layers import (TILE, Step, Tile, bias_corrections, first_forward_dense, first_forward_sparse,
                      first_gradient_by_image, first_gradient_by_pixel, first_gradient_dense, first_step_by_pixel,
                      first_step_dense, gather_backward, gather_forward, gather_update, image_share, output_backward,
                      output_bias_update, output_forward, rule_from_buffer, scale_add)
@@ -70,7 +70,7 @@ class Buffers(NamedTuple):
     dz: tuple
     probs: np.ndarray
     dlogits: np.ndarray
-    tiles: np.ndarray
+    tiles: Tile  # each worker's, stacked
     gradient: np.ndarray
 
 
@@ -86,7 +86,7 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
     not apply: only so does Numba drop it before typing it.
     """
     hidden, dz, probs, dlogits, tiles, gradient = buffers
-    tile = tiles[worker]
+    tile = Tile(tiles.values[worker], tiles.masks[worker])
     n_hidden = len(hidden)  # L - 1
     end = -(-order.size // batch_size)
     loss_sum, correct = 0.0, 0
@@ -241,10 +241,12 @@ def activation_flags(activation: int) -> tuple[bool | None, bool | None]:
     return (True if activation == RELU else None), (True if activation == TANH else None)
 
 
-def tiles(count: int, ink: InkIndex | None, n_inputs: int, by_image: bool | None) -> np.ndarray:
-    """count zeroed tiles for first_gradient_by_pixel, of the ink's value dtype; empty where they go unused."""
-    used = ink is not None and by_image is None
-    return np.zeros((count, n_inputs if used else 0, TILE), np.uint8 if ink is None else ink.values.dtype)
+def tiles(count: int, ink: InkIndex | None, n_inputs: int, by_image: bool | None) -> Tile:
+    """count tiles for first_gradient_by_pixel, of the ink's value dtype, stacked (a Tile of 3-D values and 2-D
+    masks); empty where they go unused."""
+    rows = n_inputs if ink is not None and by_image is None else 0
+    return Tile(np.zeros((count, rows, TILE), np.uint8 if ink is None else ink.values.dtype),
+                np.zeros((count, rows), np.uint32))
 
 
 def new_buffers(blocked: Blocked, batch_size: int, n_workers: int, ink, n_inputs: int, by_image, adaptive
@@ -379,6 +381,7 @@ def layer_signatures(run: WorkerRun) -> list[tuple]:
     t = typeof
     layer = t(buffers.hidden[0])  # every layer's activations and gradients, dlogits too: (blocks, N, BLOCK)
     block_of_W1 = t(params.W1[0])  # also the moments' and the gradient buffer's blocks
+    tile = t(Tile(buffers.tiles.values[0], buffers.tiles.masks[0]))  # a worker's
     int64, rows, corrections = types.int64, t(a.order), types.UniTuple(types.float32, 2)
     first_ink = t(ink if augmented is None else augmented.ink)
     optimizer = (t(params), t(a.velocity), t(a.second), t(a.additive), t(a.adaptive))
@@ -398,7 +401,7 @@ def layer_signatures(run: WorkerRun) -> list[tuple]:
         if inputs is not None:
             calls.append((first_gradient_dense, (block_of_W1, block_of_W1, t(inputs), rows, t(a.scale))))
         else:
-            calls.append((first_gradient_by_pixel, (block_of_W1, block_of_W1, first_ink, rows, t(buffers.tiles[0]),
+            calls.append((first_gradient_by_pixel, (block_of_W1, block_of_W1, first_ink, rows, tile,
                                                     t(a.scale))))
             if a.image_by_image is not None:
                 calls.append(by_image)
@@ -409,7 +412,7 @@ def layer_signatures(run: WorkerRun) -> list[tuple]:
                                              corrections)))
         else:
             calls.append((first_step_by_pixel, (*blocks, block_of_W1, block_of_W1, first_ink, rows,
-                                                t(buffers.tiles[0]), t(a.scale), t(a.step), corrections)))
+                                                tile, t(a.scale), t(a.step), corrections)))
             if a.image_by_image is not None:
                 rule = (block_of_W1, block_of_W1, block_of_W1, block_of_W1, t(a.step), types.float32, corrections)
                 calls += [by_image, (rule_from_buffer, (*rule, types.none))]

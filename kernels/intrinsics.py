@@ -1,5 +1,5 @@
 """LLVM operations Numba does not expose, as Numba intrinsics: atomics, spin-wait and prefetch hints,
-bit casts, scratch arrays on the stack, vector compress, byte masks and trailing zeros."""
+bit casts, scratch arrays on the stack, vector compress and trailing zeros."""
 
 from __future__ import annotations
 
@@ -180,30 +180,6 @@ def append_nonzero64(typingctx, row, offset, positions, values, count):
                 at = builder.add(at, builder.call(popcount, [builder.and_(ink_bits, ir.Constant(i64, 0xFFFFFFFF))]))
         return builder.add(count, builder.call(popcount, [ink_bits]))
     return types.int64(row, types.int64, positions, values, types.int64), codegen
-
-
-@intrinsic
-def nonzero_bits32(typingctx, array, row):
-    """A uint64 whose bit i is set where array[row, i] != 0, for i < 32: one vector compare.
-
-    array: 2-D, C-contiguous uint8 or float32 with at least 32 columns (not checked).
-    """
-    if not (isinstance(array, types.Array) and (array.ndim, array.layout) == (2, "C")
-            and array.dtype in (types.uint8, types.float32)):
-        return None
-    floats = array.dtype == types.float32
-
-    def codegen(context, builder, signature, args):
-        element = ir.FloatType() if floats else ir.IntType(8)
-        vector = ir.VectorType(element, 32)
-        matrix = context.make_array(signature.args[0])(context, builder, args[0])
-        first = cgutils.get_item_pointer(context, builder, signature.args[0], matrix,
-                                         [args[1], context.get_constant(types.intp, 0)])
-        data = builder.load(builder.bitcast(first, vector.as_pointer()), align=1)
-        zero = ir.Constant(vector, None)
-        ink = builder.fcmp_unordered("!=", data, zero) if floats else builder.icmp_unsigned("!=", data, zero)
-        return builder.zext(builder.bitcast(ink, ir.IntType(32)), ir.IntType(64))
-    return types.uint64(array, types.int64), codegen
 
 
 @intrinsic

@@ -26,7 +26,7 @@ import numpy as np
 from numba import carray
 
 from .ink import four_inputs, ink_span
-from .intrinsics import float32_from_bits, nonzero_bits32, stack_floats, trailing_zeros
+from .intrinsics import float32_from_bits, stack_floats, trailing_zeros
 from .jit import inline_jit, llvm_inline_jit
 from .layout import BLOCK
 
@@ -48,6 +48,15 @@ class Step(NamedTuple):
     weight_decay: np.float32
     beta2: np.float32
     epsilon: np.float32
+
+
+class Tile(NamedTuple):
+    """A TILE of images' ink transposed, per worker (first_gradient_by_pixel): bit n of masks[p] is set where image
+    n has ink at pixel p, and values[p, n] is its value there (elsewhere values are stale, never read). The masks
+    are all zero between uses: each pixel's is cleared as it is walked."""
+
+    values: np.ndarray  # (D, TILE), the ink's dtype
+    masks: np.ndarray  # (D,) uint32
 
 
 # ---------------------------------------------------------------- activations
@@ -149,29 +158,32 @@ def first_forward_dense(hidden, inputs, rows, W1, b1, relu, tanh, blk, width, sc
 
 @inline_jit
 def fill_tile(tile, ink, images):
-    """tile[p, n] = image n's value at pixel p, for the ink pixels of images (at most TILE of them)."""
+    """Tile the ink pixels of images (at most TILE of them): image n's value at pixel p in values[p, n], and bit n
+    of masks[p] set."""
     _, pixels, values = ink
     for n in range(images.size):
         first, end = ink_span(ink, images[n])
+        bit = np.uint32(1) << np.uint32(n)
         for t in range(first, end):
-            tile[pixels[t], n] = values[t]
+            p = pixels[t]
+            tile.values[p, n] = values[t]
+            tile.masks[p] |= bit
 
 
 @inline_jit
 def add_pixel_sum(row_sum, tile, p, dz, scale):
-    """row_sum += sum_n tile[p, n] * scale * dz[n] over the images with ink at pixel p (fill_tile), whose tile
-    row is then zeroed again; returns whether there were any."""
-    with_ink = nonzero_bits32(tile, p)  # one vector compare
+    """row_sum += sum_n values[p, n] * scale * dz[n] over the images with ink at pixel p (fill_tile), whose mask
+    is then cleared; returns whether there were any."""
+    with_ink = np.uint64(tile.masks[p])
     if with_ink == 0:
         return False
     while with_ink != 0:
         n = trailing_zeros(with_ink)
         with_ink &= with_ink - np.uint64(1)
-        x = tile[p, n] * scale
+        x = tile.values[p, n] * scale
         for j in range(BLOCK):
             row_sum[j] += x * dz[n, j]
-    for n in range(TILE):
-        tile[p, n] = 0
+    tile.masks[p] = np.uint32(0)
     return True
 
 
@@ -193,9 +205,8 @@ def first_gradient_by_pixel(T1, dz, ink, rows, tile, scale):
 
     Pixel by pixel: each ink row's gradient is summed over the images in
     registers, then added to the row once. Most of the backward time goes here.
-    tile (D, TILE), all zero between batches, holds TILE images at a time
-    transposed: tile[p, n] is image n's value at pixel p, so row p's nonzero
-    entries say which images have ink there.
+    tile (a Tile) holds TILE images at a time transposed: its mask of pixel p
+    says which images have ink there, a word read from L1 for each pixel.
     """
     row_sum = carray(stack_floats(BLOCK), BLOCK)
     for c in range(0, rows.size, TILE):

@@ -20,7 +20,8 @@ from numba import njit
 from fastnet.kernels import numba_backend, numpy_backend
 from fastnet.kernels.common import Optimizer, new_state
 from fastnet.kernels.ink import Dense, InkIndex, append_ink, ink_index
-from fastnet.kernels.intrinsics import nonzero_bits32, trailing_zeros
+from fastnet.kernels.intrinsics import trailing_zeros
+from fastnet.kernels.layers import BLOCK, TILE, Tile, add_pixel_sum, fill_tile
 from fastnet.parameters import weight_names
 
 from .conftest import assert_close, new_network, random_images
@@ -227,35 +228,45 @@ def test_prediction_lists_the_same_ink_as_prepare(vector_compress, width, mnist_
 
 
 @njit
-def _images_with_ink(pixel_ink):
-    """Per row of pixel_ink: its nonzero_bits32 mask, and the columns trailing_zeros walks it to (-1 after)."""
-    masks = np.empty(pixel_ink.shape[0], np.uint64)
-    columns = np.full((pixel_ink.shape[0], 32), -1, np.int64)
-    for row in range(pixel_ink.shape[0]):
-        bits = nonzero_bits32(pixel_ink, row)
-        masks[row] = bits
-        k = 0
+def _walk_tile(tile, ink, images, dz, scale):
+    """fill_tile with images, then per pixel: its mask, the images trailing_zeros walks it to (-1 after), and
+    add_pixel_sum's sum and answer; and the masks left after the walk."""
+    fill_tile(tile, ink, images)
+    n_pixels = tile.masks.shape[0]
+    masks = tile.masks.astype(np.uint64)
+    walked = np.full((n_pixels, TILE), -1, np.int64)
+    sums, inked = np.zeros((n_pixels, BLOCK), np.float32), np.zeros(n_pixels, np.bool_)
+    for p in range(n_pixels):
+        bits, k = np.uint64(tile.masks[p]), 0
         while bits != 0:
-            columns[row, k] = trailing_zeros(bits)
+            walked[p, k] = trailing_zeros(bits)
             bits &= bits - np.uint64(1)
             k += 1
-    return masks, columns
+        inked[p] = add_pixel_sum(sums[p], tile, p, dz, scale)
+    return masks, walked, sums, inked, tile.masks.copy()
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_the_w1_updates_masks_find_exactly_the_images_with_ink(dtype):
-    """The two intrinsics the pixel-by-pixel first-layer update walks its (D, 32) tile with (uint8 pixels or
-    float32 values). Rows are 40 wide here, with ink in columns 32-39 too: a mask must cover its own row's first
-    32 entries and nothing else."""
+def test_the_w1_updates_tile_finds_exactly_the_images_with_ink(dtype):
+    """The tile the pixel-by-pixel first-layer update walks (layers.fill_tile, add_pixel_sum), for uint8 pixels
+    or float32 values: a full tile of images on 40 pixels with ink at random, a pixel with no ink and one where
+    every image has ink (bit 31 included), stale values from an earlier use where no mask bit is set. Each
+    pixel's mask must name exactly its images with ink, the walk visit them in order, the sum be theirs only,
+    and the masks be clear afterwards."""
     rng = np.random.default_rng(4)
-    tile = np.where(rng.random((60, 40)) < 0.3, rng.integers(1, 256, (60, 40)), 0).astype(dtype)
-    tile[0], tile[1], tile[2, :32] = 0, 255, 0  # no ink, all ink, ink only past column 32
+    images = np.where(rng.random((TILE, 40)) < 0.3, rng.integers(1, 256, (TILE, 40)), 0).astype(dtype)
+    images[:, 0], images[:, 1] = 0, 255
+    scale = np.float32(1 / 255) if dtype == np.uint8 else np.float32(1)
     if dtype == np.float32:
-        tile[3, 5] = -0.0  # a negative zero is no ink
-        tile /= 255
-    masks, columns = _images_with_ink(tile)
-    for row in range(len(tile)):
-        ink = np.flatnonzero(tile[row, :32])
-        assert masks[row] == sum(1 << int(i) for i in ink), f"row {row}"
-        np.testing.assert_array_equal(columns[row, :len(ink)], ink)
-        assert (columns[row, len(ink):] == -1).all()
+        images /= 255
+    tile = Tile(np.full((40, TILE), 99, dtype), np.zeros(40, np.uint32))  # stale values everywhere
+    dz = rng.standard_normal((TILE, BLOCK)).astype(np.float32)
+    masks, walked, sums, inked, left = _walk_tile(tile, ink_index(images), np.arange(TILE), dz, scale)
+    for p in range(40):
+        ink = np.flatnonzero(images[:, p])
+        assert masks[p] == sum(1 << int(n) for n in ink), f"pixel {p}"
+        np.testing.assert_array_equal(walked[p, :len(ink)], ink)
+        assert (walked[p, len(ink):] == -1).all() and inked[p] == (len(ink) > 0)
+        expected = (images[ink, p].astype(np.float32)[:, None] * scale * dz[ink]).sum(axis=0)
+        np.testing.assert_allclose(sums[p], expected, rtol=1e-5, atol=1e-6)
+    assert not left.any()
