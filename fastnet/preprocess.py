@@ -9,7 +9,7 @@ with their centre of mass at the centre. For any image:
 3. a photo of paper with a darker table around it is cropped to the paper;
 4. polarity: dark ink on light paper is inverted (`invert="auto"` decides from
    the median pixel, which is paper: ink covers a minority of the image; or,
-   where thick ink covers most of a tight crop, from the border's);
+   where thick ink covers most of a tight crop, from the border and the edges);
 5. background and noise: big images are area-averaged down to 112 px first;
    the paper's brightness, estimated at every pixel so that uneven lighting
    goes too, is subtracted; faint pixels (below a threshold from Otsu's
@@ -163,6 +163,15 @@ def _median(values: np.ndarray) -> int:
     return int(np.searchsorted(np.cumsum(np.bincount(values.ravel(), minlength=256)), (values.size + 1) // 2))
 
 
+def _tight_dark_ink(gray: np.ndarray) -> bool:
+    """A thick dark digit cropped tight to its ink: it may cover most of the image, but then the border is mostly
+    paper, bright, and the ink touches all four edges. (Light ink on dark inside a light frame or margin has a
+    bright border too, but nothing dark on its edges.)"""
+    dark = gray < 128
+    return _median(_border(gray)) >= 128 and bool(dark[0].any() and dark[-1].any() and dark[:, 0].any()
+                                                      and dark[:, -1].any())
+
+
 def is_mnist_like(gray: np.ndarray) -> bool:
     """28x28 with a dark border: already a digit in MNIST's form."""
     return gray.shape == (SIZE, SIZE) and _median(_border(gray)) < 32
@@ -186,10 +195,8 @@ def mnist_digit(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
     if invert != "no" and not (gray.shape == (SIZE, SIZE) and (is_mnist_like(gray) or is_mnist_like(255 - gray))):
         gray = _paper(gray)  # (255 - gray of a big photo only for is_mnist_like to refuse its shape: not made)
     # Ink covers a minority of a digit's image, so the median pixel is paper: bright paper means dark ink.
-    # A thick digit cropped tight may cover most of its image, but then the border, mostly paper, is bright.
     # (The border alone misleads on a photo of white paper on a dark table.)
-    median = _median(gray)
-    dark_ink = invert == "yes" or (invert == "auto" and (median >= 128 or _median(_border(gray)) >= 128))
+    dark_ink = invert == "yes" or (invert == "auto" and (_median(gray) >= 128 or _tight_dark_ink(gray)))
     ink = (255 - gray) if dark_ink else gray
     if invert != "yes" and gray.shape == (SIZE, SIZE) and is_mnist_like(ink):
         return np.ascontiguousarray(ink, np.uint8)
