@@ -167,9 +167,8 @@ def _tight_dark_ink(gray: np.ndarray) -> bool:
     """A thick dark digit cropped tight to its ink: it may cover most of the image, but then the border is mostly
     paper, bright, and the ink touches all four edges. (Light ink on dark inside a light frame or margin has a
     bright border too, but nothing dark on its edges.)"""
-    dark = gray < 128
-    return _median(_border(gray)) >= 128 and bool(dark[0].any() and dark[-1].any() and dark[:, 0].any()
-                                                      and dark[:, -1].any())
+    return _median(_border(gray)) >= 128 and all((edge < 128).any()
+                                                 for edge in (gray[0], gray[-1], gray[:, 0], gray[:, -1]))
 
 
 def is_mnist_like(gray: np.ndarray) -> bool:
