@@ -1,5 +1,5 @@
 """LLVM operations Numba does not expose, as Numba intrinsics: atomics, spin-wait and prefetch hints,
-bit casts, scratch arrays on the stack, vector compress and trailing zeros."""
+bit casts, scratch arrays on the stack, sums across vector lanes, vector compress and trailing zeros."""
 
 from __future__ import annotations
 
@@ -97,6 +97,51 @@ def stack_floats(typingctx, size):
             scratch.align = 64
         return builder.bitcast(scratch, ir.FloatType().as_pointer())
     return types.CPointer(types.float32)(size), codegen
+
+
+@intrinsic(prefer_literal=True)
+def sum_lanes(typingctx, rows, sums, n_sums, lanes):
+    """sums[s] = the sum of rows[lanes * s:lanes * (s + 1)] for s < n_sums (float32 pointers, such as
+    stack_floats'; both counts powers of two, n_sums <= lanes).
+
+    By a tree of vector adds across all the rows at once: each level shuffles the lanes of two vectors into
+    their low and high halves and adds those, halving the lanes per sum, so n_sums sums of 16 lanes take
+    about 2 n_sums shuffles and n_sums adds. LLVM reduces each row on its own (~8 operations a row, and for
+    the later layers' short dot products as many operations as multiply-adds). The adds are not reassociated
+    (no fastmath flags here): the order of the sum is the same on every CPU.
+    """
+    if not (isinstance(n_sums, types.IntegerLiteral) and isinstance(lanes, types.IntegerLiteral)):
+        return None
+    count, width = n_sums.literal_value, lanes.literal_value
+    if not (0 < count <= width and count & (count - 1) == 0 and width & (width - 1) == 0):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32, i32 = ir.FloatType(), ir.IntType(32)
+        first_row = builder.bitcast(args[0], ir.VectorType(f32, width).as_pointer())
+        vectors = [builder.load(builder.gep(first_row, [ir.Constant(i32, s)]), align=4) for s in range(count)]
+
+        def add_halves(a, b, runs, run):
+            """a (and b, unless b is a) hold `runs` runs of `run` partial sums each: the runs' low halves, then
+            their high halves, added (a vector of both inputs' runs, each half as long)."""
+            inputs = (0,) if b is a else (0, a.type.count)  # where each input's lanes start in the shuffle
+            starts = [offset + i * run for offset in inputs for i in range(runs)]
+            low = [start + j for start in starts for j in range(run // 2)]
+            lanes_of = (lambda picked: ir.Constant(ir.VectorType(i32, len(picked)), picked))
+            return builder.fadd(builder.shuffle_vector(a, b, lanes_of(low)),
+                                builder.shuffle_vector(a, b, lanes_of([i + run // 2 for i in low])))
+
+        runs, run = 1, width
+        while len(vectors) > 1:  # pair the vectors: twice the runs per vector, half as long
+            vectors = [add_halves(vectors[2 * q], vectors[2 * q + 1], runs, run) for q in range(len(vectors) // 2)]
+            runs, run = 2 * runs, run // 2
+        vector = vectors[0]
+        while run > 1:  # one vector left: halve its runs
+            vector = add_halves(vector, vector, runs, run)
+            run //= 2
+        builder.store(vector, builder.bitcast(args[1], vector.type.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.void(rows, sums, n_sums, lanes), codegen
 
 
 def has_vector_compress() -> bool:

@@ -26,12 +26,14 @@ import numpy as np
 from numba import carray
 
 from .ink import four_inputs, ink_span
-from .intrinsics import float32_from_bits, stack_floats, trailing_zeros
+from .intrinsics import float32_from_bits, stack_floats, sum_lanes, trailing_zeros
 from .jit import inline_jit, llvm_inline_jit
 from .layout import BLOCK
 
 TILE_IMAGES, TILE_UNITS = 4, 2  # images x units whose later layers' sums share their loads (dot_tile)
 TILE_SUMS = TILE_IMAGES * TILE_UNITS
+LANES = 16  # partial sums per dot product in dot_tile: one AVX-512 register (two AVX2 ones)
+TILE_PARTIALS = TILE_SUMS * LANES
 TILE = 32  # images whose first-layer gradient is summed pixel by pixel at a time (see first_gradient_by_pixel)
 
 
@@ -304,26 +306,32 @@ def first_step_dense(params, velocity, second, blk, dz, inputs, rows, scale, ste
 @inline_jit
 def dot_tile(sums, hidden_in, W, n0, n_end, k0, k_end):
     """sums[TILE_UNITS a + u] = the dot product of image n0 + a (hidden_in[., n], every block) with unit k0 + u
-    (W[., k], every block, as stored), for a < TILE_IMAGES (4) and u < TILE_UNITS (2). The eight share each load
-    of a row: one dot product at a time loads two numbers per multiply-add, this tile 0.75, and LLVM keeps the
-    eight running sums in vector registers. An image from n_end or a unit from k_end repeats the last one before
-    it: its sum is computed and not used."""
+    (W[., k], every block, as stored), for a < TILE_IMAGES (4) and u < TILE_UNITS (2); sums is a pointer to
+    TILE_SUMS floats (stack_floats). The eight share each load of a row: one dot product at a time loads two
+    numbers per multiply-add, this tile 0.75. Each sum runs in LANES partial sums, a vector register, across
+    all the blocks, and sum_lanes adds up the eight vectors at once at the end: reduced one by one, and after
+    every block as LLVM did with scalar sums, the reductions took as long as the multiply-adds. An image from
+    n_end or a unit from k_end repeats the last one before it: its sum is computed and not used."""
     n1, n2, n3 = min(n0 + 1, n_end - 1), min(n0 + 2, n_end - 1), min(n0 + 3, n_end - 1)
     k1 = min(k0 + 1, k_end - 1)
-    z00 = z01 = z10 = z11 = z20 = z21 = z30 = z31 = np.float32(0.0)
+    partial_at = stack_floats(TILE_PARTIALS)
+    partial = carray(partial_at, TILE_PARTIALS)  # sum s's partial sums at LANES s ..
+    for i in range(TILE_PARTIALS):
+        partial[i] = np.float32(0.0)
     for blk in range(W.shape[0]):
         x0, x1, x2, x3 = hidden_in[blk, n0], hidden_in[blk, n1], hidden_in[blk, n2], hidden_in[blk, n3]
         w0, w1 = W[blk, k0], W[blk, k1]
-        for j in range(BLOCK):
-            z00 += x0[j] * w0[j]
-            z01 += x0[j] * w1[j]
-            z10 += x1[j] * w0[j]
-            z11 += x1[j] * w1[j]
-            z20 += x2[j] * w0[j]
-            z21 += x2[j] * w1[j]
-            z30 += x3[j] * w0[j]
-            z31 += x3[j] * w1[j]
-    sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], sums[7] = z00, z01, z10, z11, z20, z21, z30, z31
+        for q in range(0, BLOCK, LANES):
+            for j in range(LANES):
+                partial[j] += x0[q + j] * w0[q + j]
+                partial[LANES + j] += x0[q + j] * w1[q + j]
+                partial[2 * LANES + j] += x1[q + j] * w0[q + j]
+                partial[3 * LANES + j] += x1[q + j] * w1[q + j]
+                partial[4 * LANES + j] += x2[q + j] * w0[q + j]
+                partial[5 * LANES + j] += x2[q + j] * w1[q + j]
+                partial[6 * LANES + j] += x3[q + j] * w0[q + j]
+                partial[7 * LANES + j] += x3[q + j] * w1[q + j]
+    sum_lanes(partial_at, sums, TILE_SUMS, LANES)
 
 
 @inline_jit
@@ -342,11 +350,12 @@ def gather_forward(hidden_out, hidden_in, W, b, relu, tanh, lo, hi):
     """hidden_out[., n] = activation(hidden_in[., n] @ W + b) for images lo..hi-1 (lo a multiple of
     TILE_IMAGES: image_share), in tiles of images and units (dot_tile); padding units = 0."""
     n_out = W.shape[1]
-    sums = carray(stack_floats(TILE_SUMS), TILE_SUMS)
+    sums_at = stack_floats(TILE_SUMS)
+    sums = carray(sums_at, TILE_SUMS)
     for n0 in range(lo, hi, TILE_IMAGES):
         images = min(TILE_IMAGES, hi - n0)
         for k0 in range(0, n_out, TILE_UNITS):
-            dot_tile(sums, hidden_in, W, n0, hi, k0, n_out)
+            dot_tile(sums_at, hidden_in, W, n0, hi, k0, n_out)
             for u in range(min(TILE_UNITS, n_out - k0)):
                 k = k0 + u
                 for a in range(images):
@@ -361,11 +370,12 @@ def gather_forward(hidden_out, hidden_in, W, b, relu, tanh, lo, hi):
 def output_forward(probs, hidden_in, W, b, lo, hi):
     """probs[n] = softmax(hidden_in[., n] @ W + b) for n in lo..hi-1 (lo as gather_forward's)."""
     n_classes = probs.shape[1]
-    sums = carray(stack_floats(TILE_SUMS), TILE_SUMS)
+    sums_at = stack_floats(TILE_SUMS)
+    sums = carray(sums_at, TILE_SUMS)
     for n0 in range(lo, hi, TILE_IMAGES):
         images = min(TILE_IMAGES, hi - n0)
         for k0 in range(0, n_classes, TILE_UNITS):
-            dot_tile(sums, hidden_in, W, n0, hi, k0, n_classes)
+            dot_tile(sums_at, hidden_in, W, n0, hi, k0, n_classes)
             for u in range(min(TILE_UNITS, n_classes - k0)):
                 for a in range(images):
                     probs[n0 + a, k0 + u] = sums[TILE_UNITS * a + u] + b[k0 + u]

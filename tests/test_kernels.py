@@ -15,12 +15,12 @@ from typing import NamedTuple
 import llvmlite.binding as llvm
 import numpy as np
 import pytest
-from numba import njit
+from numba import carray, njit
 
 from fastnet.kernels import numba_backend, numpy_backend
 from fastnet.kernels.common import Optimizer, new_state
 from fastnet.kernels.ink import Dense, InkIndex, append_ink, ink_index
-from fastnet.kernels.intrinsics import trailing_zeros
+from fastnet.kernels.intrinsics import stack_floats, sum_lanes, trailing_zeros
 from fastnet.kernels.layers import BLOCK, TILE, Tile, add_pixel_sum, fill_tile
 from fastnet.parameters import weight_names
 
@@ -270,3 +270,36 @@ def test_the_w1_updates_tile_finds_exactly_the_images_with_ink(dtype):
         expected = (images[ink, p].astype(np.float32)[:, None] * scale * dz[ink]).sum(axis=0)
         np.testing.assert_allclose(sums[p], expected, rtol=1e-5, atol=1e-6)
     assert not left.any()
+
+
+def _lane_summer(n_sums: int, lanes: int):
+    """A compiled sum_lanes for n_sums rows of lanes floats (its counts must be constants where it is compiled)."""
+    size = n_sums * lanes
+
+    @njit
+    def run(rows, sums):
+        rows_at, sums_at = stack_floats(size), stack_floats(n_sums)
+        scratch = carray(rows_at, size)
+        for i in range(size):
+            scratch[i] = rows[i]
+        sum_lanes(rows_at, sums_at, n_sums, lanes)
+        result = carray(sums_at, n_sums)
+        for s in range(n_sums):
+            sums[s] = result[s]
+    return run
+
+
+@pytest.mark.parametrize("n_sums, lanes", [(8, 16), (1, 16), (2, 16), (4, 8), (8, 8), (2, 2)])
+def test_sum_lanes_adds_each_row_into_its_own_sum(n_sums, lanes):
+    """intrinsics.sum_lanes, the later layers' last step of each dot product (layers.dot_tile): rows of
+    distinct whole numbers, whose sums are exact in float32, so a lane taken into the wrong sum (or twice, or
+    not at all) changes one; then random rows, against float64 sums to float32's rounding (a sum of 16 terms
+    of size <= 1 in any order is within 16 epsilon of the exact one)."""
+    summed = _lane_summer(n_sums, lanes)
+    whole = (np.arange(n_sums)[:, None] * 1000 + 3 ** np.arange(lanes)[None, :] % 997).astype(np.float32)
+    sums = np.full(n_sums, np.nan, np.float32)
+    summed(whole.ravel(), sums)
+    np.testing.assert_array_equal(sums, whole.sum(axis=1, dtype=np.float64))
+    rows = np.random.default_rng(3).uniform(-1, 1, (n_sums, lanes)).astype(np.float32)
+    summed(rows.ravel(), sums)
+    np.testing.assert_allclose(sums, rows.sum(axis=1, dtype=np.float64), rtol=0, atol=lanes * 1.2e-7)
