@@ -127,9 +127,9 @@ def sum_lanes(typingctx, rows, sums, n_sums, lanes):
             inputs = (0,) if b is a else (0, a.type.count)  # where each input's lanes start in the shuffle
             starts = [offset + i * run for offset in inputs for i in range(runs)]
             low = [start + j for start in starts for j in range(run // 2)]
-            lanes_of = (lambda picked: ir.Constant(ir.VectorType(i32, len(picked)), picked))
-            return builder.fadd(builder.shuffle_vector(a, b, lanes_of(low)),
-                                builder.shuffle_vector(a, b, lanes_of([i + run // 2 for i in low])))
+            high = [i + run // 2 for i in low]
+            return builder.fadd(builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, len(low)), low)),
+                                builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, len(high)), high)))
 
         runs, run = 1, width
         while len(vectors) > 1:  # pair the vectors: twice the runs per vector, half as long
