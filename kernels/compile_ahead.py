@@ -24,7 +24,7 @@ from numba import typeof
 from .augment import transform_images
 from .common import Augment, Optimizer, new_state
 from .epoch import _epoch_worker, layer_signatures, worker_arguments
-from .ink import prepare
+from .ink import Dense, ink_index
 from .layers import gather_update, output_bias_update
 from .predict import _predict_rows, predict
 from .threads import thread_count
@@ -48,7 +48,8 @@ def epoch_plan(layer_sizes: list[int], activation: int, dtype: str, sparse: bool
     and data (inputs of dtype, read sparse or not, augmented with images of augment_shape or not); built on a
     few rows of zeros, which have the real data's types."""
     params, count = _stand_in_params(layer_sizes), 2
-    data = prepare(np.zeros((count, layer_sizes[0]), dtype), sparse=sparse)
+    rows = np.zeros((count, layer_sizes[0]), dtype)
+    data = ink_index(rows) if sparse else Dense(rows)  # (prepare's types, without compiling its listing)
     augment = None if augment_shape is None else Augment(np.zeros((count, 6), np.float32), tuple(augment_shape))
     run = worker_arguments(params, new_state(params, optimizer), data, np.zeros(count, np.int64),
                            np.arange(count, dtype=np.int64), batch_size, optimizer, activation, augment=augment)

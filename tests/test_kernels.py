@@ -190,13 +190,39 @@ def test_mostly_zero_inputs_are_read_sparse_and_others_dense(mnist_train):
 
 
 def test_ink_index_lists_exactly_the_nonzero_pixels_and_their_values(mnist_train):
+    """The numpy ink index (prepare's reference twin), row by row against flatnonzero; small chunks, so that
+    rows 63/64 and 127/128 straddle a chunk's boundary."""
     images = mnist_train[0][:500]
-    index = numba_backend.prepare(images, chunk=64)  # small chunks: 63/64 and 127/128 straddle a boundary
+    index = ink_index(images, chunk=64)
     for n in (0, 1, 63, 64, 127, 128, 250, 499):
         ink = slice(index.start[n], index.start[n + 1])
         np.testing.assert_array_equal(index.pixels[ink], np.flatnonzero(images[n]))
         np.testing.assert_array_equal(index.values[ink], images[n][images[n] != 0])
     assert index.start[-1] == np.count_nonzero(images)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("width", [784, 61, 70_000])  # 61: not a multiple of 8; 70,000: uint32 positions
+def test_prepare_lists_the_same_ink_as_its_numpy_twin(dtype, width, mnist_train):
+    """prepare's compiled listing (ink._count_ink, _list_ink) against ink_index: MNIST digits, blank rows, the
+    last word of a row inked, a full row, and last the last input alone; at 70,000 inputs positions past
+    65,535. The same arrays, dtypes included."""
+    rng = np.random.default_rng(5)
+    rows = np.zeros((40, width), np.uint8)
+    digits = mnist_train[0][:30]
+    for n in range(30):
+        at = rng.integers(0, max(width - 784, 0) + 1)
+        rows[n, at:at + 784] = digits[n, :width - at]
+    rows[-3, -8:] = 9
+    rows[-2] = 255
+    rows[-1, -1] = 7
+    images = np.ascontiguousarray(rows if dtype == np.uint8 else rows / np.float32(255))
+    listed = numba_backend.prepare(images, sparse=True)
+    expected = ink_index(images)
+    assert isinstance(listed, InkIndex)
+    for got, want in zip(listed, expected):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
 
 
 @njit
