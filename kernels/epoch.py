@@ -11,11 +11,13 @@ each batch b it does, meeting the other workers where one needs another's work:
    the update of the first layer's block (its weights are read by no one else),
    and that block's forward for batch b: W1's block is then touched once;
 3. the forward of every later layer for its share of batch b's images
-   (layers.gather_forward), a meeting after each, then the output layer
-   (softmax, loss, dlogits) for its share, and a meeting: dlogits is whole.
+   (layers.gather_forward), then the output layer (softmax, loss, dlogits) for
+   the same share, with no meeting between them (each layer reads only the
+   worker's own images of the layer before), and a meeting: dlogits is whole.
    Worker 0 updates the output bias.
-For one hidden layer that is two meetings per batch. Every number is computed
-by one thread, in an order that does not depend on the thread count.
+That is two meetings per batch, and one more for each hidden layer after the
+first. Every number is computed by one thread, in an order that does not
+depend on the thread count.
 
 With augmentation (augment.py), the first layer reads each batch through its
 transformed images: in step 3 of batch b each worker also transforms its share
@@ -186,10 +188,6 @@ def _epoch_worker(worker, n_workers, control, stop, ink, inputs, labels, order, 
         if deep is not None:  # 3. the later layers' forward, for this worker's share of the images
             for i in range(1, n_hidden):
                 gather_forward(hidden[i], hidden[i - 1], params.W[i - 1], params.b[i], relu, tanh, lo, hi)
-                meeting += 1
-                publish(control, worker + 1, meeting)
-                for other in range(active):
-                    naps += wait_for(control, other + 1, meeting)
         output_forward(probs, hidden[n_hidden - 1], params.W[n_hidden - 1], params.b_out, lo, hi)
         loss, hits = output_backward(dlogits, probs, labels, rows, lo, hi)
         loss_sum += loss
