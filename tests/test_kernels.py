@@ -126,7 +126,9 @@ def test_training_steps_match_reference(optimizer, case, batch_size, mnist_train
 
     Tolerance 1e-5 (and 1e-5 relative, for weights that grow large) on weights that move by 1e-3 or more: the
     two backends' sums differ by ~1e-6 per step (see the module docstring), and Adam's step divides by the
-    gradient's own size, so a few steps can triple that."""
+    gradient's own size, so a few steps can triple that. The moments to 2e-5 (and 1e-5 relative): a velocity
+    sums gradients, at batch 1 each of one image (up to 0.75 in the last case), and their last-bit
+    differences add up: 3e-6 to 1.2e-5 in that case, depending on the CPU the kernels are compiled for."""
     inputs, labels = inputs_for(case, mnist_train, 96, seed=3)
     results = {}
     for backend in (numba_backend, numpy_backend):
@@ -143,7 +145,7 @@ def test_training_steps_match_reference(optimizer, case, batch_size, mnist_train
         assert_close(name, fast_w, ref_w, 3e-5 if optimizer.kind == "adam" else 1e-5, rtol=1e-5)
     for moments in ("first", "second"):
         for i, (fast_m, ref_m) in enumerate(zip(getattr(fast[1], moments) or [], getattr(ref[1], moments) or [])):
-            assert_close(f"{moments} moment {i}", fast_m, ref_m, 1e-5)
+            assert_close(f"{moments} moment {i}", fast_m, ref_m, 2e-5, rtol=1e-5)
     assert fast[1].step[0] == ref[1].step[0] == -(-96 // batch_size)
     assert fast[2] == pytest.approx(ref[2], rel=1e-5)
     assert fast[3] == ref[3]
