@@ -5,7 +5,7 @@
 
 Each provides (legend in common.py; params = [W_1, b_1, ..., W_L, b_L]; inputs (N, D) uint8 pixels or float32
 features; optimizer a common.Optimizer, state a common.OptimizerState):
-    prepare(inputs, sparse=None)                      the training data as the backend reads it
+    prepare(inputs, *, sparse=None)                   the training data as the backend reads it
     compile_on_both_cores(layer_sizes, activation, dtype, sparse, batch_size, optimizer, augment_shape, env)
                                                       the epoch's kernels shared out with a second process,
                                                       which then compiles predict's: that process, or None

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .intrinsics import append_nonzero64, prefetch
-from .jit import inline_jit, jit
+from .jit import ieee_jit, inline_jit
 
 SPARSE_FROM = 0.5  # share of zero inputs from which the first layer reads only the nonzero ones
 
@@ -47,7 +47,7 @@ def _sparse_by_count(inputs: np.ndarray, nonzero: int) -> bool:
     return bool(inputs.size > 0 and nonzero <= (1 - SPARSE_FROM) * inputs.size)
 
 
-def prepare(inputs: np.ndarray, sparse: bool | None = None) -> InkIndex | Dense:
+def prepare(inputs: np.ndarray, *, sparse: bool | None = None) -> InkIndex | Dense:
     """The training data as the Numba kernels read it: its ink index if it is mostly zeros (or sparse says so:
     a few rows read as the whole data is), else the rows.
 
@@ -68,9 +68,10 @@ def prepare(inputs: np.ndarray, sparse: bool | None = None) -> InkIndex | Dense:
     return InkIndex(start, pixels[:start[-1]], values[:start[-1]])
 
 
-@jit
+@ieee_jit
 def _count_ink(inputs, start):
-    """start[n + 1] = how many inputs of row n are nonzero."""
+    """start[n + 1] = how many inputs of row n are nonzero (NaN included, as the listing below counts it: both
+    compare by IEEE rules, not fastmath's, which may take NaN for zero in one loop and not in the other)."""
     for n in range(inputs.shape[0]):
         row = inputs[n]
         count = 0
@@ -79,7 +80,7 @@ def _count_ink(inputs, start):
         start[n + 1] = count
 
 
-@jit
+@ieee_jit
 def _list_ink(inputs, start, pixels, values):
     """Every row's ink at start[n] (the counts summed), by prediction's append_ink (8-input words)."""
     for n in range(inputs.shape[0]):

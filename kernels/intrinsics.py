@@ -107,8 +107,8 @@ def sum_lanes(typingctx, rows, sums, n_sums, lanes):
     By a tree of vector adds across all the rows at once: each level shuffles the lanes of two vectors into
     their low and high halves and adds those, halving the lanes per sum, so n_sums sums of 16 lanes take
     about 2 n_sums shuffles and n_sums adds. LLVM reduces each row on its own (~8 operations a row, and for
-    the later layers' short dot products as many operations as multiply-adds). The adds are not reassociated
-    (no fastmath flags here): the order of the sum is the same on every CPU.
+    the later layers' short dot products as many operations as multiply-adds). The tree's adds carry no
+    fastmath flags: its order of adding is the same on every CPU.
     """
     if not (isinstance(n_sums, types.IntegerLiteral) and isinstance(lanes, types.IntegerLiteral)):
         return None

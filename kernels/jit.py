@@ -98,5 +98,8 @@ def _cached_as_kernels(decorator):
 
 
 jit = _cached_as_kernels(njit(**_SETTINGS))
+# For loops whose comparisons must follow IEEE where an input is NaN (NaN != 0): under fastmath's no-NaN flag
+# LLVM may decide such a comparison either way, differently in two loops over the same data.
+ieee_jit = _cached_as_kernels(njit(**{**_SETTINGS, "fastmath": False}))
 llvm_inline_jit = _cached_as_kernels(njit(**_SETTINGS, forceinline=True))
 inline_jit = _cached_as_kernels(njit(**_SETTINGS, inline="always"))

@@ -28,10 +28,10 @@ __all__ = ["prepare", "train_epoch", "forward", "backward", "optimizer_step", "p
            "augment_images"]
 
 
-def prepare(inputs: np.ndarray, sparse: bool | None = None) -> InkIndex | Dense:
+def prepare(inputs: np.ndarray, *, sparse: bool | None = None) -> InkIndex | Dense:
     """The training data as this backend reads it (ink.prepare)."""
     check_inputs(inputs)
-    return _prepare(inputs, sparse)
+    return _prepare(inputs, sparse=sparse)
 
 
 def augment_images(inputs, matrices, shape):

@@ -18,7 +18,7 @@ import numpy as np
 from .common import SIGMOID, TANH, Augment, Optimizer, OptimizerState, input_scale
 
 
-def prepare(inputs: np.ndarray, sparse: bool | None = None) -> np.ndarray:
+def prepare(inputs: np.ndarray, *, sparse: bool | None = None) -> np.ndarray:
     """The training data as this backend reads it: the array itself (sparse or not: numba_backend's choice)."""
     return inputs
 

@@ -207,8 +207,8 @@ def test_ink_index_lists_exactly_the_nonzero_pixels_and_their_values(mnist_train
 @pytest.mark.parametrize("width", [784, 61, 70_000])  # 61: not a multiple of 8; 70,000: uint32 positions
 def test_prepare_lists_the_same_ink_as_its_numpy_twin(dtype, width, mnist_train):
     """prepare's compiled listing (ink._count_ink, _list_ink) against ink_index: MNIST digits, blank rows, the
-    last word of a row inked, a full row, and last the last input alone; at 70,000 inputs positions past
-    65,535. The same arrays, dtypes included."""
+    last word of a row inked, a full row, and last the last input alone; floats also negative, -0.0 (zero),
+    NaN and infinities (nonzero); at 70,000 inputs positions past 65,535. The same arrays, dtypes included."""
     rng = np.random.default_rng(5)
     rows = np.zeros((40, width), np.uint8)
     digits = mnist_train[0][:30]
@@ -218,13 +218,30 @@ def test_prepare_lists_the_same_ink_as_its_numpy_twin(dtype, width, mnist_train)
     rows[-3, -8:] = 9
     rows[-2] = 255
     rows[-1, -1] = 7
-    images = np.ascontiguousarray(rows if dtype == np.uint8 else rows / np.float32(255))
+    images = rows if dtype == np.uint8 else rows / np.float32(255)
+    if dtype == np.float32:
+        images[:10] *= -1
+        images[30, :6] = [-0.0, np.nan, np.inf, -np.inf, -0.0, np.nan]
+    images = np.ascontiguousarray(images)
     listed = numba_backend.prepare(images, sparse=True)
     expected = ink_index(images)
     assert isinstance(listed, InkIndex)
     for got, want in zip(listed, expected):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_prepare_lists_ink_when_told_to_even_where_most_inputs_are_ink(dtype):
+    """sparse=True overrides the share of zeros (training's warm-up lists a few rows as the whole data is
+    read); left to itself, prepare reads the same rows densely."""
+    images = np.ones((3, 50), dtype)
+    images[1, ::7] = 0
+    listed = numba_backend.prepare(images, sparse=True)
+    assert isinstance(listed, InkIndex)
+    for got, want in zip(listed, ink_index(images)):
+        np.testing.assert_array_equal(got, want)
+    assert isinstance(numba_backend.prepare(images), Dense)
 
 
 @njit
