@@ -1,7 +1,8 @@
 """How every kernel is compiled: float32 fastmath (so sums over units vectorise), nogil (threads), cached.
 
 Three kinds of function:
-- jit: the functions called from Python (the epoch worker, prediction, the tests' entry points);
+- jit: the functions called from Python (the epoch worker, prediction, the tests' entry points); ieee_jit the
+  same without fastmath, for loops whose comparisons must treat NaN by IEEE's rules (the ink index's passes);
 - llvm_inline_jit: the functions those call for a layer's block or a share of a batch (layers.py, the augment
   transform). Each is compiled on its own, once per argument types, and shared by every kernel variant that
   calls it (SGD and Adam workers read the same forward); LLVM then inlines it into each caller (forceinline:
@@ -98,8 +99,7 @@ def _cached_as_kernels(decorator):
 
 
 jit = _cached_as_kernels(njit(**_SETTINGS))
-# For loops whose comparisons must follow IEEE where an input is NaN (NaN != 0): under fastmath's no-NaN flag
-# LLVM may decide such a comparison either way, differently in two loops over the same data.
+# Under fastmath's no-NaN flag LLVM may decide NaN != 0 either way, differently in two loops over the same data.
 ieee_jit = _cached_as_kernels(njit(**{**_SETTINGS, "fastmath": False}))
 llvm_inline_jit = _cached_as_kernels(njit(**_SETTINGS, forceinline=True))
 inline_jit = _cached_as_kernels(njit(**_SETTINGS, inline="always"))
