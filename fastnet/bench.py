@@ -5,6 +5,12 @@ peak memory), on one workload (a network, an optimiser, MNIST or synthetic dense
 features), from the same initial weights and the same shuffles, at a constant
 learning rate that suits the batch size (SGD) or Adam's usual one. Seconds per
 epoch is the fastest epoch measured; test accuracy is after the last one.
+
+On a shared machine one measurement of each system can land in a quiet minute
+for one and a busy one for another. With rounds, every system is measured that
+many times, in turn (round-robin), each row is the round whose time is the
+median, and a ratio between two systems is the median of the rounds' ratios,
+each between two measurements taken minutes apart.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +107,7 @@ class Record:
     note: str = ""
     busy: int = 0  # competing busy processes while it was measured (bench --busy)
     workload: str = ""  # Workload.describe()
+    round_seconds: list[float] = field(default_factory=list)  # seconds_per_epoch of each round (bench --rounds)
 
 
 def measure(system: str, batch_size: int, threads: int, epochs: int, workload: Workload = Workload(),
@@ -130,8 +138,9 @@ def busy_processes(count: int):
 
 
 def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: bool = False,
-        report=lambda record: None, busy: int = 0, workload: Workload = Workload()) -> list[Record]:
-    """Measure numba (each thread count) and numpy (and the installed peers) at each batch size.
+        report=lambda record: None, busy: int = 0, workload: Workload = Workload(), rounds: int = 1) -> list[Record]:
+    """Measure numba (each thread count) and numpy (and the installed peers) at each batch size, each `rounds`
+    times in turn (the module docstring says how the rounds are summed up).
 
     The Numba kernels are compiled into the cache first, for each batch size
     (batches under 16 images have an epoch kernel of their own), so that no
@@ -140,10 +149,10 @@ def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: 
     _run_child(["-c", _WARM_UP, json.dumps(asdict(workload)), *map(str, batch_sizes)], _child_environment(),
                "compiling the kernels")
     with busy_processes(busy):
-        return _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, workload)
+        return _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, workload, rounds)
 
 
-def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, workload) -> list[Record]:
+def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, workload, rounds) -> list[Record]:
     records = []
     for batch_size in batch_sizes:
         systems = [("numba", t) for t in thread_counts] + [("numpy", max(thread_counts))]
@@ -151,22 +160,55 @@ def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, worklo
             systems[len(thread_counts):len(thread_counts)] = [("numba-augment", t) for t in thread_counts]
         if peers:
             systems += [(peer, max(thread_counts)) for peer in PEERS]
-        numpy_seconds = None
-        for system, threads in systems:
-            record = measure(system, batch_size, threads, epochs, workload)
-            if record is None:
+        measured = {}  # (system, threads): its record in each round; a peer not installed has none
+        for _ in range(rounds):
+            for system, threads in systems:
+                if measured.get((system, threads), True) is None:
+                    continue
+                record = measure(system, batch_size, threads, epochs, workload)
+                if record is None:
+                    measured[system, threads] = None
+                    continue
+                record.busy = busy
+                measured.setdefault((system, threads), []).append(record)
+        numpy_rounds = measured.get(("numpy", max(thread_counts)))
+        for each_round in measured.values():
+            if each_round is None:
                 continue
-            record.busy = busy
-            if system == "numpy":
-                numpy_seconds = record.seconds_per_epoch
+            seconds = [r.seconds_per_epoch for r in each_round]
+            record = each_round[seconds.index(statistics.median_low(seconds))]
+            record.round_seconds = seconds
+            if numpy_rounds:
+                record.speedup_over_numpy = median_ratio([r.seconds_per_epoch for r in numpy_rounds], seconds)
             records.append(record)
-        for record in records:
-            if record.batch_size == batch_size and numpy_seconds:
-                record.speedup_over_numpy = numpy_seconds / record.seconds_per_epoch
-        for record in records:
-            if record.batch_size == batch_size:
-                report(record)
+            report(record)
     return records
+
+
+def median_ratio(slower: list[float], faster: list[float]) -> float:
+    """The median over rounds of slower / faster (seconds of two systems, round by round)."""
+    return statistics.median(s / f for s, f in zip(slower, faster))
+
+
+def format_ratios(records: list[Record]) -> str:
+    """For each batch size, numba on its most threads against every other system: the ratio of seconds per epoch
+    in each round and their median (bench --rounds)."""
+    lines = []
+    for batch_size in sorted({r.batch_size for r in records}):
+        rows = [r for r in records if r.batch_size == batch_size]
+        numba = max((r for r in rows if r.backend == "numba"), key=lambda r: r.threads, default=None)
+        if numba is None:
+            continue
+        lines.append(f"batch {batch_size}, numba on {numba.threads} thread(s) "
+                     f"({' '.join(f'{s:.3f}' for s in numba.round_seconds)} s) against:")
+        for other in rows:
+            if other is numba:
+                continue
+            ratios = [s / f for s, f in zip(other.round_seconds, numba.round_seconds)]
+            lines.append(f"  {other.backend} ({other.threads} thread(s)): "
+                         + " ".join(f"{ratio:.1f}x" for ratio in ratios)
+                         + f", median {median_ratio(other.round_seconds, numba.round_seconds):.1f}x")
+    return "\n".join(lines)
 
 
 def _run_child(arguments: list[str], env: dict, what: str, timeout: float | None = None,

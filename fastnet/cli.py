@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="numba thread counts to time; numpy and peers use the largest")
     bench.add_argument("--epochs", type=_number(int, 1, what="must be at least 1"), default=1,
                        help="epochs per measurement (the fastest is reported)")
+    bench.add_argument("--rounds", type=_number(int, 1, maximum=101, what="must be 1 to 100"), default=1,
+                       help="measure every system this many times, in turn, and report the median round and "
+                            "the median of the rounds' speed ratios (steadier figures on a shared machine)")
     bench.add_argument("--peers", action="store_true",
                        help="also time PyTorch, scikit-learn and JAX where installed (optional extras)")
     bench.add_argument("--hidden", type=_widths, default=defaults.hidden, metavar="N[,N...]",
@@ -615,11 +618,14 @@ def bench(args: argparse.Namespace) -> int:
     if args.sklearn:
         if args.plot is not None:
             raise FastnetError("bench --sklearn draws no plot; write its results with --json")
+        if args.rounds > 1:
+            raise FastnetError("bench --sklearn takes no --rounds: it repeats each small dataset over 5 seeds")
         return bench_sklearn(args)
     if args.augment and args.dense:
         raise FastnetError("bench --augment transforms MNIST's images; --dense features have none")
     workload = benchmarks.Workload(args.hidden, args.activation, args.optimizer, args.dense, args.augment)
     print(f"fastnet bench: {workload.describe()}; {args.epochs} epoch(s) per measurement, "
+          + (f"{args.rounds} rounds of every system in turn, " if args.rounds > 1 else "")
           + ("adam at lr 0.001" if args.optimizer == "adam" else "plain SGD at lr min(1, 0.05 x batch)")
           + f", each in a fresh process; {os.cpu_count()} cores"
           + (f"; {args.busy} competing busy process(es) during the epochs" if args.busy else ""))
@@ -632,8 +638,11 @@ def bench(args: argparse.Namespace) -> int:
         print(f"numba prediction over the 10,000 test images, {threads} thread(s): {rate:,.0f} images/s")
     print()
     records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers, busy=args.busy,
-                             workload=workload)
+                             workload=workload, rounds=args.rounds)
     print(benchmarks.format_table(records))
+    if args.rounds > 1:
+        print(f"\nthe median of {args.rounds} rounds; speed ratios, round by round:")
+        print(benchmarks.format_ratios(records))
     if args.json is not None:
         _write_json(args.json, [asdict(r) for r in records])
     if args.plot is not None:

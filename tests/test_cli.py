@@ -65,6 +65,34 @@ def test_bench_prints_the_table_and_writes_json_and_plot(tmp_path):
         assert image.format == "PNG"
 
 
+def test_bench_rounds_take_systems_in_turn_and_report_medians(monkeypatch):
+    """bench --rounds: every system measured once per round, in turn; each row the median round, each ratio the
+    median of the rounds' ratios (not the ratio of medians); a peer that is not installed is asked once."""
+    from fastnet import bench
+
+    seconds = {"numba": [0.10, 0.30, 0.12], "numpy": [2.0, 1.2, 1.0], "torch": [2.0, 2.1, 1.0]}
+    asked = []
+
+    def measure(system, batch_size, threads, epochs, workload):
+        asked.append(system)
+        if system not in seconds:
+            return None
+        s = seconds[system][sum(1 for a in asked if a == system) - 1]
+        return bench.Record(system, batch_size, threads, epochs, s, 60_000 / s, 1.0, 0.9, 100.0)
+
+    monkeypatch.setattr(bench, "measure", measure)
+    records = bench._measure_all([32], [2], 1, True, lambda record: None, 0, bench.Workload(), 3)
+    assert asked == ["numba", "numpy", "torch", "sklearn", "jax"] + ["numba", "numpy", "torch"] * 2
+    rows = {r.backend: r for r in records}
+    assert sorted(rows) == ["numba", "numpy", "torch"]
+    assert rows["numba"].seconds_per_epoch == 0.12 and rows["numba"].round_seconds == [0.10, 0.30, 0.12]
+    assert rows["numba"].speedup_over_numpy == pytest.approx(2.0 / 0.24)  # of 20, 4 and 8.3; not 1.2 / 0.12
+    assert rows["numpy"].speedup_over_numpy == pytest.approx(1.0)
+    text = bench.format_ratios(records)
+    assert "batch 32, numba on 2 thread(s) (0.100 0.300 0.120 s) against:" in text
+    assert "torch (2 thread(s)): 20.0x 7.0x 8.3x, median 8.3x" in text
+
+
 def test_bench_sklearn_compares_the_two_estimators(tmp_path):
     result = fastnet("bench", "--sklearn", "--dry-run", "--json", tmp_path / "versus.json")
     assert result.returncode == 0, result.stderr
