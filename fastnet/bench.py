@@ -8,9 +8,11 @@ epoch is the fastest epoch measured; test accuracy is after the last one.
 
 On a shared machine one measurement of each system can land in a quiet minute
 for one and a busy one for another. With rounds, every system is measured that
-many times, in turn (round-robin), each row is the round whose time is the
-median, and a ratio between two systems is the median of the rounds' ratios,
-each between two measurements taken minutes apart.
+many times, in turn (round-robin: the measurements a ratio pairs are taken close
+together, the rounds minutes apart). Each row is the round whose time is the
+median, and a ratio between two systems is the median of the rounds' ratios, so
+it need not equal the ratio of the two rows' times. With an even number of rounds
+each is the lower of the middle two: the faster round, the smaller ratio.
 """
 
 from __future__ import annotations
@@ -154,27 +156,27 @@ def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: 
 
 def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, workload, rounds) -> list[Record]:
     records = []
+    thread_counts = list(dict.fromkeys(thread_counts))  # each once: a system's rounds are keyed by its threads
     for batch_size in batch_sizes:
         systems = [("numba", t) for t in thread_counts] + [("numpy", max(thread_counts))]
         if workload.augment:
             systems[len(thread_counts):len(thread_counts)] = [("numba-augment", t) for t in thread_counts]
         if peers:
             systems += [(peer, max(thread_counts)) for peer in PEERS]
-        measured = {}  # (system, threads): its record in each round; a peer not installed has none
+        measured = {}  # (system, threads): its record in each round
+        not_installed = set()
         for _ in range(rounds):
             for system, threads in systems:
-                if measured.get((system, threads), True) is None:
+                if system in not_installed:
                     continue
                 record = measure(system, batch_size, threads, epochs, workload)
                 if record is None:
-                    measured[system, threads] = None
+                    not_installed.add(system)
                     continue
                 record.busy = busy
                 measured.setdefault((system, threads), []).append(record)
         numpy_rounds = measured.get(("numpy", max(thread_counts)))
         for each_round in measured.values():
-            if each_round is None:
-                continue
             seconds = [r.seconds_per_epoch for r in each_round]
             record = each_round[seconds.index(statistics.median_low(seconds))]
             record.round_seconds = seconds
@@ -185,9 +187,15 @@ def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, worklo
     return records
 
 
-def median_ratio(slower: list[float], faster: list[float]) -> float:
-    """The median over rounds of slower / faster (seconds of two systems, round by round)."""
-    return statistics.median(s / f for s, f in zip(slower, faster))
+def median_ratio(seconds: list[float], against: list[float]) -> float:
+    """The median over rounds of seconds / against (two systems' seconds per epoch, round by round; with an even
+    count, the lower of the middle two)."""
+    return statistics.median_low(round_ratios(seconds, against))
+
+
+def round_ratios(seconds: list[float], against: list[float]) -> list[float]:
+    """seconds / against in each round (lists of one length)."""
+    return [s / a for s, a in zip(seconds, against, strict=True)]
 
 
 def format_ratios(records: list[Record]) -> str:
@@ -204,10 +212,10 @@ def format_ratios(records: list[Record]) -> str:
         for other in rows:
             if other is numba:
                 continue
-            ratios = [s / f for s, f in zip(other.round_seconds, numba.round_seconds)]
+            ratios = round_ratios(other.round_seconds, numba.round_seconds)
             lines.append(f"  {other.backend} ({other.threads} thread(s)): "
                          + " ".join(f"{ratio:.1f}x" for ratio in ratios)
-                         + f", median {median_ratio(other.round_seconds, numba.round_seconds):.1f}x")
+                         + f", median {statistics.median_low(ratios):.1f}x")
     return "\n".join(lines)
 
 

@@ -220,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=_number(int, 1, what="must be at least 1"), default=1,
                        help="epochs per measurement (the fastest is reported)")
     bench.add_argument("--rounds", type=_number(int, 1, maximum=101, what="must be 1 to 100"), default=1,
-                       help="measure every system this many times, in turn, and report the median round and "
-                            "the median of the rounds' speed ratios (steadier figures on a shared machine)")
+                       metavar="N", help="measure every system N times, in turn, and report the median round and "
+                                         "the median of the rounds' speed ratios (steadier on a shared machine)")
     bench.add_argument("--peers", action="store_true",
                        help="also time PyTorch, scikit-learn and JAX where installed (optional extras)")
     bench.add_argument("--hidden", type=_widths, default=defaults.hidden, metavar="N[,N...]",
@@ -619,7 +619,7 @@ def bench(args: argparse.Namespace) -> int:
         if args.plot is not None:
             raise FastnetError("bench --sklearn draws no plot; write its results with --json")
         if args.rounds > 1:
-            raise FastnetError("bench --sklearn takes no --rounds: it repeats each small dataset over 5 seeds")
+            raise FastnetError("bench --sklearn takes no --rounds: it repeats each small dataset over seeds of its own")
         return bench_sklearn(args)
     if args.augment and args.dense:
         raise FastnetError("bench --augment transforms MNIST's images; --dense features have none")

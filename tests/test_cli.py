@@ -93,6 +93,35 @@ def test_bench_rounds_take_systems_in_turn_and_report_medians(monkeypatch):
     assert "torch (2 thread(s)): 20.0x 7.0x 8.3x, median 8.3x" in text
 
 
+def test_bench_even_rounds_take_the_lower_middle_and_threads_count_once(monkeypatch):
+    """With an even number of rounds the row is the faster of the middle two and the ratio the smaller (never an
+    average that belongs to no round); a thread count given twice is measured once per round."""
+    from fastnet import bench
+
+    seconds = {"numba": [0.2, 0.1, 0.4, 0.3], "numpy": [1.0, 1.0, 1.0, 1.0]}
+    asked = []
+
+    def measure(system, batch_size, threads, epochs, workload):
+        asked.append((system, threads))
+        s = seconds[system][sum(1 for a in asked if a[0] == system) - 1]
+        return bench.Record(system, batch_size, threads, epochs, s, 60_000 / s, 1.0, 0.9, 100.0)
+
+    monkeypatch.setattr(bench, "measure", measure)
+    records = bench._measure_all([32], [2, 2], 1, False, lambda record: None, 0, bench.Workload(), 4)
+    assert asked == [("numba", 2), ("numpy", 2)] * 4
+    numba = next(r for r in records if r.backend == "numba")
+    assert numba.seconds_per_epoch == 0.2 and numba.speedup_over_numpy == pytest.approx(1 / 0.3)  # of 5, 10, 2.5, 3.3
+    assert "numpy (2 thread(s)): 5.0x 10.0x 2.5x 3.3x, median 3.3x" in bench.format_ratios(records)
+
+
+@pytest.mark.parametrize("flags, message", [(["--rounds", "0"], "argument --rounds: 0 is out of range: must be 1 to 100"),
+                                            (["--rounds", "2", "--sklearn"], "bench --sklearn takes no --rounds")])
+def test_bench_refuses_bad_rounds_in_one_line(flags, message):
+    result = fastnet("bench", *flags)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_bench_sklearn_compares_the_two_estimators(tmp_path):
     result = fastnet("bench", "--sklearn", "--dry-run", "--json", tmp_path / "versus.json")
     assert result.returncode == 0, result.stderr
