@@ -560,7 +560,7 @@ def train(args: argparse.Namespace) -> int:
     print(f"backend {config.backend}{threads}: kernels compiled or loaded from cache in {compile_seconds:.2f} s")
     resuming = f"; resuming epoch {resume.epoch + 1} at batch {resume.next_batch + 1}" if resume else ""
     description = f"{'-'.join(map(str, sizes))} {config.activation}"
-    print(f"training {description}: {config.epochs} epochs, batch {config.batch_size}, {config.describe()}, "
+    print(f"training {description}: {_count(config.epochs, 'epoch')}, batch {config.batch_size}, {config.describe()}, "
           f"seed {config.seed}{', augmented' if config.augment else ''}{resuming}")
 
     def report(s):
@@ -604,7 +604,7 @@ def train(args: argparse.Namespace) -> int:
     elif checkpoint is not None:  # a resumed run that saved no parameters (--dry-run): its checkpoint is all there is
         kept = f"; the trained network is kept in {checkpoint} (resume it with --out FILE to save it)"
     saved = ", ".join(f"{what} {path}" for what, path in (("saved", out), ("plot", plot)) if path is not None)
-    print(f"test accuracy {100 * final:.2f}% after {config.epochs} epochs; "
+    print(f"test accuracy {100 * final:.2f}% after {_count(config.epochs, 'epoch')}; "
           f"{time.perf_counter() - started:.1f} s in all" + (f"; {saved}" if saved else "") + kept)
     return 0
 
@@ -648,6 +648,11 @@ def bench(args: argparse.Namespace) -> int:
     if args.plot is not None:
         benchmarks.plot(records, args.plot)
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    """'1 epoch', '35 epochs'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _write_json(path: Path, rows: list[dict]) -> None:

@@ -132,9 +132,11 @@ def evaluate_on_mnist(model, name: str | Path = "this model") -> np.ndarray:
 
     if tuple(model.input_shape) != (28, 28, 1) or list(model.class_names) != list(MNIST_CLASSES):
         shape = "x".join(map(str, model.input_shape))
+        instead = ("predict on a labelled folder (DIR/<class>/...)" if model.preprocessing != "none" else
+                   f"its features in Python: fastnet.MLPClassifier.from_file({str(name)!r}).score(X, y)")
         raise FastnetError(f"{name}: evaluate scores on the MNIST test set, and this model reads {shape} inputs "
                            f"into classes {', '.join(model.class_names[:5])}{'...' if len(model.class_names) > 5 else ''}"
-                           "; score it with predict on a labelled folder (DIR/<class>/...) instead")
+                           f"; score it with {instead} instead")
     images, labels = load_mnist("test")
     predicted = model.predict_proba(images).argmax(axis=1)
     return confusion_matrix(labels, predicted, len(model.class_names))

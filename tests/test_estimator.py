@@ -240,6 +240,14 @@ def test_save_and_from_file_keep_classes_shapes_and_predictions(tmp_path):
     Image.fromarray(pictures[0]).save(tmp_path / "p.png")
     assert MLPClassifier.from_file(tmp_path / "colour.npz").predict(tmp_path / "p.png")[0] == \
         colour.predict(pictures[:1])[0]
+    # `fastnet evaluate` scores MNIST digits only; for the others it says what does score them
+    from fastnet.predict import evaluate_on_mnist
+    from fastnet.trained import load
+
+    with pytest.raises(FastnetError, match=r"score it with its features in Python: fastnet\.MLPClassifier\.from_file"):
+        evaluate_on_mnist(load(tmp_path / "table.npz"), tmp_path / "table.npz")
+    with pytest.raises(FastnetError, match=r"reads 8x6x3 inputs .*score it with predict on a labelled folder"):
+        evaluate_on_mnist(load(tmp_path / "colour.npz"), tmp_path / "colour.npz")
 
 
 def test_without_scikit_learn_fastnet_imports_and_says_what_to_install():

@@ -7,6 +7,8 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
+
 from fastnet.parameters import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,11 +38,14 @@ def test_python_api_example_runs_and_prints_what_it_says(tmp_path, monkeypatch):
     code = code.replace('"parameters.npz"', repr(str(ROOT / "parameters.npz")))
     output = io.StringIO()
     monkeypatch.chdir(tmp_path)
+    namespace = {}
     with contextlib.redirect_stdout(output):
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "README.md", "exec"), namespace)
     printed = output.getvalue().split("\n")
     stored = load(ROOT / "parameters.npz").test_accuracy  # measured when the shipped model was trained
     assert f"# {stored:.4f}" in code, "the README's comment should say the shipped model's accuracy"
     # On a CPU of another vector width the sums round differently: a near-tie among 10,000 digits may flip.
     assert abs(float(printed[0]) - stored) <= 3e-4 and printed[1] == "['7' '2' '1']", printed
-    assert (tmp_path / "mine.npz").exists()
+    mine, images = namespace["mine"], namespace["images"][:500] / 255  # read back, as its comment says
+    again = namespace["MLPClassifier"].from_file(tmp_path / "mine.npz")
+    np.testing.assert_array_equal(again.predict_proba(images), mine.predict_proba(images))
