@@ -142,7 +142,8 @@ def busy_processes(count: int):
 def run(batch_sizes=(1, 32, 128), thread_counts=(1, 2), epochs: int = 1, peers: bool = False,
         report=lambda record: None, busy: int = 0, workload: Workload = Workload(), rounds: int = 1) -> list[Record]:
     """Measure numba (each thread count) and numpy (and the installed peers) at each batch size, each `rounds`
-    times in turn (the module docstring says how the rounds are summed up).
+    times in turn (the module docstring says how the rounds are summed up); report(record) hears of each
+    measurement as it is made.
 
     The Numba kernels are compiled into the cache first, for each batch size
     (batches under 16 images have an epoch kernel of their own), so that no
@@ -175,6 +176,7 @@ def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, worklo
                     continue
                 record.busy = busy
                 measured.setdefault((system, threads), []).append(record)
+                report(record)
         numpy_rounds = measured.get(("numpy", max(thread_counts)))
         for each_round in measured.values():
             seconds = [r.seconds_per_epoch for r in each_round]
@@ -183,7 +185,6 @@ def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, worklo
             if numpy_rounds:
                 record.speedup_over_numpy = median_ratio([r.seconds_per_epoch for r in numpy_rounds], seconds)
             records.append(record)
-            report(record)
     return records
 
 

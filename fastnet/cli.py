@@ -5,6 +5,7 @@ Parses flags and calls library functions that notebooks can call too."""
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import math
 import os
@@ -637,8 +638,19 @@ def bench(args: argparse.Namespace) -> int:
         rate = benchmarks.predict_images_per_second(threads)
         print(f"numba prediction over the 10,000 test images, {threads} thread(s): {rate:,.0f} images/s")
     print()
-    records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers, busy=args.busy,
-                             workload=workload, rounds=args.rounds)
+    measured = collections.Counter()
+
+    def report(record) -> None:  # with rounds, a line per measurement: a long run shows its progress
+        measured[record.backend, record.threads, record.batch_size] += 1
+        if args.rounds > 1:
+            print(f"round {measured[record.backend, record.threads, record.batch_size]}/{args.rounds}: "
+                  f"{record.backend}, batch {record.batch_size}, {record.threads} thread(s): "
+                  f"{record.seconds_per_epoch:.3f} s an epoch", flush=True)
+
+    records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers, report=report,
+                             busy=args.busy, workload=workload, rounds=args.rounds)
+    if args.rounds > 1:
+        print()
     print(benchmarks.format_table(records))
     if args.rounds > 1:
         print(f"\nthe median of {args.rounds} rounds; speed ratios, round by round:")

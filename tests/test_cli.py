@@ -48,15 +48,18 @@ def test_train_evaluate_and_no_training(tmp_path):
 @pytest.mark.slow
 def test_bench_prints_the_table_and_writes_json_and_plot(tmp_path):
     records_path, plot = tmp_path / "bench.json", tmp_path / "bench.png"
-    result = fastnet("bench", "--dry-run", "--batch-sizes", 128, "--threads", 1, "--json", records_path,
-                     "--plot", plot)
+    result = fastnet("bench", "--dry-run", "--batch-sizes", 128, "--threads", 1, "--rounds", 2, "--json",
+                     records_path, "--plot", plot)
     assert result.returncode == 0, result.stderr
     assert "compile into an empty cache" in result.stdout and "images/s" in result.stdout
     assert "backend  batch  threads  s/epoch" in result.stdout
+    assert "round 2/2: numpy, batch 128, 1 thread(s): " in result.stdout
+    assert re.search(r"\n  numpy \(1 thread\(s\)\): [\d.]+x [\d.]+x, median [\d.]+x", result.stdout)
     records = {record["backend"]: record for record in json.loads(records_path.read_text())}
     assert sorted(records) == ["numba", "numpy"]
     for record in records.values():
         assert (record["batch_size"], record["threads"]) == (128, 1)
+        assert record["seconds_per_epoch"] == min(record["round_seconds"]) and len(record["round_seconds"]) == 2
         assert record["images_per_second"] == pytest.approx(60_000 / record["seconds_per_epoch"])
         assert record["test_accuracy"] > 0.9
     # same initial weights, shuffles and maths: the same accuracy, whatever the speed
@@ -81,8 +84,10 @@ def test_bench_rounds_take_systems_in_turn_and_report_medians(monkeypatch):
         return bench.Record(system, batch_size, threads, epochs, s, 60_000 / s, 1.0, 0.9, 100.0)
 
     monkeypatch.setattr(bench, "measure", measure)
-    records = bench._measure_all([32], [2], 1, True, lambda record: None, 0, bench.Workload(), 3)
+    heard = []
+    records = bench._measure_all([32], [2], 1, True, heard.append, 0, bench.Workload(), 3)
     assert asked == ["numba", "numpy", "torch", "sklearn", "jax"] + ["numba", "numpy", "torch"] * 2
+    assert [r.backend for r in heard] == ["numba", "numpy", "torch"] * 3  # each measurement, as it is made
     rows = {r.backend: r for r in records}
     assert sorted(rows) == ["numba", "numpy", "torch"]
     assert rows["numba"].seconds_per_epoch == 0.12 and rows["numba"].round_seconds == [0.10, 0.30, 0.12]
@@ -114,8 +119,9 @@ def test_bench_even_rounds_take_the_lower_middle_and_threads_count_once(monkeypa
     assert "numpy (2 thread(s)): 5.0x 10.0x 2.5x 3.3x, median 3.3x" in bench.format_ratios(records)
 
 
-@pytest.mark.parametrize("flags, message", [(["--rounds", "0"], "argument --rounds: 0 is out of range: must be 1 to 100"),
-                                            (["--rounds", "2", "--sklearn"], "bench --sklearn takes no --rounds")])
+@pytest.mark.parametrize("flags, message", [
+    (["--rounds", "0"], "argument --rounds: 0 is out of range: must be 1 to 100"),
+    (["--rounds", "2", "--sklearn"], "bench --sklearn takes no --rounds")])
 def test_bench_refuses_bad_rounds_in_one_line(flags, message):
     result = fastnet("bench", *flags)
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
