@@ -177,21 +177,15 @@ def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, worklo
                 record.busy = busy
                 measured.setdefault((system, threads), []).append(record)
                 report(record)
-        numpy_rounds = measured.get(("numpy", max(thread_counts)))
+        numpy_seconds = [r.seconds_per_epoch for r in measured.get(("numpy", max(thread_counts)), [])]
         for each_round in measured.values():
             seconds = [r.seconds_per_epoch for r in each_round]
             record = each_round[seconds.index(statistics.median_low(seconds))]
             record.round_seconds = seconds
-            if numpy_rounds:
-                record.speedup_over_numpy = median_ratio([r.seconds_per_epoch for r in numpy_rounds], seconds)
+            if numpy_seconds:
+                record.speedup_over_numpy = statistics.median_low(round_ratios(numpy_seconds, seconds))
             records.append(record)
     return records
-
-
-def median_ratio(seconds: list[float], against: list[float]) -> float:
-    """The median over rounds of seconds / against (two systems' seconds per epoch, round by round; with an even
-    count, the lower of the middle two)."""
-    return statistics.median_low(round_ratios(seconds, against))
 
 
 def round_ratios(seconds: list[float], against: list[float]) -> list[float]:

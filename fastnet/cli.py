@@ -514,6 +514,7 @@ def _data_flags(args: argparse.Namespace) -> str:
 def train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .datasets import load_data
+    from .images import plural
     from .kernels import get_backend
     from .kernels.common import input_scale
     from .parameters import Parameters, save
@@ -561,7 +562,7 @@ def train(args: argparse.Namespace) -> int:
     print(f"backend {config.backend}{threads}: kernels compiled or loaded from cache in {compile_seconds:.2f} s")
     resuming = f"; resuming epoch {resume.epoch + 1} at batch {resume.next_batch + 1}" if resume else ""
     description = f"{'-'.join(map(str, sizes))} {config.activation}"
-    print(f"training {description}: {_count(config.epochs, 'epoch')}, batch {config.batch_size}, {config.describe()}, "
+    print(f"training {description}: {plural(config.epochs, 'epoch')}, batch {config.batch_size}, {config.describe()}, "
           f"seed {config.seed}{', augmented' if config.augment else ''}{resuming}")
 
     def report(s):
@@ -605,7 +606,7 @@ def train(args: argparse.Namespace) -> int:
     elif checkpoint is not None:  # a resumed run that saved no parameters (--dry-run): its checkpoint is all there is
         kept = f"; the trained network is kept in {checkpoint} (resume it with --out FILE to save it)"
     saved = ", ".join(f"{what} {path}" for what, path in (("saved", out), ("plot", plot)) if path is not None)
-    print(f"test accuracy {100 * final:.2f}% after {_count(config.epochs, 'epoch')}; "
+    print(f"test accuracy {100 * final:.2f}% after {plural(config.epochs, 'epoch')}; "
           f"{time.perf_counter() - started:.1f} s in all" + (f"; {saved}" if saved else "") + kept)
     return 0
 
@@ -641,14 +642,14 @@ def bench(args: argparse.Namespace) -> int:
     measured = collections.Counter()
 
     def report(record) -> None:  # with rounds, a line per measurement: a long run shows its progress
-        measured[record.backend, record.threads, record.batch_size] += 1
-        if args.rounds > 1:
-            print(f"round {measured[record.backend, record.threads, record.batch_size]}/{args.rounds}: "
-                  f"{record.backend}, batch {record.batch_size}, {record.threads} thread(s): "
-                  f"{record.seconds_per_epoch:.3f} s an epoch", flush=True)
+        system = record.backend, record.threads, record.batch_size
+        measured[system] += 1
+        print(f"round {measured[system]}/{args.rounds}: {record.backend}, batch {record.batch_size}, "
+              f"{record.threads} thread(s): {record.seconds_per_epoch:.3f} s an epoch", flush=True)
 
-    records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers, report=report,
-                             busy=args.busy, workload=workload, rounds=args.rounds)
+    records = benchmarks.run(args.batch_sizes, args.threads, args.epochs, args.peers,
+                             report=report if args.rounds > 1 else lambda record: None, busy=args.busy,
+                             workload=workload, rounds=args.rounds)
     if args.rounds > 1:
         print()
     print(benchmarks.format_table(records))
@@ -660,11 +661,6 @@ def bench(args: argparse.Namespace) -> int:
     if args.plot is not None:
         benchmarks.plot(records, args.plot)
     return 0
-
-
-def _count(number: int, noun: str) -> str:
-    """'1 epoch', '35 epochs'."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _write_json(path: Path, rows: list[dict]) -> None:
