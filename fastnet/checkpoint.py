@@ -90,7 +90,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if isinstance(sizes, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in sizes):
             shapes = weight_shapes(layer_sizes(path, np.array(sizes, np.int64)))
             shapes.update({prefix + name: shape for prefix in ("m_", "s_") for name, shape in list(shapes.items())})
-            arrays.update(read_npz(path, list(shapes), "checkpoint", shapes=shapes))
+            arrays.update(read_npz(path, list(shapes), "checkpoint", max_bytes=None, shapes=shapes))
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such checkpoint") from None
     except FastnetError:  # a ValueError, but already the message to give

@@ -185,13 +185,19 @@ def _umask() -> int:
     return mask
 
 
+ZIP64_FROM = 1 << 30  # entries of this many bytes or more are written as ZIP64
+
+
 def write_npz(file: BinaryIO, arrays: dict) -> None:
-    """What np.savez writes, but with fixed timestamps: the same arrays give the same bytes."""
+    """What np.savez writes, but with fixed timestamps: the same arrays give the same bytes. An entry that may
+    pass zip's 2 GiB limit is written as ZIP64 (zipfile cannot tell before it is written); smaller ones are
+    not, so that their files stay byte for byte as before."""
     with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
         for name, array in arrays.items():
+            array = np.asanyarray(array)
             entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(entry, "w") as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            with archive.open(entry, "w", force_zip64=array.nbytes >= ZIP64_FROM) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def open_regular(path: str | Path, what: str = "file") -> BinaryIO:
@@ -216,12 +222,12 @@ def open_regular(path: str | Path, what: str = "file") -> BinaryIO:
 DEFLATE_MAX_RATIO = 1032  # deflate never expands data more than this
 
 
-def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_bytes: int = 1 << 30,
+def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_bytes: int | None = 1 << 30,
              shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     """The entries named by keys (those present) of the .npz file at path, no pickle.
 
-    Each entry's .npy header is read first, and an entry that claims more bytes than its share of the
-    file can hold (or than max_bytes), or another shape than shapes gives for it, is refused before its data
+    Each entry's .npy header is read first, and an entry that claims more bytes than the file can hold for
+    it (or than max_bytes, where given), or another shape than shapes gives for it, is refused before its data
     is read: a small file may claim, or hold compressed, gigabytes. Entries not asked for are never read; an
     entry's data is read straight into its array (memory for it once). Errors from untrusted bytes (zip, npy
     header, decompression) come out as FastnetError; a missing file as FileNotFoundError.
@@ -229,6 +235,7 @@ def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_byte
     path = Path(path)
     arrays = {}
     with open_regular(path, what) as file:
+        on_disk = os.fstat(file.fileno()).st_size
         try:
             with zipfile.ZipFile(file) as archive:
                 members = {info.filename: info for info in archive.infolist()}
@@ -237,7 +244,8 @@ def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_byte
                     if info is None:
                         continue
                     ratio = 1 if info.compress_type == zipfile.ZIP_STORED else DEFLATE_MAX_RATIO
-                    capacity = min(max_bytes, info.file_size, info.compress_size * ratio)
+                    capacity = min(info.file_size, min(info.compress_size, on_disk) * ratio,
+                                   on_disk * ratio if max_bytes is None else max_bytes)
                     with archive.open(info) as member:
                         arrays[key] = _read_member(member, key, capacity, (shapes or {}).get(key), path, what)
         except FastnetError:

@@ -77,7 +77,7 @@ def _read_cache(path: Path, key: str, n_files: int, row_size: int):
     that did not decode, or None where the cache is missing, damaged, foreign or stale: then it is rebuilt.
     Labels are checked against the classes: the kernels do not check indices."""
     try:
-        cache = read_npz(path, ("key", "images", "labels", "classes", "skipped"), "dataset cache")
+        cache = read_npz(path, ("key", "images", "labels", "classes", "skipped"), "dataset cache", max_bytes=None)
         if str(cache["key"]) != key:
             return None
         images, labels = cache["images"], cache["labels"]
@@ -155,7 +155,7 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
             write_atomically(cache_path, lambda file: write_npz(file, {
                 "key": np.str_(key), "images": images, "labels": labels, "classes": np.str_(json.dumps(classes)),
                 "skipped": np.str_(json.dumps(failed))}))
-        except OSError:
+        except FastnetError:
             pass  # a read-only dataset still loads; it just is not cached
     return images, labels, classes
 

@@ -114,7 +114,8 @@ def load(path: str | Path) -> Parameters:
         if missing:
             raise FastnetError(f"{path}: not a fastnet parameters file (missing {', '.join(missing)})")
         sizes = layer_sizes(path, stored["layer_sizes"])
-        stored.update(read_npz(path, weight_names(len(sizes) - 1), "parameters file", shapes=weight_shapes(sizes)))
+        stored.update(read_npz(path, weight_names(len(sizes) - 1), "parameters file", max_bytes=None,
+                               shapes=weight_shapes(sizes)))
     except FileNotFoundError:
         raise FastnetError(f"{path}: no such parameters file; train one with 'python -m fastnet train'") from None
     try:

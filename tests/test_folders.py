@@ -63,6 +63,34 @@ def test_cache_is_used_and_invalidated(exported, tmp_path, monkeypatch):
     assert len(load_folder(folder, progress=False)[0]) == len(first[0]) - 1
 
 
+def test_a_dataset_whose_cache_cannot_be_written_still_loads(exported, tmp_path, monkeypatch):
+    """A read-only dataset (simulated: root writes anywhere) loads without its cache; write_atomically's
+    refusal is a FastnetError, which load_folder once let through as if it were fatal."""
+    folder = tmp_path / "digits"
+    shutil.copytree(exported / "test" / "3", folder / "3")
+    shutil.copytree(exported / "test" / "7", folder / "7")
+
+    def refused(path, write):
+        raise FastnetError(f"cannot write {path}: Permission denied; nothing was written")
+    monkeypatch.setattr(folders, "write_atomically", refused)
+    images, labels, classes = load_folder(folder, progress=False)
+    assert classes == ["3", "7"] and len(images) == len(labels) > 0
+    assert not (folder / CACHE_NAME).exists()
+
+
+def test_a_cache_over_a_gigabyte_is_read_back(exported, tmp_path, monkeypatch):
+    """read_npz refuses entries over 1 GiB unless told otherwise; the cache, whose size is the dataset's, is
+    told: else a big dataset's cache would be rebuilt, and written again, on every load. (1 GiB lowered.)"""
+    folder = tmp_path / "digits"
+    shutil.copytree(exported / "test" / "3", folder / "3")
+    load_folder(folder, progress=False)
+    real_read_npz = folders.read_npz
+    monkeypatch.setattr(folders, "read_npz", lambda *args, max_bytes=1 << 30, **kwargs: real_read_npz(
+        *args, max_bytes=None if max_bytes is None else 1000, **kwargs))
+    monkeypatch.setattr(folders, "decode_all", not_decoding)
+    assert len(load_folder(folder, progress=False)[0]) > 0
+
+
 def save_any(path: Path, array: np.ndarray, mode: str, format: str) -> None:
     image = Image.fromarray(array).convert(mode if mode != "I;16" else "I")
     if mode == "I;16":
