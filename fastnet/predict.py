@@ -114,8 +114,9 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title
     figure, axis = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
     image = axis.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axis, shrink=0.8)
-    axis.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xticklabels=class_names,
-             yticklabels=class_names, xlabel="predicted", ylabel="true",
+    shown = [name.replace("$", r"\$") for name in class_names]  # a pair of $ would start matplotlib's mathtext
+    axis.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xticklabels=shown,
+             yticklabels=shown, xlabel="predicted", ylabel="true",
              title=title or f"confusion matrix, accuracy {100 * np.trace(matrix) / matrix.sum():.2f}%")
     threshold = matrix.max() / 2
     for (i, j), value in np.ndenumerate(matrix):

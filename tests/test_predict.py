@@ -208,6 +208,16 @@ def test_predict_scores_labelled_folders_like_evaluate(labelled_folder, test_dig
         assert image.format == "PNG"
 
 
+def test_confusion_plot_draws_class_names_as_they_are(tmp_path):
+    """Class names are folder names; "$\\foo$" or "$x^$" made matplotlib parse them as mathtext and fail."""
+    from fastnet.predict import plot_confusion
+
+    names = ["$\\foo$", "plain", "$x^$", "50$ and 20$"]
+    plot_confusion(np.arange(16).reshape(4, 4), names, tmp_path / "c.png")
+    with Image.open(tmp_path / "c.png") as image:
+        assert image.format == "PNG"
+
+
 def test_predict_formats(labelled_folder):
     rows = list(csv.DictReader(io.StringIO(fastnet_cli("predict", labelled_folder, "--format", "csv", "--top",
                                                        "3").stdout)))
