@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastnetError
-from .files import read_npz, write_atomically, write_npz
+from .files import read_json, read_npz, write_atomically, write_npz
 from .kernels.common import OptimizerState
 from .model import Network
 from .parameters import checked_network, layer_sizes, weight_names, weight_shapes
@@ -85,7 +85,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     try:
         arrays = read_npz(path, ["state"], "checkpoint")
-        state = json.loads(str(arrays["state"])) if "state" in arrays else None
+        state = read_json(str(arrays["state"])) if "state" in arrays else None
         sizes = state.get("layer_sizes") if isinstance(state, dict) else None
         if isinstance(sizes, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in sizes):
             shapes = weight_shapes(layer_sizes(path, np.array(sizes, np.int64)))
@@ -121,7 +121,7 @@ def _finite(value, name: str, low: float = -math.inf, nan_ok: bool = False) -> f
 def _checked(path: Path, arrays: dict) -> Checkpoint:
     from .training import EpochStats, TrainConfig  # training imports this module
 
-    state = json.loads(str(arrays["state"]))
+    state = read_json(str(arrays["state"]))
     if not isinstance(state, dict):
         raise TypeError("state is not a JSON object")
     version = state.get("format_version")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import secrets
@@ -198,6 +199,15 @@ def write_npz(file: BinaryIO, arrays: dict) -> None:
             entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with archive.open(entry, "w", force_zip64=array.nbytes >= ZIP64_FROM) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def read_json(text: str):
+    """json.loads for text from a file anyone may have made: nesting deep enough to exhaust Python's recursion
+    (a RecursionError, which no caller expects) is a ValueError, as json's own errors are."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def open_regular(path: str | Path, what: str = "file") -> BinaryIO:

@@ -21,6 +21,7 @@ Plain numpy can read it, no pickle: np.load("parameters.npz", allow_pickle=False
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .errors import FastnetError
-from .files import read_npz, write_atomically, write_npz
+from .files import read_json, read_npz, write_atomically, write_npz
 from .kernels.common import ACTIVATIONS, PIXEL_SCALE
 from .model import Network
 
@@ -170,8 +171,8 @@ def _checked(path: Path, stored: dict, sizes: tuple[int, ...]) -> Parameters:
     if len(class_names) != sizes[-1]:
         raise FastnetError(f"{path}: {len(class_names)} class names for {sizes[-1]} outputs")
     try:
-        training = json.loads(str(stored.get("training", "{}")))
-    except json.JSONDecodeError:
+        training = read_json(str(stored.get("training", "{}")))
+    except ValueError:
         training = {}
     preprocessing = str(stored.get("preprocessing", "digit"))
     if preprocessing not in PREPROCESSING:
@@ -180,7 +181,7 @@ def _checked(path: Path, stored: dict, sizes: tuple[int, ...]) -> Parameters:
     if raw_shape.dtype.kind not in "iu":
         raise FastnetError(f"{path}: input shape {raw_shape.tolist()} is not whole numbers")
     shape = tuple(int(n) for n in raw_shape)
-    if not 1 <= len(shape) <= 3 or min(shape) < 1 or int(np.prod(shape)) != sizes[0]:
+    if not 1 <= len(shape) <= 3 or min(shape) < 1 or math.prod(shape) != sizes[0]:  # (not np.prod: int64 wraps)
         raise FastnetError(f"{path}: input shape {shape} does not give the network's {sizes[0]} inputs")
     if len(shape) == 3 and shape[2] not in (1, 3):
         raise FastnetError(f"{path}: input shape {shape}: images have 1 channel (gray) or 3 (colour), not {shape[2]}")

@@ -117,6 +117,17 @@ def test_crafted_checkpoint_fields_are_refused(name, stopped_run, small_mnist, t
         resume(path, small_mnist)
 
 
+def test_a_state_nested_too_deeply_is_refused(stopped_run, tmp_path):
+    """JSON nested past Python's recursion limit was a RecursionError, which no caller expected."""
+    with np.load(stopped_run) as archive:
+        arrays = dict(archive)
+    arrays["state"] = np.str_("[" * 100_000 + "]" * 100_000)
+    with open(tmp_path / "deep.npz", "wb") as file:
+        write_npz(file, arrays)
+    with pytest.raises(FastnetError, match="not a usable fastnet checkpoint.*nested too deeply"):
+        load_checkpoint(tmp_path / "deep.npz")
+
+
 def test_negative_adam_second_moments_are_refused(tmp_path):
     """Adam takes their square root: a damaged file would make the resumed run diverge, and its advice (a smaller
     --lr) could not help, as a resumed run keeps its settings."""

@@ -87,6 +87,7 @@ def test_nan_weights_are_never_written(tmp_path):
     ({"input_shape": np.array([28, 27, 1])}, "does not give the network's 784 inputs"),
     ({"input_shape": np.array([28, 14, 2])}, "images have 1 channel"),
     ({"input_shape": np.array([28.5, 28, 1])}, "not whole numbers"),
+    ({"input_shape": np.array([2**61 + 1, 784, 1])}, "does not give the network's 784 inputs"),  # 784 in int64
     ({"input_shape": np.array([14, 56, 1])}, "preprocessing 'digit' does not fit"),
     ({"input_shape": np.array([784]), "preprocessing": np.str_("resize")}, "preprocessing 'resize' does not fit"),
     ({"input_scale": np.float64(0.5)}, "neither 1/255"),
@@ -97,6 +98,11 @@ def test_nan_weights_are_never_written(tmp_path):
 def test_bad_contents_are_rejected(tmp_path, changes, message):
     with pytest.raises(FastnetError, match=message):
         load(saved(tmp_path, **changes))
+
+
+def test_a_training_record_nested_too_deeply_is_ignored(tmp_path):
+    """The record of how a model was trained is only shown: unreadable, it is left out (it was a RecursionError)."""
+    assert load(saved(tmp_path, training=np.str_("[" * 100_000 + "]" * 100_000))).training == {}
 
 
 def test_object_arrays_are_refused(tmp_path):
