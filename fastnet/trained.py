@@ -68,6 +68,9 @@ class TrainedModel:
         if len(rows):
             get_backend(self.backend).predict(probs, np.ascontiguousarray(rows), self.network.params,
                                               self.network.activation_code)
+        if not np.isfinite(probs).all():  # finite weights and inputs whose sums pass float32's range
+            raise FastnetError("the network's sums overflow float32 on these inputs (its probabilities would be "
+                               "NaN): its weights or these inputs are too large; retrain it, or scale the inputs")
         return probs
 
 

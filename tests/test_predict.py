@@ -246,6 +246,21 @@ def test_predict_says_the_path_once_and_counts_in_words(tmp_path, test_digits):
     assert skipped[0].count("broken.png") == 1
 
 
+def test_weights_that_overflow_are_one_error_not_nan_probabilities(tmp_path, test_digits):
+    """Finite weights of 1e38 passed the parameters' checks, and predict wrote "probability": NaN (not JSON)."""
+    from fastnet.parameters import load, save
+
+    stored = load(ROOT / "parameters.npz")
+    stored.network.weights[0][:] = np.float32(1e38)
+    save(tmp_path / "huge.npz", stored)
+    Image.fromarray(test_digits[0][0].reshape(28, 28)).save(tmp_path / "one.png")
+    result = fastnet_cli("predict", tmp_path / "one.png", "--parameters", tmp_path / "huge.npz", "--format", "json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "NaN" not in result.stdout
+    assert result.stderr.count("\n") == 1 and "overflow float32" in result.stderr, result.stderr
+    with pytest.raises(FastnetError, match="overflow float32"):
+        fastnet.MLPClassifier.from_file(tmp_path / "huge.npz").predict(test_digits[0][:3])
+
+
 def test_predict_with_every_input_skipped_is_an_error(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     result = fastnet_cli("predict", tmp_path)
