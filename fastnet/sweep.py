@@ -218,7 +218,11 @@ class Results:
         if columns != self.columns:
             raise FastnetError(f"{self.path} holds another sweep (columns {', '.join(columns)}); give another --out "
                                "or move it away")
-        for row in rows:
+        for line, row in enumerate(rows, start=2):
+            damage = _damage(row)
+            if damage:
+                raise FastnetError(f"{self.path}, line {line}: {damage}; mend it, or move it away to start a new "
+                                   "sweep")
             self.rows[self._key(row)] = row
 
     def _key(self, texts: dict) -> str:
@@ -246,6 +250,21 @@ class Results:
         writer.writerows(sorted(self.rows.values(), key=lambda r: int(r["trial"])))
         data = text.getvalue().encode()
         write_atomically(self.path, lambda file: file.write(data))
+
+
+def _damage(row: dict) -> str:
+    """What is wrong with a row read back from results.csv, in words ('' if nothing): the summary and the plot
+    read a finished trial's numbers as numbers."""
+    if not row["trial"].isdigit():
+        return f"trial {row['trial']!r} is not a whole number"
+    if row["status"] not in ("ok", "failed", "lost"):
+        return f"status {row['status']!r} is none of ok, failed, lost"
+    for name in ("validation_accuracy", "train_accuracy", "loss", "seconds") if row["status"] == "ok" else ():
+        try:
+            float(row[name])
+        except ValueError:
+            return f"{name} {row[name]!r} is not a number"
+    return ""
 
 
 def _cell(value) -> str:
@@ -353,15 +372,18 @@ def run(plan: Plan) -> int:
 
 def _check_fingerprint(plan: Plan, results: Results) -> None:
     """OUT/sweep.json records the data and split the results were scored on; another is refused."""
-    from .files import write_atomically
+    from .files import read_json, write_atomically
 
     path = plan.out / "sweep.json"
     wanted = plan.fingerprint()
     if results.rows and path.exists():
         try:
-            found = json.loads(path.read_text())
+            found = read_json(path.read_text())
         except (OSError, ValueError) as error:
             raise FastnetError(f"{path}: cannot read it ({error}); move {plan.out} away to start afresh") from None
+        if not isinstance(found, dict):
+            raise FastnetError(f"{path}: not what sweep writes there (a JSON object); move {plan.out} away to start "
+                               "afresh")
         if found != wanted:
             differ = ", ".join(f"{key} {found.get(key)!r} (now {value!r})" for key, value in wanted.items()
                                if found.get(key) != value)
@@ -406,9 +428,9 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> None
             where = f"the Dask scheduler at {plan.scheduler}"
         try:
             client = Client(cluster if cluster is not None else plan.scheduler, timeout=CONNECT_TIMEOUT)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: an address Dask cannot read
             raise FastnetError(f"sweep: cannot reach the Dask scheduler at {plan.scheduler} ({error}); is it "
-                               "running?") from None
+                               "running, at an address such as tcp://HOST:8786?") from None
         print(f"sweep: on {where}; results stream to {results.path}", flush=True)
         if not client.scheduler_info()["workers"]:
             print("sweep: the scheduler has no workers yet; waiting for one to join", flush=True)

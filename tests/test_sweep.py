@@ -97,7 +97,8 @@ def test_results_are_rewritten_whole_and_read_back(tmp_path):
     path = tmp_path / "results.csv"
     results = Results(path, ["hidden", "learning_rate"])
     results.add(1, {"hidden": (64, 32), "learning_rate": 0.3}, {"status": "failed", "error": "it\nbroke, badly"})
-    results.add(0, {"hidden": (64,), "learning_rate": 1.0}, {"status": "ok", "validation_accuracy": 0.9})
+    results.add(0, {"hidden": (64,), "learning_rate": 1.0}, {"status": "ok", "validation_accuracy": 0.9,
+                                                              "train_accuracy": 0.95, "loss": 0.2, "seconds": 3.0})
     results.add(2, {"hidden": (32,), "learning_rate": 1.0}, {"status": "lost", "error": "KilledWorker"})
     again = Results(path, ["hidden", "learning_rate"])
     assert again.done({"hidden": (64,), "learning_rate": 1.0})
@@ -109,6 +110,13 @@ def test_results_are_rewritten_whole_and_read_back(tmp_path):
     assert rows[1]["error"] == "it broke, badly" and not list(tmp_path.glob(".*"))  # no temporary left
     with pytest.raises(FastnetError, match="holds another sweep"):
         Results(path, ["momentum"])
+    text = path.read_text()
+    for old, new, message in (("0.9,", "abc,", "line 2: validation_accuracy 'abc' is not a number"),
+                              ("\n1,", "\nx,", "line 3: trial 'x' is not a whole number"),
+                              (",lost,", ",maybe,", "line 4: status 'maybe' is none of")):
+        path.write_text(text.replace(old, new, 1))  # a results file edited by hand: one error, not a traceback
+        with pytest.raises(FastnetError, match=message):
+            Results(path, ["hidden", "learning_rate"])
 
 
 # ---------------------------------------------------------------- whole sweeps
@@ -141,13 +149,19 @@ def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small
     other = fastnet_sweep("--data", small_mnist, "--lr", "0.03,0.1", "--validation", 0.2, "--out", tmp_path / "out",
                           cwd=tmp_path)
     assert other.returncode == 1 and "was scored with" in other.stderr and "validation 0.1 (now 0.2)" in other.stderr
+    for damaged in ("[1]", "[" * 100_000):  # not the object sweep writes; nested past Python's recursion
+        (tmp_path / "out" / "sweep.json").write_text(damaged)
+        result = fastnet_sweep("--data", small_mnist, "--lr", "0.03,0.1", "--out", tmp_path / "out", cwd=tmp_path)
+        assert result.returncode == 1 and "move" in result.stderr and "away to start afresh" in result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
 
 
 def test_bad_sweeps_are_one_error_line(small_mnist, tmp_path):
     for arguments, message in ((["--lr", "1e-3:1"], "a range is sampled only with --random"),
                                ([], "give the settings to try"),
                                (["--lr", "0.1", "--scheduler", f"tcp://127.0.0.1:{free_port()}"],
-                                "cannot reach the Dask scheduler")):
+                                "cannot reach the Dask scheduler"),
+                               (["--lr", "0.1", "--scheduler", "garbage"], "cannot reach the Dask scheduler")):
         result = fastnet_sweep("--data", small_mnist, "--out", tmp_path / "out", *arguments, cwd=tmp_path)
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
