@@ -420,9 +420,18 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         network = stored.network
         model = cls(hidden_layer_sizes=network.hidden, activation={v: k for k, v in ACTIVATION.items()}[
             network.activation], **params)
-        model.classes_ = stored.classes if stored.classes is not None else np.array(stored.class_names)
+        classes = stored.classes if stored.classes is not None else np.array(stored.class_names)
+        if len(np.unique(classes)) != len(classes):
+            raise ValueError(f"{path}: its class names are not distinct ({', '.join(map(str, classes))}); "
+                             "scikit-learn needs distinct classes")
+        # classes_ sorted, as scikit-learn's (np.unique), whose label encoding relies on it: `fastnet train` sorts
+        # folder names as bytes, which need not be their order as text; the output units are put in that order.
+        order = np.argsort(classes, kind="stable")
+        weights, biases = list(network.weights), list(network.biases)
+        weights[-1], biases[-1] = np.ascontiguousarray(weights[-1][:, order]), biases[-1][order]
+        model.classes_ = classes[order]
         model.n_features_in_ = network.layer_sizes[0]
-        model.coefs_, model.intercepts_ = network.weights, network.biases
+        model.coefs_, model.intercepts_ = weights, biases
         model.n_layers_, model.n_outputs_, model.out_activation_ = len(network.layer_sizes), len(model.classes_), \
             "softmax"
         model.input_shape_, model.preprocessing_, model.input_scale_ = stored.input_shape, stored.preprocessing, \

@@ -193,5 +193,7 @@ def _checked(path: Path, stored: dict, sizes: tuple[int, ...]) -> Parameters:
     classes = stored.get("classes")
     if classes is not None and (classes.dtype.kind not in "biuf" or classes.shape != (len(class_names),)):
         raise FastnetError(f"{path}: classes should be {len(class_names)} numbers, found {classes.dtype} {classes.shape}")
+    if classes is not None and [str(c) for c in classes] != class_names:  # as MLPClassifier.save writes them
+        raise FastnetError(f"{path}: its classes {classes.tolist()} are not its class names {class_names}")
     return Parameters(network, class_names, training, float(stored.get("test_accuracy", float("nan"))), preprocessing,
                       shape, scale, classes)

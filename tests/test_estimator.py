@@ -221,6 +221,31 @@ def test_the_shipped_model_reads_pixels_and_image_files(shipped, mnist_test, tmp
     assert tuned.n_iter_ == 1 and np.mean(tuned.predict(images[2000:4000]) == labels[2000:4000].astype(str)) > 0.97
 
 
+def test_from_file_sorts_classes_as_scikit_learn_does(tmp_path, mnist_test):
+    """`fastnet train` orders class folders by their names as bytes, which, for names that are not UTF-8
+    (written with \\xNN escapes), need not be their order as text; classes_ must be sorted (partial_fit's label
+    encoding relies on it), so the output units are reordered with them, and predictions stay the CLI's."""
+    from fastnet.parameters import Parameters, save
+    from fastnet.trained import load
+
+    from .conftest import new_network
+
+    names = ["7", "\\xff", "a b", "3", "0", "1", "2", "4", "5", "6"]  # the order of a byte sort, unsorted as text
+    save(tmp_path / "p.npz", Parameters(new_network(16, "relu"), names, preprocessing="digit"))
+    model = MLPClassifier.from_file(tmp_path / "p.npz")
+    assert list(model.classes_) == sorted(names)
+    images = mnist_test[0][:200]
+    cli = load(tmp_path / "p.npz").predict_proba(images).argmax(axis=1)
+    np.testing.assert_array_equal(model.predict(images), np.array(names)[cli])
+    labels = np.array(names)[cli]
+    before = model.predict(images)
+    model.set_params(learning_rate_init=1e-4).partial_fit(images, labels)  # its own predictions: barely moves
+    assert np.mean(model.predict(images) == before) > 0.95
+    save(tmp_path / "twice.npz", Parameters(new_network(16, "relu"), names[:9] + ["7"], preprocessing="digit"))
+    with pytest.raises(ValueError, match="class names are not distinct"):
+        MLPClassifier.from_file(tmp_path / "twice.npz")
+
+
 def test_save_and_from_file_keep_classes_shapes_and_predictions(tmp_path):
     rng = np.random.default_rng(0)
     table = rng.standard_normal((400, 5))

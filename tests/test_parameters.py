@@ -94,6 +94,7 @@ def test_nan_weights_are_never_written(tmp_path):
     ({"preprocessing": np.str_("sharpen")}, "unknown preprocessing"),
     ({"class_names": np.array(["a", "b"])}, "2 class names for 10 outputs"),
     ({"b2": np.full(10, np.inf, np.float32)}, "NaN or infinity"),
+    ({"classes": np.arange(9, -1, -1)}, r"classes \[9, 8, .* are not its class names"),  # output 0 would be 9
 ])
 def test_bad_contents_are_rejected(tmp_path, changes, message):
     with pytest.raises(FastnetError, match=message):
