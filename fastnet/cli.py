@@ -504,11 +504,15 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        optimizer=args.optimizer, seed=args.seed, backend=args.backend, augment=args.augment)
 
 
-def _data_flags(args: argparse.Namespace) -> str:
-    """The flags that choose a run's training data, as a resumed run must be given them again."""
-    return ((f" --data {args.data}" if args.data != "mnist" else "")
-            + (f" --image-size {args.image_size[1]}x{args.image_size[0]}" if args.image_size else "")
-            + (" --color" if args.color else "") + (" --dry-run" if args.dry_run else ""))
+def _resume_command(checkpoint: Path, args: argparse.Namespace, *more: str) -> str:
+    """The command that resumes a run from its checkpoint, with the flags that chose its training data (a
+    resumed run must be given them again) and more, quoted for a shell (paths may hold spaces)."""
+    import shlex
+
+    data = ((["--data", str(args.data)] if args.data != "mnist" else [])
+            + (["--image-size", f"{args.image_size[1]}x{args.image_size[0]}"] if args.image_size else [])
+            + (["--color"] if args.color else []) + (["--dry-run"] if args.dry_run else []))
+    return shlex.join(["python", "-m", "fastnet", "train", "--resume", str(checkpoint), *data, *more])
 
 
 def train(args: argparse.Namespace) -> int:
@@ -584,9 +588,9 @@ def train(args: argparse.Namespace) -> int:
         if interrupted.checkpoint_path is None:
             print(f"fastnet: interrupted ({interrupted}); nothing saved", file=sys.stderr)
         else:
+            more = (["--out", str(out)] if out else []) + (["--plot", str(plot)] if plot else [])
             print(f"fastnet: interrupted ({interrupted}); checkpoint saved to {interrupted.checkpoint_path}\n"
-                  f"resume with: python -m fastnet train --resume {interrupted.checkpoint_path}{_data_flags(args)}"
-                  + (f" --out {out}" if out else "") + (f" --plot {plot}" if plot else ""), file=sys.stderr)
+                  f"resume with: {_resume_command(interrupted.checkpoint_path, args, *more)}", file=sys.stderr)
         return 128 + int(stop[1])
     final = history[-1].test_accuracy
     try:
@@ -599,7 +603,7 @@ def train(args: argparse.Namespace) -> int:
         if checkpoint is None or not checkpoint.exists():
             raise
         raise FastnetError(f"{error}; the trained network is kept in {checkpoint}: once there is room, "
-                           f"python -m fastnet train --resume {checkpoint}{_data_flags(args)} saves it") from None
+                           f"{_resume_command(checkpoint, args)} saves it") from None
     kept = ""
     if checkpoint is not None and (out is not None or resume is None):
         checkpoint.unlink(missing_ok=True)  # the run is complete: --out holds its result
@@ -727,8 +731,10 @@ def sweep(args: argparse.Namespace) -> int:
 
 def _dataset_files(data: str) -> dict[str, Path]:
     """The files training reads or writes inside --data (its caches), which no output may be."""
+    from .datasets import check_data_argument
     from .folders import CACHE_NAME
 
+    check_data_argument(data)
     if data == "mnist":
         return {}
     return {f"the dataset cache {Path(data, *sub, CACHE_NAME)}": Path(data, *sub, CACHE_NAME)

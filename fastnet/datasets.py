@@ -69,6 +69,13 @@ class Dataset:
     preprocessing: str = "digit"
 
 
+def check_data_argument(data: str) -> None:
+    """One error for a --data that names something other than a folder (an image file, say)."""
+    if data != "mnist" and Path(data).exists() and not Path(data).is_dir():
+        raise FastnetError(f"--data {data}: not a folder; give mnist, a folder of MNIST's four IDX files, or an image "
+                           "folder with a subfolder per class")
+
+
 def load_data(data: str, val_split: float | None = None, strict: bool = False, seed: int = 0,
               image_size: tuple[int, int] | None = None, color: bool = False) -> Dataset:
     """The dataset --data names: 'mnist' (the shipped files), a folder of the four MNIST IDX files, or an image
@@ -76,6 +83,7 @@ def load_data(data: str, val_split: float | None = None, strict: bool = False, s
     from .folders import has_train_and_test, load_dataset
     from .preprocess import Prep
 
+    check_data_argument(data)
     folder = Path(data)
     idx = data == "mnist" or all((folder / name).is_file() for pair in MNIST_FILES.values() for name in pair)
     if val_split is not None and (idx or has_train_and_test(folder)):

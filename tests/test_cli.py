@@ -189,6 +189,14 @@ def test_bad_flags_get_one_line_naming_the_flag(flags, named, tmp_path):
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.stderr
 
 
+def test_data_that_is_a_file_is_one_line_saying_so(tmp_path):
+    """It said "seven.png/.fastnet-cache.npz: cannot look at it (Not a directory)"."""
+    (tmp_path / "seven.png").write_bytes(b"an image, say")
+    result = fastnet("train", "--data", "seven.png", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "--data seven.png: not a folder" in result.stderr, result.stderr
+
+
 def test_fetch_timeout_must_be_finite():
     result = fastnet("fetch", "--timeout", "inf")
     assert result.returncode == 2 and "--timeout" in result.stderr and result.stderr.count("\n") == 1

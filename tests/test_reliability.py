@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -143,16 +144,22 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reproduces_an_unbroken_run(tmp_pat
 
 @pytest.mark.parametrize("name,status", [("SIGTERM", 143), ("SIGHUP", 129)])
 def test_sigterm_and_sighup_stop_like_ctrl_c(name, status, tmp_path):
-    """They ended training at once, with no checkpoint of the epoch in progress."""
-    process = start_training("--epochs", "8", "--out", tmp_path / "p.npz", "--plot", tmp_path / "e.png", cwd=tmp_path)
+    """They ended training at once, with no checkpoint of the epoch in progress. The command printed to resume
+    is quoted for a shell: the folder's name has a space."""
+    folder = tmp_path / "my runs"
+    folder.mkdir()
+    out, plot, checkpoint = folder / "p.npz", folder / "e.png", folder / "p.checkpoint.npz"
+    process = start_training("--epochs", "8", "--out", out, "--plot", plot, cwd=tmp_path)
     wait_for_line(process, "epoch   1/")
     process.send_signal(getattr(signal, name))
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == status, stderr
-    assert f"{name}: stopping at the end of this batch" in stderr and "resume with:" in stderr
-    assert "Traceback" not in stderr
-    assert load_checkpoint(tmp_path / "p.checkpoint.npz").epoch >= 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.checkpoint.npz"]
+    assert f"{name}: stopping at the end of this batch" in stderr and "Traceback" not in stderr
+    command = stderr.split("resume with: ")[1].splitlines()[0]
+    assert shlex.split(command) == ["python", "-m", "fastnet", "train", "--resume", str(checkpoint), "--out",
+                                    str(out), "--plot", str(plot)]
+    assert load_checkpoint(checkpoint).epoch >= 1
+    assert sorted(p.name for p in folder.iterdir()) == ["p.checkpoint.npz"]
 
 
 def test_second_ctrl_c_quits_at_once_leaving_only_complete_files(tmp_path):
