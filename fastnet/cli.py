@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import errno
 import math
 import os
 import signal
@@ -213,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="time training and prediction: numba vs numpy (and peers)")
     cores = os.cpu_count() or 1
-    bench.add_argument("--batch-sizes", type=_number(int, 1, what="must be at least 1"), nargs="+",
+    bench.add_argument("--batch-sizes", type=_number(int, 1, maximum=60_001, what="must be 1 to 60,000"), nargs="+",
                        default=[1, 32, 128], metavar="N", help="batch sizes to time")
     bench.add_argument("--threads", type=_number(int, 1, maximum=cores + 1, what=f"must be 1 to {cores}"),
                        nargs="+", default=sorted({1, cores}), metavar="N",
@@ -433,8 +434,10 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server = make_server(load(args.parameters, args.backend), args.host, args.port)
     except OSError as error:
-        raise FastnetError(f"cannot listen on {args.host}:{args.port} ({error.strerror or error}); "
-                           "try another --port") from None
+        what = ("try another --port" if error.errno in (errno.EADDRINUSE, errno.EACCES) else
+                "give --host an address of this machine (127.0.0.1: this machine only; 0.0.0.0 or :: for all)")
+        raise FastnetError(f"cannot listen on {args.host} port {args.port} ({error.strerror or error}); {what}"
+                           ) from None
     host, port = server.server_address[:2]
     print(f"fastnet serve: {args.parameters}; open http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     try:

@@ -106,6 +106,9 @@ def make_handler(model: TrainedModel, page: bytes, *, timeout: float, request_ti
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # What a request is taken to speak until its line is read: http.server's HTTP/0.9 answers a malformed
+        # request line (garbage, "HTTP/2.0") with a bare body and no status line, which no client reads as an error.
+        default_request_version = "HTTP/1.0"
         # Headers and body go out as two writes: with Nagle's algorithm on, a keep-alive client's delayed
         # ACK holds the body back for tens of milliseconds.
         disable_nagle_algorithm = True
@@ -294,6 +297,8 @@ class Server(ThreadingHTTPServer):
     def __init__(self, address, handler, max_connections: int):
         self.connections = threading.BoundedSemaphore(max_connections)
         self.closer = LingeringCloser()
+        if ":" in address[0]:  # an IPv6 address such as ::1
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):

@@ -7,9 +7,12 @@ import contextlib
 import http.client
 import io
 import json
+import os
 import select
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -157,6 +160,44 @@ def test_an_invalid_content_length_gets_400_and_the_body_is_not_read(server, len
     status, answer = raw_exchange(server, f"POST /predict HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode() + b"x" * 5000)
     assert status == 400 and "Content-Length" in answer["error"]
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("line,status", [(b"GET / HTTP/2.0", 505), (b"GET / HTTP/1.x", 400),
+                                         (b"\x16\x03\x01 garbage", 400), (b"GET / HTTP/1.1 extra", 400)])
+def test_a_malformed_request_line_gets_a_status_line(server, line, status):
+    """http.server answered these as HTTP/0.9, a bare JSON body with no status line: no client saw an error."""
+    answer_status, answer = raw_exchange(server, line + b"\r\n\r\n")
+    assert answer_status == status and "error" in answer
+
+
+def test_serve_listens_on_ipv6(model):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    server = make_server(model, "::1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert request(server.server_address[:2], "GET", "/")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_host_or_port_it_cannot_listen_on_is_one_line_saying_which(tmp_path):
+    """A bad --host was told to try another --port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags, advice in ((["--host", "999.1.1.1"], "give --host an address of this machine"),
+                              (["--port", str(port)], "try another --port")):
+            result = subprocess.run([sys.executable, "-m", "fastnet", "serve", *flags], cwd=tmp_path,
+                                    env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                                    timeout=300)
+            assert result.returncode == 1 and result.stderr.count("\n") == 1 and advice in result.stderr, \
+                result.stderr
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_sent(server):
