@@ -255,13 +255,14 @@ class Results:
 def _damage(row: dict) -> str:
     """What is wrong with a row read back from results.csv, in words ('' if nothing): the summary and the plot
     read a finished trial's numbers as numbers."""
-    if not row["trial"].isdigit():
+    trial = row["trial"] or ""  # (None in a row cut short)
+    if not (trial.isascii() and trial.isdigit()):
         return f"trial {row['trial']!r} is not a whole number"
     if row["status"] not in ("ok", "failed", "lost"):
         return f"status {row['status']!r} is none of ok, failed, lost"
     for name in ("validation_accuracy", "train_accuracy", "loss", "seconds") if row["status"] == "ok" else ():
         try:
-            float(row[name])
+            float(row[name] or "")
         except ValueError:
             return f"{name} {row[name]!r} is not a number"
     return ""

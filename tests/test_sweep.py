@@ -113,6 +113,9 @@ def test_results_are_rewritten_whole_and_read_back(tmp_path):
     text = path.read_text()
     for old, new, message in (("0.9,", "abc,", "line 2: validation_accuracy 'abc' is not a number"),
                               ("\n1,", "\nx,", "line 3: trial 'x' is not a whole number"),
+                              ("\n1,", "\n\u00b2,", "line 3: trial '\u00b2' is not a whole number"),
+                              ("\n2,32,1.0,lost,,,,,,,KilledWorker", "\n2,32,1.0,ok",  # a row cut short
+                               "line 4: validation_accuracy None is not a number"),
                               (",lost,", ",maybe,", "line 4: status 'maybe' is none of")):
         path.write_text(text.replace(old, new, 1))  # a results file edited by hand: one error, not a traceback
         with pytest.raises(FastnetError, match=message):
