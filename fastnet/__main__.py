@@ -2,11 +2,15 @@
 
 import gc
 import sys
+import warnings
 
 
 def run() -> int:
     """The command line, with Ctrl-C while the libraries load (numpy, Numba: a few tenths of a second) ending
     as quietly as Ctrl-C anywhere else."""
+    from fastnet.errors import warning_line
+
+    warnings.formatwarning = warning_line  # already for warnings while the modules load (kernels/jit.py's)
     try:
         from fastnet.cli import main
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__, _child_environment
 from .bench import Workload
-from .errors import FastnetError
+from .errors import FastnetError, warning_line
 from .files import check_not_among, check_outputs
 from .kernels import BACKENDS
 from .kernels.common import ACTIVATIONS, PLAIN_FINAL_EPOCHS, TRANSFORMED, WHOLE_PIXEL_SHARE, plain_final_epochs
@@ -341,7 +341,7 @@ def _quit_if_interrupted(unraisable) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = lambda message, *details, **more: f"fastnet: warning: {message}\n"
+    warnings.formatwarning = warning_line
     previous_hook, sys.unraisablehook = sys.unraisablehook, _quit_if_interrupted
     try:
         with _signal_handlers(QUITTING):

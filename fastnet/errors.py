@@ -1,6 +1,12 @@
-"""The one error type fastnet raises for bad input: the CLI prints it as one line, no traceback."""
+"""The one error type fastnet raises for bad input: the CLI prints it as one line, no traceback; and warnings
+as the CLI prints them."""
 
 
 class FastnetError(ValueError):
     """Something is wrong with the user's files, data or settings; the message says what to do. A ValueError, as
     Python and scikit-learn raise for bad values."""
+
+
+def warning_line(message, *details, **more) -> str:
+    """A warning as the command line shows it (warnings.formatwarning): one line, without Python's source line."""
+    return f"fastnet: warning: {message}\n"

@@ -21,12 +21,15 @@ The cache: Numba keeps a compiled function while its own source file is unchange
 (epoch.py) holds code inlined from layers.py, augment.py and others, so an edit there left the worker's
 cached code running the old version (a known limit of Numba's cache). Every function here is cached under
 one stamp of all of kernels/ instead: a change to any of its modules recompiles them all (with a Numba whose
-cache internals differ from those this knows, Numba's own cache).
+cache internals differ from those this knows, Numba's own cache). Where Numba finds nowhere to write a cache
+(the package read-only, no NUMBA_CACHE_DIR, no writable home), the kernels are compiled uncached, with a
+warning, rather than failing at import.
 """
 
 import functools
 import hashlib
 import sys
+import warnings
 from pathlib import Path
 
 from numba import njit
@@ -84,22 +87,45 @@ def _kernels_cache_class():
 _KernelsCache = _kernels_cache_class()
 
 
-def _cached_as_kernels(decorator):
-    """decorator, then the function's cache replaced by _KernelsCache (Numba internals: the dispatcher's
-    _cache, which enable_caching sets)."""
+def _no_cache_place(error: RuntimeError) -> bool:
+    """Whether error is Numba finding nowhere to write its cache: the package read-only, no NUMBA_CACHE_DIR,
+    and no writable home (a service account)."""
+    if "no locator available" not in str(error):
+        return False
+    if not _uncached_said:
+        _uncached_said.append(True)
+        warnings.warn("no writable folder for Numba's cache (this package's folder, and ~/.cache, are read-only): "
+                      "the kernels compile anew in every process; set NUMBA_CACHE_DIR to a writable folder",
+                      stacklevel=4)
+    return True
+
+
+_uncached_said: list = []  # whether _no_cache_place has warned (once a process)
+
+
+def _cached_as_kernels(settings: dict):
+    """njit with these settings, then the function's cache replaced by _KernelsCache (Numba internals: the
+    dispatcher's _cache, which enable_caching sets); with no cache where there is nowhere to write one."""
     def decorate(function):
-        dispatcher = decorator(function)
+        try:
+            dispatcher = njit(**settings)(function)
+        except RuntimeError as error:
+            if not _no_cache_place(error):
+                raise
+            return njit(**{**settings, "cache": False})(function)
         if _KernelsCache is not None and hasattr(dispatcher, "_cache"):
             try:
                 dispatcher._cache = _KernelsCache(dispatcher.py_func)
-            except (AttributeError, TypeError):  # Numba's internals not as expected: its own cache stays
+            except (AttributeError, TypeError, RuntimeError):  # Numba's internals not as expected: its own cache stays
                 pass
         return dispatcher
     return decorate
 
 
-jit = _cached_as_kernels(njit(**_SETTINGS))
+jit = _cached_as_kernels(_SETTINGS)
 # Under fastmath's no-NaN flag LLVM may decide NaN != 0 either way, differently in two loops over the same data.
-ieee_jit = _cached_as_kernels(njit(**{**_SETTINGS, "fastmath": False}))
-llvm_inline_jit = _cached_as_kernels(njit(**_SETTINGS, forceinline=True))
-inline_jit = _cached_as_kernels(njit(**_SETTINGS, inline="always"))
+ieee_jit = _cached_as_kernels({**_SETTINGS, "fastmath": False})
+llvm_inline_jit = _cached_as_kernels({**_SETTINGS, "forceinline": True})
+inline_jit = _cached_as_kernels({**_SETTINGS, "inline": "always"})
+# The workers' meeting points (threads.py): atomics, nothing to vectorise, so no fastmath.
+meeting_jit = _cached_as_kernels({"cache": True, "nogil": True, "inline": "always"})

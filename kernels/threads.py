@@ -23,9 +23,10 @@ import threading
 
 import numba
 import numpy as np
-from numba import njit, types
+from numba import types
 
 from .intrinsics import load_acquire, spin_pause, store_release
+from .jit import meeting_jit
 
 # 128 bytes between two counters: a cache line on Apple's Arm cores, two on x86 (whose adjacent-line
 # prefetcher fetches them in pairs), so no two workers' counters share one.
@@ -46,13 +47,13 @@ else:
     NAP_UNITS = NAP_MICROSECONDS
 
 
-@njit(cache=True, nogil=True, inline="always")  # inlined: no compile of its own
+@meeting_jit  # inlined: no compile of its own
 def publish(control, slot, step):
     """Tell the other workers that the owner of `slot` has finished `step`."""
     store_release(control, slot * SLOT, np.int64(step))
 
 
-@njit(cache=True, nogil=True, inline="always")  # inlined: no compile of its own
+@meeting_jit  # inlined: no compile of its own
 def wait_for(control, slot, step):
     """Wait until the owner of `slot` has published `step` (or later): spin, then nap. Returns the number of
     naps (0 unless the partner was kept from running)."""

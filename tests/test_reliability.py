@@ -222,12 +222,10 @@ def test_divergence_stops_with_advice_and_keeps_the_old_parameters(tmp_path):
     assert not (tmp_path / "error.png").exists()
 
 
-def test_read_only_package_folder_uses_a_user_cache(tmp_path):
-    """As a user who cannot write beside the installed kernels: Numba must cache elsewhere and still run.
-
-    Tests run as root here, and root may write anywhere, so the kernels' __pycache__
-    is made a plain file: no process can create cache files inside it.
-    """
+def read_only_package(tmp_path: Path) -> dict:
+    """fastnet copied where its kernels' __pycache__ cannot be written, and the environment that runs it with a
+    fresh home and no NUMBA_CACHE_DIR. Tests run as root here, and root may write anywhere, so each __pycache__
+    is made a plain file: no process can create cache files inside it."""
     package = tmp_path / "site" / "fastnet"
     shutil.copytree(ROOT / "fastnet", package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "kernels", package / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
@@ -235,12 +233,31 @@ def test_read_only_package_folder_uses_a_user_cache(tmp_path):
     for folder in (package, package / "kernels"):
         (folder / "__pycache__").write_text("not a folder")
     home = tmp_path / "home"
+    home.mkdir()
     env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
     env.update(PYTHONPATH=str(tmp_path / "site"), HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    return env
+
+
+def test_read_only_package_folder_uses_a_user_cache(tmp_path):
+    """As a user who cannot write beside the installed kernels: Numba must cache elsewhere and still run."""
+    env = read_only_package(tmp_path)
     result = subprocess.run([sys.executable, "-m", "fastnet", "train", "--dry-run"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert any(home.rglob("*.nbi")), "the kernels should have been cached under the user's home"
+    assert any(Path(env["HOME"]).rglob("*.nbi")), "the kernels should have been cached under the user's home"
+
+
+def test_with_nowhere_to_cache_the_kernels_compile_uncached_and_say_so(tmp_path):
+    """A service account: the package read-only, no NUMBA_CACHE_DIR, no writable home. Numba's cache=True then
+    raised at import ("no locator available"), and every command, --help too, was a traceback."""
+    env = read_only_package(tmp_path)
+    Path(env["XDG_CACHE_HOME"]).write_text("not a folder")
+    result = subprocess.run([sys.executable, "-m", "fastnet", "train", "--dry-run"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("fastnet: warning: no writable folder for Numba's cache") and \
+        "set NUMBA_CACHE_DIR to a writable folder" in result.stderr, result.stderr
 
 
 def test_peak_memory_while_training_stays_under_300_mb(tmp_path):
