@@ -518,6 +518,16 @@ def _resume_command(checkpoint: Path, args: argparse.Namespace, *more: str) -> s
     return shlex.join(["python", "-m", "fastnet", "train", "--resume", str(checkpoint), *data, *more])
 
 
+def _dry_run_part(images_and_labels: tuple, count: int, seed: int) -> tuple:
+    """count of the images (and their labels), drawn with seed and kept in their order: not the first count,
+    which in a folder dataset, stored class by class, would be one or two classes."""
+    images, labels = images_and_labels
+    if len(images) <= count:
+        return images, labels
+    chosen = np.sort(np.random.default_rng(seed).choice(len(images), count, replace=False))
+    return images[chosen], labels[chosen]
+
+
 def train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .datasets import load_data
@@ -546,8 +556,8 @@ def train(args: argparse.Namespace) -> int:
     dataset = load_data(args.data, args.val_split, args.strict, config.seed, args.image_size, args.color)
     train_set, test_set, classes = dataset.train, dataset.test, dataset.classes
     if args.dry_run:
-        train_set = tuple(a[:DRY_RUN_IMAGES[0]] for a in train_set)
-        test_set = tuple(a[:DRY_RUN_IMAGES[1]] for a in test_set)
+        train_set, test_set = (_dry_run_part(part, count, config.seed)
+                               for part, count in zip((train_set, test_set), DRY_RUN_IMAGES))
     shape = "x".join(map(str, dataset.input_shape[:2])) + (" colour" if dataset.input_shape[2] == 3 else "")
     print(f"{args.data}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images ({shape}), "
           f"{len(classes)} classes (loaded in {time.perf_counter() - started:.2f} s)")

@@ -156,6 +156,20 @@ def test_dry_run_writes_nothing_unless_asked(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_dry_run_draws_its_images_from_every_class():
+    """--dry-run kept the first 2,048 images: of a folder dataset, stored class by class, one or two classes, and
+    the run then failed as if it had learned nothing."""
+    from fastnet.cli import _dry_run_part
+
+    labels = np.repeat(np.arange(3, dtype=np.uint8), 1000)  # as load_folder stores them
+    images = np.arange(3000)[:, None]
+    part = _dry_run_part((images, labels), 2048, seed=0)
+    assert len(part[0]) == 2048 and set(part[1]) == {0, 1, 2} and min(np.bincount(part[1])) > 600
+    assert np.all(np.diff(part[0][:, 0]) > 0) and np.array_equal(labels[part[0][:, 0]], part[1])  # stored order
+    assert np.array_equal(_dry_run_part((images, labels), 2048, seed=0)[0], part[0])  # the seed's draw, again
+    assert np.array_equal(_dry_run_part((images[:100], labels[:100]), 2048, seed=0)[0], images[:100])  # all
+
+
 def test_shipped_parameters_evaluate_at_98_8_percent_or_better():
     result = fastnet("evaluate")
     assert result.returncode == 0, result.stderr
@@ -258,12 +272,12 @@ def test_a_run_that_ends_at_chance_says_so_and_saves_nothing(tmp_path):
 def test_resuming_without_saving_keeps_the_checkpoint(tmp_path, mnist_train):
     """--resume with --dry-run (and so no --out) ran to the end and deleted the checkpoint: the trained network
     was then nowhere. It stays in the checkpoint, and the output says so."""
-    from fastnet.cli import DRY_RUN_IMAGES
+    from fastnet.cli import DRY_RUN_IMAGES, _dry_run_part
     from fastnet.kernels.threads import new_stop_flag
     from fastnet.training import Interrupted, TrainConfig, train
 
     checkpoint, stop = tmp_path / "run.checkpoint.npz", new_stop_flag()
-    dry_run_data = tuple(np.ascontiguousarray(a[:DRY_RUN_IMAGES[0]]) for a in mnist_train)
+    dry_run_data = _dry_run_part(mnist_train, DRY_RUN_IMAGES[0], TrainConfig().seed)  # what --dry-run trains on
     with pytest.raises(Interrupted):
         train(TrainConfig(epochs=2), dry_run_data, None, 10, lambda stats: stop.__setitem__(0, 1),
               checkpoint_path=checkpoint, stop=stop)
