@@ -7,8 +7,9 @@
 - Two outputs, or an output and an input, that are the same file are refused
   (check_outputs): one would silently destroy the other.
 - A write is atomic: a temporary file beside the target, flushed and fsynced, then
-  renamed over it; the temporary file is removed on every exit path, and a failure
-  (disk full, say) is one FastnetError that says the old file is unchanged.
+  renamed over it, with the replaced file's mode; the temporary file is removed on
+  every exit path, and a failure (disk full, say) is one FastnetError that says the
+  old file is unchanged. A read-only file is refused, not replaced.
 - Inputs are read only from regular files (open_regular): a FIFO named like an
   image or a parameters file would otherwise block forever.
 - .npz archives are read entry by entry (read_npz): only the entries asked for, each
@@ -60,6 +61,8 @@ def check_output(path: Path, flag: str) -> Path:
     if status is not None and not stat.S_ISREG(status.st_mode):
         raise FastnetError(f"{flag} {path}: is {kind_of(status.st_mode)}, not a file; fastnet writes only regular "
                            "files: give a file name")
+    if status is not None and not os.access(path, os.W_OK):
+        raise FastnetError(f"{flag} {path}: the file is read-only; make it writable or choose another path")
     folder = path.parent
     if not folder.is_dir():
         raise FastnetError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
@@ -117,13 +120,16 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Non
     status = _status(path)
     if status is not None and not stat.S_ISREG(status.st_mode):
         raise FastnetError(f"{path}: is {kind_of(status.st_mode)}, not a file; refusing to replace it")
+    if status is not None and not os.access(path, os.W_OK):  # the rename would replace it all the same
+        raise FastnetError(f"cannot write {path}: the file is read-only; the old file is unchanged")
     temporary = None
     try:
         handle, temporary = _new_temporary(path)
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
-            os.fchmod(file.fileno(), 0o666 & ~_umask())  # made 0600; give it a normal file's mode
+            # made 0600: the replaced file's mode (a private file stays private), or a new file's
+            os.fchmod(file.fileno(), stat.S_IMODE(status.st_mode) if status is not None else 0o666 & ~_umask())
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except OSError as error:

@@ -140,6 +140,25 @@ def test_a_failing_write_is_one_error_and_keeps_the_old_file(tmp_path, monkeypat
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.npz"]
 
 
+def test_a_replaced_file_keeps_its_mode_and_a_read_only_one_is_refused(tmp_path, monkeypatch):
+    """Every save made the file 0666 less the umask: a private (0600) parameters file became world-readable. A
+    read-only file (simulated: root may write anywhere) was replaced as well, the rename needing only the folder."""
+    path = tmp_path / "p.npz"
+    save(path, Parameters(new_network(16), list("0123456789")))
+    path.chmod(0o600)
+    save(path, Parameters(new_network(16, seed=1), list("0123456789")))
+    assert path.stat().st_mode & 0o777 == 0o600
+    before = path.read_bytes()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda where, mode: real_access(where, mode) and not (
+        Path(where) == path and mode & os.W_OK))
+    with pytest.raises(FastnetError, match="p.npz: the file is read-only; make it writable or choose another path"):
+        files.check_output(path, "--out")
+    with pytest.raises(FastnetError, match="the file is read-only; the old file is unchanged"):
+        save(path, Parameters(new_network(16, seed=2), list("0123456789")))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.npz"]
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 1 MB file system, where the platform lets this user mount one (root on Linux)."""
