@@ -729,13 +729,15 @@ def sweep(args: argparse.Namespace) -> int:
     trials, left_out = space.trials(chosen["random"], chosen["random_seed"])
     if left_out:
         print(f"sweep: {len(left_out)} combination(s) left out, e.g. {left_out[0]}")
+    dataset_files = _dataset_files(args.data)  # (checks --data) before --out is made
+    if Path(chosen["out"]).exists() and not Path(chosen["out"]).is_dir():
+        raise FastnetError(f"--out {chosen['out']}: is a file, not a folder; give a folder for the sweep's results")
     try:
         Path(chosen["out"]).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise FastnetError(f"--out {chosen['out']}: cannot make this folder ({error.strerror or error})") from None
     check_outputs({f"--out {chosen['out']}: its {name}": Path(chosen["out"]) / name
-                   for name in ("results.csv", "results.png", "parameters.npz")},
-                  _dataset_files(args.data))
+                   for name in ("results.csv", "results.png", "parameters.npz")}, dataset_files)
     plan = sweeps.Plan(space, trials, args.data, args.val_split, args.image_size, args.color, args.strict,
                        chosen["validation"], chosen["random_seed"], Path(chosen["out"]), chosen["scheduler"],
                        chosen["workers"], chosen["threads"], shlex.join(["python", "-m", "fastnet", *sys.argv[1:]]))

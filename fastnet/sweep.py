@@ -59,6 +59,7 @@ SETTINGS = {
 RANGES = ("epochs", "batch-size", "lr", "momentum", "weight-decay")  # may be LOW:HIGH with --random
 CONNECT_TIMEOUT = "10s"  # to reach a --scheduler
 # The sweep's own options (flags or TOML keys) and their defaults.
+MAX_TRIALS = 10_000  # a sweep's trials (planned up front; more would take days on one machine)
 OPTIONS = {"random": None, "random_seed": 0, "validation": 0.1, "out": "sweep", "scheduler": None, "workers": None,
            "threads": 1}
 OUTCOMES = ("status", "validation_accuracy", "train_accuracy", "loss", "seconds", "kernel_seconds", "worker", "error")
@@ -74,12 +75,16 @@ def check_options(options: dict) -> None:
 
     for name, low in (("random", 1), ("random_seed", 0), ("workers", 1), ("threads", 1)):
         whole(name, low)
+    if options["random"] is not None and options["random"] > MAX_TRIALS:
+        raise FastnetError(f"sweep option random = {options['random']}: at most {MAX_TRIALS:,} trials")
     share = options["validation"]
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
         raise FastnetError(f"sweep option validation = {share!r}: must be a share of the training images in (0, 1)")
     for name in ("out", "scheduler"):
         if options[name] is not None and not isinstance(options[name], (str, Path)):
             raise FastnetError(f"sweep option {name} = {options[name]!r}: must be text")
+    if not str(options["out"]).strip():  # "" would be the current folder, its parameters.npz overwritten
+        raise FastnetError("sweep option out = '': must name a folder for the results")
 
 
 @dataclass
@@ -135,19 +140,25 @@ class Space:
             if ranged:
                 raise FastnetError(f"sweep --{ranged[0]}: a range is sampled only with --random N; give a list "
                                    "of values for a grid")
+            size = math.prod(len(self.values[flag]) for flag in flags)
+            if size > MAX_TRIALS:
+                raise FastnetError(f"sweep: a grid of {size:,} trials, more than {MAX_TRIALS:,}; give fewer values, "
+                                   "or sample some with --random N")
             points = [dict(zip(flags, combination)) for combination in itertools.product(
                 *(self.values[flag] for flag in flags))]
         else:
             rng = np.random.default_rng(seed)
             points = [{flag: self._draw(flag, rng) for flag in flags} for _ in range(random)]
-        trials, left_out = [], []
+        trials, left_out, seen = [], [], set()
         for point in points:  # Nesterov without momentum, Adam with SGD's momentum: combinations, left out
             try:
                 settings = TrainConfig(**{SETTINGS[flag][0]: value for flag, value in point.items()}).as_dict()
             except FastnetError as error:
                 left_out.append(f"{_describe(point, self.swept)}: {error}")
                 continue
-            if settings not in trials:  # a random draw may repeat one: it is the same trial
+            key = json.dumps(settings, sort_keys=True)
+            if key not in seen:  # a random draw may repeat one: it is the same trial
+                seen.add(key)
                 trials.append(settings)
         if not trials:
             raise FastnetError(f"sweep: no combination of these settings can run ({left_out[0]})")
@@ -170,8 +181,11 @@ def read_toml(path: Path) -> tuple[dict[str, str], dict]:
         lr = [0.02, 0.05, 0.1]      # a list of values, or "1e-3:0.3" (a range, with random)
         hidden = ["128", "256-128"]
     """
+    from .files import open_regular
+
     try:
-        document = tomllib.loads(path.read_text())
+        with open_regular(path, "sweep file") as file:  # (a FIFO would block: refused)
+            document = tomllib.loads(file.read().decode())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise FastnetError(f"{path}: cannot read this sweep file ({error})") from None
     space = document.pop("space", {})
@@ -358,17 +372,43 @@ def split_validation(inputs: np.ndarray, labels: np.ndarray, share: float, seed:
 
 def run(plan: Plan) -> int:
     """Run the plan's trials not yet in its results, then retrain the best; returns the exit status."""
-    names = sorted(plan.trials[0])
-    results = Results(plan.out / "results.csv", names)
-    _check_fingerprint(plan, results)
+    with _only_sweep_in(plan.out):
+        names = sorted(plan.trials[0])
+        results = Results(plan.out / "results.csv", names)
+        _check_fingerprint(plan, results)
+        try:
+            return _run(plan, results)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM and SIGHUP (cli.Stopped)
+            done = sum(results.done(settings) for settings in plan.trials)
+            with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+                print(f"fastnet sweep: stopped; {done} of {len(plan.trials)} trials are in {results.path}\n"
+                      f"resume with: {plan.command}", file=sys.stderr, flush=True)
+            return 128 + getattr(stop, "signum", signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _only_sweep_in(out: Path):
+    """Hold OUT/.sweep.lock while a sweep runs there: a second sweep into the same folder is refused, where the
+    two would each rewrite results.csv without the other's trials. (An advisory lock, POSIX only; the OS drops
+    it with the process, however it ends.)"""
     try:
-        return _run(plan, results)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM and SIGHUP (cli.Stopped)
-        done = sum(results.done(settings) for settings in plan.trials)
-        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
-            print(f"fastnet sweep: stopped; {done} of {len(plan.trials)} trials are in {results.path}\n"
-                  f"resume with: {plan.command}", file=sys.stderr, flush=True)
-        return 128 + getattr(stop, "signum", signal.SIGINT)
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        descriptor = os.open(out / ".sweep.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as error:
+        raise FastnetError(f"--out {out}: cannot lock it for this sweep ({error.strerror or error})") from None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise FastnetError(f"--out {out}: another sweep is running into this folder; wait for it to end, or "
+                               "give another --out") from None
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _check_fingerprint(plan: Plan, results: Results) -> None:

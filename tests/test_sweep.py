@@ -19,7 +19,7 @@ import pytest
 import fastnet
 from fastnet.datasets import MNIST_FILES, load_mnist
 from fastnet.errors import FastnetError
-from fastnet.sweep import Results, Space, read_toml
+from fastnet.sweep import MAX_TRIALS, OPTIONS, Results, Space, _only_sweep_in, check_options, read_toml
 from fastnet.trained import load
 from fastnet.training import DEFAULT_LEARNING_RATE
 
@@ -91,6 +91,33 @@ def test_a_toml_file_gives_the_same_space(tmp_path):
     (tmp_path / "bad.toml").write_text("[space]\nlearning = [1]\n")
     with pytest.raises(FastnetError, match="unknown setting 'learning'"):
         read_toml(tmp_path / "bad.toml")
+    os.mkfifo(tmp_path / "pipe.toml")  # read_text() waited on it for ever
+    with pytest.raises(FastnetError, match="pipe.toml: is a FIFO, not a sweep file"):
+        read_toml(tmp_path / "pipe.toml")
+
+
+def test_sweeps_of_more_than_max_trials_are_refused_before_they_are_planned():
+    """--random 1000000000 planned its points (0.2 ms and memory each) in silence for hours."""
+    with pytest.raises(FastnetError, match="random = 10001: at most 10,000 trials"):
+        check_options({**OPTIONS, "random": MAX_TRIALS + 1})
+    grid = Space.parse({"lr": ",".join(f"0.{i + 1}" for i in range(9)), "hidden": ",".join(map(str, range(1, 1200))),
+                        "batch-size": "16,32"})
+    with pytest.raises(FastnetError, match="a grid of 21,582 trials, more than 10,000"):
+        grid.trials(None, 0)
+    with pytest.raises(FastnetError, match="must name a folder"):
+        check_options({**OPTIONS, "out": ""})
+    # the most there may be, planned in about a second (repeated draws, at 4 digits, kept once by a set)
+    assert MAX_TRIALS // 2 < len(Space.parse({"lr": "1e-3:1"}).trials(MAX_TRIALS, 0)[0]) < MAX_TRIALS
+
+
+def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
+    """Two sweeps into one --out each rewrote results.csv without the other's trials; both exited 0."""
+    with _only_sweep_in(tmp_path):
+        with pytest.raises(FastnetError, match="another sweep is running into this folder"):
+            with _only_sweep_in(tmp_path):
+                pass
+    with _only_sweep_in(tmp_path):  # free again once the first has ended
+        pass
 
 
 def test_results_are_rewritten_whole_and_read_back(tmp_path):
@@ -164,7 +191,9 @@ def test_bad_sweeps_are_one_error_line(small_mnist, tmp_path):
                                ([], "give the settings to try"),
                                (["--lr", "0.1", "--scheduler", f"tcp://127.0.0.1:{free_port()}"],
                                 "cannot reach the Dask scheduler"),
-                               (["--lr", "0.1", "--scheduler", "garbage"], "cannot reach the Dask scheduler")):
+                               (["--lr", "0.1", "--scheduler", "garbage"], "cannot reach the Dask scheduler"),
+                               (["--lr", "0.1", "--out", small_mnist / "train-images-idx3-ubyte.gz"],
+                                "is a file, not a folder")):
         result = fastnet_sweep("--data", small_mnist, "--out", tmp_path / "out", *arguments, cwd=tmp_path)
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
