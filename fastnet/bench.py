@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -165,14 +166,21 @@ def _measure_all(batch_sizes, thread_counts, epochs, peers, report, busy, worklo
         if peers:
             systems += [(peer, max(thread_counts)) for peer in PEERS]
         measured = {}  # (system, threads): its record in each round
-        not_installed = set()
+        left_out = set()  # peers not installed, or broken
         for _ in range(rounds):
             for system, threads in systems:
-                if system in not_installed:
+                if system in left_out:
                     continue
-                record = measure(system, batch_size, threads, epochs, workload)
+                try:
+                    record = measure(system, batch_size, threads, epochs, workload)
+                except FastnetError as error:
+                    if system not in PEERS:
+                        raise
+                    warnings.warn(f"{error}; {system} left out", stacklevel=2)  # (a broken install, say)
+                    record = None
                 if record is None:
-                    not_installed.add(system)
+                    left_out.add(system)
+                    measured.pop((system, threads), None)
                     continue
                 record.busy = busy
                 measured.setdefault((system, threads), []).append(record)

@@ -98,6 +98,34 @@ def test_bench_rounds_take_systems_in_turn_and_report_medians(monkeypatch):
     assert "torch (2 thread(s)): 20.0x 7.0x 8.3x, median 8.3x" in text
 
 
+def test_bench_leaves_out_a_broken_peer_and_keeps_the_rest(monkeypatch):
+    """A peer whose measurement fails (torch's import raising OSError: a broken install) ended the whole bench
+    with one error, and the numba and numpy rows already measured were lost."""
+    from fastnet import bench
+    from fastnet.errors import FastnetError
+
+    def measure(system, batch_size, threads, epochs, workload):
+        if system == "torch":
+            raise FastnetError("bench: the torch measurement failed: OSError: libtorch_cpu.so: cannot open")
+        if system in ("sklearn", "jax"):
+            return None
+        return bench.Record(system, batch_size, threads, epochs, 0.1, 600_000, 1.0, 0.9, 100.0)
+
+    monkeypatch.setattr(bench, "measure", measure)
+    with pytest.warns(UserWarning, match="torch measurement failed: OSError.*; torch left out"):
+        records = bench._measure_all([32], [2], 1, True, lambda record: None, 0, bench.Workload(), 2)
+    assert sorted(r.backend for r in records) == ["numba", "numpy"]
+
+    def numpy_fails(system, *args):
+        if system == "numpy":
+            raise FastnetError("bench: the numpy measurement failed: MemoryError")
+        return measure(system, *args)
+
+    monkeypatch.setattr(bench, "measure", numpy_fails)  # fastnet's own systems failing still ends the bench
+    with pytest.raises(FastnetError, match="numpy measurement failed"):
+        bench._measure_all([32], [2], 1, False, lambda record: None, 0, bench.Workload(), 1)
+
+
 def test_bench_even_rounds_take_the_lower_middle_and_threads_count_once(monkeypatch):
     """With an even number of rounds the row is the faster of the middle two and the ratio the smaller (never an
     average that belongs to no round); a thread count given twice is measured once per round."""
