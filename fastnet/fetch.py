@@ -187,6 +187,12 @@ if hasattr(urllib.request, "HTTPSHandler"):  # Python built without ssl has no h
     _HANDLERS.append(_HTTPS)
 
 
+def _printable(text: str) -> str:
+    """text a server sent (a reason phrase, a header), with what a terminal would act on escaped: escape
+    sequences, and line breaks, which would split the one-line error."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _reason(error: BaseException) -> str:
     reason = getattr(error, "reason", None) or error
     return str(reason) or type(error).__name__
@@ -343,7 +349,10 @@ def _check_mirrors(mirrors: list[str] | tuple[str, ...]) -> None:
     for mirror in mirrors:
         # Only http(s): the timeout and size limits are enforced on its sockets (ftp, file and data URLs
         # would bypass them, and a file URL could name a FIFO that never ends).
-        parts = urllib.parse.urlsplit(mirror)
+        try:
+            parts = urllib.parse.urlsplit(mirror)
+        except ValueError as error:  # "http://[::1": an unclosed IPv6 address
+            raise FastnetError(f"--mirror {mirror}: not a valid URL ({error})") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise FastnetError(f"--mirror {mirror}: not an http:// or https:// URL")
 
@@ -377,7 +386,7 @@ def fetch(destination: str | Path, mirrors: list[str] | tuple[str, ...] = MIRROR
                 try:
                     _save(url, name, target, timeout)
                 except _Failed as failure:
-                    tried.append(f"{url}: {failure}")
+                    tried.append(f"{url}: {_printable(str(failure))}")
                     continue
                 report(f"{target}: downloaded from {mirror} and verified")
                 written.append(target)

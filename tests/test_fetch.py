@@ -66,6 +66,15 @@ class Mirror(http.server.SimpleHTTPRequestHandler):
                 self.wfile.write(b"\x1f\x8b\x08\x08" + bytes(6))  # FNAME flag set
                 for _ in range(10**9 // len(block)):  # bounded: 1 GB, far past any limit of fetch's
                     self.wfile.write(block)
+        elif kind == "rude":  # a reason phrase that would clear a terminal and set its title
+            self.send_response(404, "Not Found\x1b[2J\x1b]0;pwned\x07")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif kind == "loop":  # a redirect to itself: urllib's message for it runs over three lines
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:
             super().do_GET()
 
@@ -113,7 +122,7 @@ def mirrors(tmp_path_factory):
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
-    yield {kind: url + kind + "/" for kind in kinds + ("drip", "drip-headers", "endless", "huge")} | {
+    yield {kind: url + kind + "/" for kind in kinds + ("drip", "drip-headers", "endless", "huge", "rude", "loop")} | {
         "hanging": f"http://127.0.0.1:{silent.getsockname()[1]}/"}
     server.shutdown()
     silent.close()
@@ -207,6 +216,15 @@ def test_mirrors_must_be_http(url, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not an http:// or https:// URL" in err
     assert not (tmp_path / "mnist").exists()
+
+
+def test_what_a_mirror_says_is_escaped_in_one_line(mirrors, tmp_path, capsys):
+    """A mirror's reason phrase went to the terminal as it was (escape sequences acted on), and urllib's
+    three-line message for a redirect loop split the one-line error."""
+    err = fetch_error(tmp_path / "mnist", "--mirror", mirrors["rude"], "--mirror", mirrors["loop"], capsys=capsys)
+    assert "\x1b" not in err and "\\x1b[2J" in err and "infinite loop" in err
+    assert fetch_error(tmp_path / "mnist", "--mirror", "http://[::1", capsys=capsys).startswith(
+        "fastnet: error: --mirror http://[::1: not a valid URL")  # it was a traceback
 
 
 def fetch_error(*args: str, capsys) -> str:
