@@ -381,6 +381,10 @@ def _run(args: argparse.Namespace) -> int:
             return predict(args)
         if args.command == "serve":
             return serve(args)
+        if args.command == "train" and args.no_training and args.data != "mnist":
+            raise FastnetError(f"--no-training scores the parameters on MNIST's test set, not on --data {args.data}; "
+                               f"to score them on a labelled folder: python -m fastnet predict FOLDER --parameters "
+                               f"{args.parameters}")
         if args.command == "evaluate" or args.no_training:
             return evaluate(args.parameters, args.backend, getattr(args, "confusion", None))
         return train(args)

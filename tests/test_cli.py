@@ -240,6 +240,13 @@ def test_data_that_is_a_file_is_one_line_saying_so(tmp_path):
     assert "--data seven.png: not a folder" in result.stderr, result.stderr
 
 
+def test_no_training_with_other_data_is_one_line_not_mnist_accuracy(tmp_path):
+    """--no-training with --data DIR reported MNIST's accuracy, as if it were DIR's."""
+    result = fastnet("train", "--no-training", "--data", tmp_path, cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "MNIST test accuracy" not in result.stdout
+    assert "not on --data" in result.stderr and "python -m fastnet predict FOLDER" in result.stderr
+
+
 def test_fetch_timeout_must_be_finite():
     result = fastnet("fetch", "--timeout", "inf")
     assert result.returncode == 2 and "--timeout" in result.stderr and result.stderr.count("\n") == 1

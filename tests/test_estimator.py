@@ -127,6 +127,12 @@ def test_warm_start_continues_and_sgd_schedules_change_the_rate(iris):
     assert model.n_iter_ == 10 and not np.array_equal(first[0], model.coefs_[0])
     cold = MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0).fit(X, y)
     np.testing.assert_array_equal(cold.coefs_[0], first[0])
+    kept = model.coefs_[0].copy()
+    model.set_params(hidden_layer_sizes=(7, 7))  # other hidden layers: the fitted network went on, silently
+    for call in (model.fit, model.partial_fit):
+        with pytest.raises(ValueError, match=r"continues the fitted 4-16-3 network.*now makes 4-7-7-3"):
+            call(X, y)
+    np.testing.assert_array_equal(model.coefs_[0], kept)
     adaptive = MLPClassifier(hidden_layer_sizes=(16,), solver="sgd", learning_rate="adaptive", max_iter=400,
                              n_iter_no_change=2, tol=0.5, random_state=0).fit(X, y)
     assert adaptive._learning_rate < adaptive.learning_rate_init  # divided by 5 at each plateau
