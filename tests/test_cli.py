@@ -126,6 +126,32 @@ def test_bench_leaves_out_a_broken_peer_and_keeps_the_rest(monkeypatch):
         bench._measure_all([32], [2], 1, False, lambda record: None, 0, bench.Workload(), 1)
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists a process's children from Linux's /proc")
+def test_bench_busy_spinners_end_with_the_bench_even_when_it_is_killed():
+    """bench --busy N's spinning processes went on at 100% of a core, orphaned, after bench was SIGKILLed."""
+    import signal
+    import time
+
+    code = ("import os, time\nfrom fastnet.bench import busy_processes\nwith busy_processes(1):\n"
+            "    me = os.getpid()\n    print(open(f'/proc/{me}/task/{me}/children').read(), flush=True)\n"
+            "    time.sleep(600)")
+    bench = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                             stdout=subprocess.PIPE, text=True)
+    spinner = int(bench.stdout.readline().split()[0])
+    bench.send_signal(signal.SIGKILL)
+    bench.wait(timeout=60)
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] not in ("Z", "X")
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+    deadline = time.monotonic() + 30
+    while running(spinner) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(spinner)
+
+
 def test_bench_even_rounds_take_the_lower_middle_and_threads_count_once(monkeypatch):
     """With an even number of rounds the row is the faster of the middle two and the ratio the smaller (never an
     average that belongs to no round); a thread count given twice is measured once per round."""
