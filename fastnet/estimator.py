@@ -165,8 +165,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         fitted = None if first else (self.coefs_[0].shape[0], *(w.shape[1] for w in self.coefs_))
         if fitted is not None and fitted != sizes:  # it would go on with the old network, saying nothing
             raise ValueError(f"{'partial_fit' if incremental else 'warm_start'} continues the fitted "
-                             f"{'-'.join(map(str, fitted))} network, and hidden_layer_sizes={self.hidden_layer_sizes!r} "
-                             f"now makes {'-'.join(map(str, sizes))}: set warm_start=False (or fit a new estimator)")
+                             f"{'-'.join(map(str, fitted))} network, and hidden_layer_sizes="
+                             f"{self.hidden_layer_sizes!r} now makes {'-'.join(map(str, sizes))}: set "
+                             "warm_start=False (or fit a new estimator)")
         check_data(rows, labels, len(self.classes_))
         check_size(TrainConfig(batch_size=batch, hidden=sizes[1:-1]), sizes, len(train),
                    {"batch_size": "batch_size", "hidden": "hidden_layer_sizes"}.get)
