@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -127,15 +128,16 @@ def measure(system: str, batch_size: int, threads: int, epochs: int, workload: W
     return Record(**json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-# A process that keeps a core busy until its parent is gone (bench killed, say: it would spin on, orphaned).
-_SPIN = ("import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+# A process that keeps a core busy until its parent (argument 1: known before it starts, which bench may not
+# outlive) is gone: bench killed, say, it would spin on, orphaned.
+_SPIN = ("import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n"
          "    for _ in range(1_000_000):\n        pass")
 
 
 @contextlib.contextmanager
 def busy_processes(count: int):
     """count processes that each keep a core busy, for the duration: a busy machine, as shared ones are."""
-    processes = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(count)]
+    processes = [subprocess.Popen([sys.executable, "-c", _SPIN, str(os.getpid())]) for _ in range(count)]
     try:
         yield
     finally:
