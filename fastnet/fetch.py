@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
@@ -64,7 +65,12 @@ def max_download(name: str) -> int:
 
 
 class _Failed(Exception):
-    """This mirror's copy of this file is no good (the reason is the message); try the next mirror."""
+    """This mirror's copy of this file is no good (the reason is the message); try the next mirror. reached:
+    whether the mirror answered at all (an HTTP error or bad content), not only the network failing."""
+
+    def __init__(self, message: str, reached: bool = True):
+        super().__init__(message)
+        self.reached = reached
 
 
 class _Check:
@@ -220,8 +226,8 @@ def _download(url: str, limit: int, timeout: float) -> Iterator[Iterator[bytes]]
         if deadline.over():
             return _Failed(f"took longer than the timeout ({timeout:g} s for the whole file)")
         if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
-            return _Failed(f"sent nothing for {min(timeout, STALL_SECONDS):g} s")
-        return _Failed(_reason(error))
+            return _Failed(f"sent nothing for {min(timeout, STALL_SECONDS):g} s", reached=False)
+        return _Failed(_reason(error), reached=isinstance(error, urllib.error.HTTPError))
 
     try:
         try:
@@ -380,13 +386,14 @@ def fetch(destination: str | Path, mirrors: list[str] | tuple[str, ...] = MIRROR
                 report(f"{target}: already here and verified")
                 written.append(target)
                 continue
-            tried = []
+            tried, reached = [], False
             for mirror in mirrors:
                 url = mirror.rstrip("/") + "/" + name
                 try:
                     _save(url, name, target, timeout)
                 except _Failed as failure:
                     tried.append(f"{url}: {_printable(str(failure))}")
+                    reached = reached or failure.reached
                     continue
                 report(f"{target}: downloaded from {mirror} and verified")
                 written.append(target)
@@ -394,8 +401,9 @@ def fetch(destination: str | Path, mirrors: list[str] | tuple[str, ...] = MIRROR
             else:
                 kept = (f"; the {len(written)} files verified so far are kept in {destination}, fetch again "
                         "for the rest" if written else "")
-                raise FastnetError(f"could not download {name} from any mirror ({'; '.join(tried)}); are you "
-                                   f"offline? Check the connection or give another --mirror URL{kept}")
+                advice = "give another --mirror URL" if reached else \
+                    "are you offline? Check the connection or give another --mirror URL"
+                raise FastnetError(f"could not download {name} from any mirror ({'; '.join(tried)}); {advice}{kept}")
     except BaseException:  # Ctrl-C and SIGTERM too
         _remove_folders(created)
         raise

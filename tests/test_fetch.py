@@ -156,8 +156,12 @@ def test_fetch_with_no_good_mirror_is_one_clear_error(mirrors, tmp_path):
     result = run_cli("fetch", tmp_path / "mnist", "--timeout", "5", "--mirror", mirrors["corrupt"],
                      "--mirror", mirrors["missing"], "--mirror", "http://127.0.0.1:9/", "--no-default-mirrors")
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-    assert "could not download" in result.stderr and "offline" in result.stderr
+    assert "could not download" in result.stderr and "give another --mirror URL" in result.stderr
+    assert "offline" not in result.stderr  # two mirrors answered: the network is there
     assert not (tmp_path / "mnist").exists()  # the folder it made, empty, is gone
+    result = run_cli("fetch", tmp_path / "mnist", "--timeout", "5", "--mirror", "http://127.0.0.1:9/",
+                     "--no-default-mirrors")
+    assert result.returncode == 1 and "are you offline?" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("kind,reason", [
