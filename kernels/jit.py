@@ -87,20 +87,11 @@ def _kernels_cache_class():
 _KernelsCache = _kernels_cache_class()
 
 
-def _no_cache_place(error: RuntimeError) -> bool:
-    """Whether error is Numba finding nowhere to write its cache: the package read-only, no NUMBA_CACHE_DIR,
-    and no writable home (a service account)."""
-    if "no locator available" not in str(error):
-        return False
-    if not _uncached_said:
-        _uncached_said.append(True)
-        warnings.warn("no writable folder for Numba's cache (this package's folder, and ~/.cache, are read-only): "
-                      "the kernels compile anew in every process; set NUMBA_CACHE_DIR to a writable folder",
-                      stacklevel=4)
-    return True
-
-
-_uncached_said: list = []  # whether _no_cache_place has warned (once a process)
+@functools.cache  # once a process
+def _say_uncached() -> None:
+    warnings.warn("no writable folder for Numba's cache (this package's folder, and ~/.cache, are read-only): "
+                  "the kernels compile anew in every process; set NUMBA_CACHE_DIR to a writable folder",
+                  stacklevel=3)  # the module whose kernel it is
 
 
 def _cached_as_kernels(settings: dict):
@@ -109,14 +100,15 @@ def _cached_as_kernels(settings: dict):
     def decorate(function):
         try:
             dispatcher = njit(**settings)(function)
-        except RuntimeError as error:
-            if not _no_cache_place(error):
+        except RuntimeError as error:  # Numba finds nowhere to write a cache: the package read-only, no
+            if "no locator available" not in str(error):  # NUMBA_CACHE_DIR, no writable home (a service account)
                 raise
+            _say_uncached()
             return njit(**{**settings, "cache": False})(function)
         if _KernelsCache is not None and hasattr(dispatcher, "_cache"):
             try:
                 dispatcher._cache = _KernelsCache(dispatcher.py_func)
-            except (AttributeError, TypeError, RuntimeError):  # Numba's internals not as expected: its own cache stays
+            except (AttributeError, TypeError, RuntimeError):  # Numba's internals not as expected: its own cache
                 pass
         return dispatcher
     return decorate
