@@ -261,7 +261,7 @@ def read_npz(path: str | Path, keys: Iterable[str], what: str = "file", max_byte
                         continue
                     ratio = 1 if info.compress_type == zipfile.ZIP_STORED else DEFLATE_MAX_RATIO
                     capacity = min(info.file_size, min(info.compress_size, on_disk) * ratio,
-                                   on_disk * ratio if max_bytes is None else max_bytes)
+                                   max_bytes if max_bytes is not None else info.file_size)
                     with archive.open(info) as member:
                         arrays[key] = _read_member(member, key, capacity, (shapes or {}).get(key), path, what)
         except FastnetError:
