@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__, _child_environment
 from .bench import Workload
-from .errors import FastnetError, warning_line
+from .errors import FastnetError, printable, warning_line
 from .files import check_not_among, check_outputs
 from .kernels import BACKENDS
 from .kernels.common import ACTIVATIONS, PLAIN_FINAL_EPOCHS, TRANSFORMED, WHOLE_PIXEL_SHARE, plain_final_epochs
@@ -50,7 +50,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see --help)\n")
 
 
 def _number(kind, minimum, *, inclusive=True, maximum=None, what=""):
@@ -389,7 +389,7 @@ def _run(args: argparse.Namespace) -> int:
             return evaluate(args.parameters, args.backend, getattr(args, "confusion", None))
         return train(args)
     except FastnetError as error:
-        print(f"fastnet: error: {error}", file=sys.stderr)
+        print(f"fastnet: error: {printable(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
         print("fastnet: interrupted", file=sys.stderr)

@@ -9,4 +9,11 @@ class FastnetError(ValueError):
 
 def warning_line(message, *details, **more) -> str:
     """A warning as the command line shows it (warnings.formatwarning): one line, without Python's source line."""
-    return f"fastnet: warning: {message}\n"
+    return f"fastnet: warning: {printable(str(message))}\n"
+
+
+def printable(text: str) -> str:
+    """text for one line on a terminal: each character a terminal would act on (a line break, the ESC of an
+    escape sequence) written as Python writes it in a string literal ('\\n', '\\x1b'). Names of files and
+    classes may hold any of them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from .datasets import MNIST_FILES
-from .errors import FastnetError
+from .errors import FastnetError, printable
 from .files import open_regular, write_atomically
 
 # The mirrors torchvision (datasets.MNIST) and TensorFlow Datasets (mnist) download from.
@@ -191,12 +191,6 @@ if hasattr(urllib.request, "HTTPSHandler"):  # Python built without ssl has no h
         pass
 
     _HANDLERS.append(_HTTPS)
-
-
-def _printable(text: str) -> str:
-    """text a server sent (a reason phrase, a header), with what a terminal would act on escaped: escape
-    sequences, and line breaks, which would split the one-line error."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _reason(error: BaseException) -> str:
@@ -392,7 +386,7 @@ def fetch(destination: str | Path, mirrors: list[str] | tuple[str, ...] = MIRROR
                 try:
                     _save(url, name, target, timeout)
                 except _Failed as failure:
-                    tried.append(f"{url}: {_printable(str(failure))}")
+                    tried.append(f"{url}: {printable(str(failure))}")
                     reached = reached or failure.reached
                     continue
                 report(f"{target}: downloaded from {mirror} and verified")

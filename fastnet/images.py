@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import FastnetError
+from .errors import FastnetError, printable
 from .files import QUIT_SIGNALS, kind_of, signals_held
 from .preprocess import Prep, load_image
 
@@ -36,7 +36,7 @@ def path_text(path: str | os.PathLike) -> str:
 
 def skip_line(path: str | os.PathLike, reason: str) -> str:
     """The line that lists a skipped file or folder."""
-    return f"skipped {path_text(path)}: {reason}"
+    return f"skipped {printable(path_text(path))}: {printable(reason)}"
 
 
 def plural(count: int, noun: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FastnetError
+from .errors import FastnetError, printable
 from .images import image_files, not_a_file, path_text
 
 FORMATS = ("table", "csv", "json")
@@ -82,11 +82,12 @@ def write_rows(predictions: list[Prediction], class_names: list[str], fmt: str, 
         for p, order in ranked:
             writer.writerow([path_text(p.path)] + [value for k in order for value in
                                              (names[k], f"{p.probabilities[k]:.6f}")] + [p.label or ""])
-    else:
-        width = max([len(path_text(p.path)) for p in predictions] + [4])
-        for p, order in ranked:
-            best = "  ".join(f"{names[k]} {100 * p.probabilities[k]:5.1f}%" for k in order)
-            out.write(f"{path_text(p.path):<{width}}  {best}\n")
+    else:  # a line per image: names as printable() shows them
+        shown = [printable(path_text(p.path)) for p in predictions]
+        width = max([len(path) for path in shown] + [4])
+        for path, (p, order) in zip(shown, ranked):
+            best = "  ".join(f"{printable(str(names[k]))} {100 * p.probabilities[k]:5.1f}%" for k in order)
+            out.write(f"{path:<{width}}  {best}\n")
 
 
 def confusion_matrix(true: list[int], predicted: list[int], n_classes: int) -> np.ndarray:
@@ -96,7 +97,9 @@ def confusion_matrix(true: list[int], predicted: list[int], n_classes: int) -> n
 
 
 def score_report(matrix: np.ndarray, class_names: list[str]) -> str:
-    """Accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    """Accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: predicted); class names
+    as printable() shows them."""
+    class_names = [printable(name) for name in class_names]
     total = matrix.sum()
     lines = [f"accuracy {100 * np.trace(matrix) / total:.2f}% ({np.trace(matrix)}/{total} labelled images)",
              "per class: " + "  ".join(f"{name} {100 * matrix[i, i] / row:.1f}%" for i, (name, row) in

@@ -294,3 +294,42 @@ def test_file_names_that_are_not_utf8_are_written_in_every_format(tmp_path, test
         if fmt == "csv":
             assert next(csv.DictReader(io.StringIO(out)))["path"] == f"{tmp_path}/caf\\xe9.png"
         assert f"skipped {tmp_path}/\\xff.png: not a readable image" in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows file names cannot hold line breaks")
+def test_names_with_line_breaks_and_escapes_stay_on_their_line(tmp_path, test_digits):
+    """A folder or file name may hold a line break or a terminal escape: the table, the score report, skipped
+    lines and errors show them escaped, one line each; csv and json keep the names exact."""
+    from fastnet.errors import warning_line
+    from fastnet.images import skip_line
+    from fastnet.predict import Prediction, score_report, write_rows
+
+    names = ["new\nline", "red\x1b[31m"]
+    predictions = [Prediction(tmp_path / "a\nb.png", np.array([0.9, 0.1], np.float32), None),
+                   Prediction(tmp_path / "c.png", np.array([0.2, 0.8], np.float32), "red\x1b[31m")]
+    table = io.StringIO()
+    write_rows(predictions, names, "table", 2, table)
+    lines = table.getvalue().splitlines()
+    assert len(lines) == 2 and "\x1b" not in table.getvalue(), table.getvalue()
+    assert lines[0].startswith(f"{tmp_path}/a\\nb.png ") and "new\\nline  90.0%" in lines[0]
+    assert "red\\x1b[31m  80.0%" in lines[1]
+    rows = io.StringIO()
+    write_rows(predictions, names, "csv", 1, rows)
+    rows.seek(0)
+    assert [row["label"] for row in csv.DictReader(rows)] == names
+    report = score_report(np.array([[3, 1], [0, 2]]), names)
+    assert len(report.splitlines()) == 6 and "\x1b" not in report and "new\\nline" in report
+    for line in (skip_line(tmp_path / "x\ny.png", "broken\nimage"), warning_line("two\nlines")):
+        assert line.rstrip("\n").count("\n") == 0 and "\\n" in line
+
+    (tmp_path / "in\nput").mkdir()
+    Image.fromarray(test_digits[0][0].reshape(28, 28)).save(tmp_path / "in\nput" / "one\n.png")
+    (tmp_path / "in\nput" / "bro\x1bken.png").write_bytes(b"\x89PNG broken")
+    result = fastnet_cli("predict", tmp_path / "in\nput")
+    assert result.returncode == 0 and "\x1b" not in result.stdout + result.stderr, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert len(rows) == 1 and rows[0].startswith(f"{tmp_path}/in\\nput/one\\n.png "), result.stdout
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 1 and skipped[0].startswith(f"skipped {tmp_path}/in\\nput/bro\\x1bken.png: not a readable")
+    result = fastnet_cli("predict", tmp_path / "mis\nsing")
+    assert result.returncode == 1 and result.stderr == f"fastnet: error: {tmp_path}/mis\\nsing: no such file or folder\n"
