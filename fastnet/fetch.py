@@ -355,6 +355,10 @@ def _check_mirrors(mirrors: list[str] | tuple[str, ...]) -> None:
             raise FastnetError(f"--mirror {mirror}: not a valid URL ({error})") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise FastnetError(f"--mirror {mirror}: not an http:// or https:// URL")
+        if "@" in parts.netloc:  # urllib would take "user:password@host" for a host name, and fail as DNS does
+            where = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+            raise FastnetError(f"--mirror {where}: a user name or password in the URL is not supported "
+                               f"(MNIST's mirrors are public); give the mirror's URL without it")
 
 
 def fetch(destination: str | Path, mirrors: list[str] | tuple[str, ...] = MIRRORS,

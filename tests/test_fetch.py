@@ -222,6 +222,13 @@ def test_mirrors_must_be_http(url, tmp_path, capsys):
     assert not (tmp_path / "mnist").exists()
 
 
+def test_a_mirror_with_a_password_is_refused_without_showing_it(tmp_path, capsys):
+    """urllib took "user:secret@127.0.0.1" for a host name: the fetch failed as if the name did not resolve."""
+    err = fetch_error(tmp_path / "mnist", "--mirror", "http://user:secret@127.0.0.1:9/mnist/", capsys=capsys)
+    assert "--mirror http://127.0.0.1:9/mnist/: a user name or password in the URL is not supported" in err
+    assert "secret" not in err and not (tmp_path / "mnist").exists()
+
+
 def test_what_a_mirror_says_is_escaped_in_one_line(mirrors, tmp_path, capsys):
     """A mirror's reason phrase went to the terminal as it was (escape sequences acted on), and urllib's
     three-line message for a redirect loop split the one-line error."""
