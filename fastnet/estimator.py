@@ -60,7 +60,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
       0.5 alpha |W|^2 / batch size, the penalty reckoned with the weights at the end of the epoch;
     - uint8 X is read as pixels, X / 255; other X as float32 (a model fitted on one reads the other the same way);
       fastnet also reads stacks of images (N, H, W) or (N, H, W, C), and, for a model of images, image files
-      (paths, bytes, Pillow images) in predict;
+      (paths, bytes, Pillow images) in predict, their pixels scaled as the images it was fitted on were (uint8,
+      or floats in [0, 1] or [0, 255]: pixel_scale_);
     - threads: the compiled kernels' threads (None: all of Numba's); backend: 'numba' or the numpy reference;
     - a fit that fails (bad data, divergence) leaves the model as it was before it; Ctrl-C ends training as in
       scikit-learn, but after the epoch in progress (an epoch is one compiled call).
@@ -146,6 +147,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             self.input_shape_ = input_shape or (X.shape[1],)
             self.preprocessing_ = "none" if input_shape is None else \
                 "digit" if is_digit_model(input_shape, [str(c) for c in self.classes_]) else "resize"
+            self.pixel_scale_ = PIXEL_SCALE if input_shape is None else _pixel_scale(X)
         elif input_shape is not None and input_shape != self.input_shape_:
             raise ValueError(f"X holds images of shape {input_shape}; this model reads {self.input_shape_}")
         rows = self._rows(X)
@@ -364,7 +366,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         files = as_files(X)
         if files is not None:
-            rows = self._rows(self._trained().read_images(files))  # uint8 pixels, on this model's scale
+            rows = self._trained().read_images(files)  # uint8 pixels, read as pixel_scale_ says
         else:
             X, input_shape = _flat_images(X)
             if input_shape is not None and input_shape != self.input_shape_:
@@ -399,7 +401,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _trained(self) -> TrainedModel:
         return TrainedModel(self._network(), [str(c) for c in self.classes_], self.preprocessing_, self.input_shape_,
-                            self.input_scale_, self.backend)
+                            self.input_scale_, self.backend,
+                            pixel_scale=getattr(self, "pixel_scale_", PIXEL_SCALE))  # (older pickles lack it)
 
     # ------------------------------------------------------------------ files
 
@@ -413,7 +416,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                     if isinstance(value, (str, int, float, bool, list, type(None)))}
         save_parameters(path, Parameters(model.network, model.class_names, settings, float("nan"),
                                          model.preprocessing, model.input_shape, model.input_scale,
-                                         self.classes_ if numeric else None))
+                                         self.classes_ if numeric else None, model.pixel_scale))
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, **params) -> "MLPClassifier":
@@ -426,10 +429,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         network = stored.network
         model = cls(hidden_layer_sizes=network.hidden, activation={v: k for k, v in ACTIVATION.items()}[
             network.activation], **params)
-        classes = stored.classes if stored.classes is not None else np.array(stored.class_names)
-        if len(np.unique(classes)) != len(classes):
-            raise ValueError(f"{path}: its class names are not distinct ({', '.join(map(str, classes))}); "
-                             "scikit-learn needs distinct classes")
+        classes = stored.classes if stored.classes is not None else np.array(stored.class_names)  # distinct
         # classes_ sorted, as scikit-learn's (np.unique), whose label encoding relies on it: `fastnet train` sorts
         # folder names as bytes, which need not be their order as text; the output units are put in that order.
         order = np.argsort(classes, kind="stable")
@@ -442,6 +442,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             "softmax"
         model.input_shape_, model.preprocessing_, model.input_scale_ = stored.input_shape, stored.preprocessing, \
             stored.input_scale
+        model.pixel_scale_ = stored.pixel_scale
         model._new_history()  # the file keeps no history; fit with warm_start, or partial_fit, continue from it
         return model
 
@@ -453,6 +454,16 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _pixel_scale(images: np.ndarray) -> float:
+    """What an image file's pixel p (0 to 255) is to a model fitted on these images (parameters.py's
+    pixel_scale): p / 255 for uint8 pixels or floats in [0, 1] (X / 255), p for floats in [0, 255], else 0 (the
+    model cannot read image files)."""
+    if images.dtype == np.uint8:
+        return PIXEL_SCALE
+    low, high = float(images.min()), float(images.max())
+    return PIXEL_SCALE if 0 <= low and high <= 1 else 1.0 if 0 <= low and high <= 255 else 0.0
 
 
 def _flat_images(X):

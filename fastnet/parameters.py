@@ -8,6 +8,9 @@ Plain numpy can read it, no pickle: np.load("parameters.npz", allow_pickle=False
     input_shape             int [height, width, channels] of the images it reads, each flattened in (height,
                             width, channel) order (channels 1: grayscale, 3: RGB), or [D] for plain features
     input_scale             float, the network reads input * input_scale: 1/255 for uint8 pixels, 1 for features
+    pixel_scale             optional float, what an image file's pixel p (0 to 255) is to the network: p * pixel_scale;
+                            1/255 (the default) for a model of uint8 pixels or of floats in [0, 1] (X / 255), 1 for
+                            floats in [0, 255], 0 where image files cannot be read (images scaled any other way)
     preprocessing           str, how predict prepares an image: 'digit' (MNIST-style: invert, crop, centre),
                             'resize' (to input_shape, nothing else), or 'none' (a model of features, not images)
     class_names             str (K,), output k means class_names[k]
@@ -35,8 +38,9 @@ from .model import Network
 
 FORMAT_VERSION = 2
 REQUIRED = ("format_version", "layer_sizes", "activation", "class_names")
-OPTIONAL = ("input_shape", "input_scale", "training", "test_accuracy", "fastnet_version", "preprocessing",
-            "classes")
+OPTIONAL = ("input_shape", "input_scale", "pixel_scale", "training", "test_accuracy", "fastnet_version",
+            "preprocessing", "classes")
+PIXEL_SCALES = (PIXEL_SCALE, 1.0, 0.0)  # pixel_scale's values (module docstring)
 PREPROCESSING = ("digit", "resize", "none")
 MAX_LAYERS = 64  # more is not a network fastnet wrote
 DIGITS = (28, 28, 1)  # the input shape of version-1 files (MNIST)
@@ -57,6 +61,7 @@ class Parameters:
     input_shape: tuple[int, ...] = DIGITS
     input_scale: float = PIXEL_SCALE
     classes: np.ndarray | None = None  # the labels as numbers or booleans, where they were such
+    pixel_scale: float = PIXEL_SCALE  # what an image file's pixels are to the network (module docstring)
 
 
 def weight_names(n_layers: int) -> list[str]:
@@ -95,6 +100,7 @@ def save(path: str | Path, parameters: Parameters) -> None:
         activation=np.str_(network.activation),
         input_shape=np.array(parameters.input_shape, np.int64),
         input_scale=np.float64(parameters.input_scale),
+        pixel_scale=np.float64(parameters.pixel_scale),
         preprocessing=np.str_(parameters.preprocessing),
         class_names=np.array(parameters.class_names, dtype=np.str_),
         training=np.str_(json.dumps(parameters.training, sort_keys=True)),
@@ -139,6 +145,8 @@ def layer_sizes(path: Path, stored: np.ndarray) -> tuple[int, ...]:
             (stored < 1).any():
         raise FastnetError(f"{path}: layer sizes must be 3 to {MAX_LAYERS + 1} positive whole numbers, found "
                            f"{stored.dtype} {stored.shape}")
+    if stored[-1] < 2:
+        raise FastnetError(f"{path}: a network of {stored[-1]} output is not a classifier (2 classes or more)")
     return tuple(int(n) for n in stored)
 
 
@@ -153,23 +161,38 @@ def checked_network(path: Path, stored: dict, sizes: tuple[int, ...], activation
         if array.shape != shape or array.dtype.kind != "f":
             raise FastnetError(f"{path}: {name} should be a float array of shape {shape}, "
                                f"found {array.dtype} {array.shape}")
-        if not np.isfinite(array).all():
-            raise FastnetError(f"{path}: {name} contains NaN or infinity; retrain or use another file")
     if activation not in ACTIVATIONS:
         raise FastnetError(f"{path}: unknown activation {activation!r} (expected one of {', '.join(ACTIVATIONS)})")
     params = [np.ascontiguousarray(stored[name], np.float32) for name in names]
+    for name, param in zip(names, params):  # after the cast: float64 past float32's range becomes infinity
+        if not np.isfinite(param).all():
+            raise FastnetError(f"{path}: {name} contains NaN or infinity (as float32); retrain or use another file")
     return Network(params[0::2], params[1::2], activation)
 
 
+def _number(path: Path, stored: dict, name: str, default: float, kinds: str = "iuf") -> float:
+    """stored[name] (default where it is missing), checked to be one number of these dtype kinds."""
+    value = np.asarray(stored.get(name, default))
+    if value.dtype.kind not in kinds or value.size != 1:
+        raise FastnetError(f"{path}: {name} should be a number, found {value.dtype} {value.shape}")
+    return value.item()
+
+
 def _checked(path: Path, stored: dict, sizes: tuple[int, ...]) -> Parameters:
-    version = int(stored["format_version"])
+    version = _number(path, stored, "format_version", FORMAT_VERSION, "iu")
+    if version < 1:
+        raise FastnetError(f"{path}: format version {version} is not one fastnet wrote")
     if version > FORMAT_VERSION:
         raise FastnetError(f"{path}: format version {version} is newer than this fastnet reads ({FORMAT_VERSION}); "
                            "upgrade fastnet")
     network = checked_network(path, stored, sizes, str(stored["activation"]))
-    class_names = [str(name) for name in np.ravel(stored["class_names"])]
-    if len(class_names) != sizes[-1]:
-        raise FastnetError(f"{path}: {len(class_names)} class names for {sizes[-1]} outputs")
+    names = stored["class_names"]
+    if names.dtype.kind != "U" or names.size != sizes[-1]:  # (counted before a list of them is made)
+        raise FastnetError(f"{path}: class names should be {sizes[-1]} strings for {sizes[-1]} outputs, found "
+                           f"{names.size} of {names.dtype}")
+    class_names = [str(name) for name in np.ravel(names)]
+    if len(set(class_names)) != len(class_names):
+        raise FastnetError(f"{path}: its class names are not distinct ({', '.join(class_names)})")
     try:
         training = read_json(str(stored.get("training", "{}")))
     except ValueError:
@@ -187,13 +210,17 @@ def _checked(path: Path, stored: dict, sizes: tuple[int, ...]) -> Parameters:
         raise FastnetError(f"{path}: input shape {shape}: images have 1 channel (gray) or 3 (colour), not {shape[2]}")
     if preprocessing == "digit" and shape != DIGITS or preprocessing == "resize" and len(shape) != 3:
         raise FastnetError(f"{path}: preprocessing {preprocessing!r} does not fit input shape {shape}")
-    scale = float(stored.get("input_scale", PIXEL_SCALE))
+    scale = float(_number(path, stored, "input_scale", PIXEL_SCALE, "f"))
     if scale not in (PIXEL_SCALE, 1.0):
         raise FastnetError(f"{path}: input scale {scale} is neither 1/255 (pixels) nor 1 (features)")
+    pixel_scale = float(_number(path, stored, "pixel_scale", PIXEL_SCALE, "f"))
+    if pixel_scale not in PIXEL_SCALES or scale == PIXEL_SCALE and pixel_scale != PIXEL_SCALE:
+        raise FastnetError(f"{path}: pixel scale {pixel_scale} is not 1/255, 1 or 0 (1/255 for a model of uint8 "
+                           f"pixels)")
     classes = stored.get("classes")
     if classes is not None and (classes.dtype.kind not in "biuf" or classes.shape != (len(class_names),)):
         raise FastnetError(f"{path}: classes should be {len(class_names)} numbers, found {classes.dtype} {classes.shape}")
     if classes is not None and [str(c) for c in classes] != class_names:  # as MLPClassifier.save writes them
         raise FastnetError(f"{path}: its classes {classes.tolist()} are not its class names {class_names}")
-    return Parameters(network, class_names, training, float(stored.get("test_accuracy", float("nan"))), preprocessing,
-                      shape, scale, classes)
+    return Parameters(network, class_names, training, float(_number(path, stored, "test_accuracy", float("nan"))),
+                      preprocessing, shape, scale, classes, pixel_scale)

@@ -44,6 +44,7 @@ class TrainedModel:
     input_scale: float = PIXEL_SCALE  # of the inputs it was trained on (1/255: uint8 pixels; 1: floats)
     backend: str = "numba"
     invert: str = "auto"  # for image files: preprocess.Prep's
+    pixel_scale: float = PIXEL_SCALE  # an image file's pixel p is p * pixel_scale to the network (parameters.py)
 
     def prep(self) -> Prep:
         """How this model prepares an image file (fastnet.preprocess.Prep)."""
@@ -58,12 +59,18 @@ class TrainedModel:
         return np.stack([load_image(file, prep) for file in files])
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
-        """(N, K) float32 class probabilities of C-contiguous (N, D) uint8 pixels or float32 features."""
+        """(N, K) float32 class probabilities of C-contiguous (N, D) uint8 pixels (what read_images gives, read
+        as pixel_scale says) or float32 inputs (as the network reads them)."""
         size = self.network.layer_sizes[0]
         if not (isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == size
                 and rows.dtype in (np.uint8, np.float32)):
             raise FastnetError(f"this model reads (N, {size}) uint8 or float32 rows, not "
                                f"{getattr(rows, 'dtype', type(rows).__name__)} {getattr(rows, 'shape', '')}")
+        if rows.dtype == np.uint8 and self.pixel_scale != PIXEL_SCALE:  # (the kernels read uint8 as p / 255)
+            if self.pixel_scale == 0:
+                raise FastnetError("this model was fitted on images scaled neither to [0, 1] nor to [0, 255], so "
+                                   "it cannot read image files or pixels; pass it arrays scaled as it was fitted")
+            rows = rows.astype(np.float32) * np.float32(self.pixel_scale)
         probs = np.empty((len(rows), len(self.class_names)), np.float32)
         if len(rows):
             get_backend(self.backend).predict(probs, np.ascontiguousarray(rows), self.network.params,
@@ -78,4 +85,4 @@ def load(path: str | Path | None = None, backend: str = "numba") -> TrainedModel
     """The model stored in a parameters file (None: ./parameters.npz if there is one, else the one fastnet ships)."""
     stored = load_parameters(default_path() if path is None else path)
     return TrainedModel(stored.network, stored.class_names, stored.preprocessing, stored.input_shape,
-                        stored.input_scale, backend)
+                        stored.input_scale, backend, pixel_scale=stored.pixel_scale)

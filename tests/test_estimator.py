@@ -227,6 +227,40 @@ def test_the_shipped_model_reads_pixels_and_image_files(shipped, mnist_test, tmp
     assert tuned.n_iter_ == 1 and np.mean(tuned.predict(images[2000:4000]) == labels[2000:4000].astype(str)) > 0.97
 
 
+def test_image_files_are_read_on_the_scale_the_model_was_fitted_on(mnist_test, tmp_path):
+    """A model fitted on images as floats in [0, 1] (X / 255) read image files as 0-255 from Python and as
+    0-1 from `fastnet predict`; one fitted on floats in [0, 255] the other way round. Every way in now gives
+    the probabilities of the arrays the model was fitted on, and images scaled otherwise cannot be read."""
+    from fastnet.predict import evaluate_on_mnist
+    from fastnet.trained import load
+
+    images, labels = mnist_test[0].reshape(-1, 28, 28), mnist_test[1]
+    Image.fromarray(images[0]).save(tmp_path / "a.png")
+    pixels = load(ROOT / "parameters.npz").read_images([tmp_path / "a.png"])  # the file as the CLI reads it
+    for name, X, pixel_scale in (("uint8", images, 1 / 255), ("unit", images / 255, 1 / 255),
+                                 ("pixels", images.astype(np.float32), 1.0)):
+        model = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(X[:600], labels[:600])
+        assert model.pixel_scale_ == pixel_scale, name
+        model.save(tmp_path / f"{name}.npz")
+        expected = model.predict_proba(X[:1])
+        np.testing.assert_allclose(model.predict_proba(tmp_path / "a.png"), expected, atol=1e-6, err_msg=name)
+        again = MLPClassifier.from_file(tmp_path / f"{name}.npz")
+        np.testing.assert_allclose(again.predict_proba(tmp_path / "a.png"), expected, atol=1e-6, err_msg=name)
+        cli = load(tmp_path / f"{name}.npz")  # what predict, evaluate and serve use
+        np.testing.assert_allclose(cli.predict_proba(pixels), expected[:, np.argsort(model.classes_.astype(str))],
+                                   atol=1e-6, err_msg=name)
+        matrix = evaluate_on_mnist(cli)  # the MNIST test set, which X is on its scale
+        assert abs(np.trace(matrix) / matrix.sum() - model.score(X, labels)) < 0.002, name
+    standardised = (images[:600] - images.mean()) / images.std()
+    model = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(standardised, labels[:600])
+    assert model.pixel_scale_ == 0
+    with pytest.raises(FastnetError, match="cannot read image files"):
+        model.predict(tmp_path / "a.png")
+    model.save(tmp_path / "standardised.npz")
+    with pytest.raises(FastnetError, match="cannot read image files"):
+        load(tmp_path / "standardised.npz").predict_proba(pixels)
+
+
 def test_from_file_sorts_classes_as_scikit_learn_does(tmp_path, mnist_test):
     """`fastnet train` orders class folders by their names as bytes, which, for names that are not UTF-8
     (written with \\xNN escapes), need not be their order as text; classes_ must be sorted (partial_fit's label

@@ -91,8 +91,20 @@ def test_nan_weights_are_never_written(tmp_path):
     ({"input_shape": np.array([14, 56, 1])}, "preprocessing 'digit' does not fit"),
     ({"input_shape": np.array([784]), "preprocessing": np.str_("resize")}, "preprocessing 'resize' does not fit"),
     ({"input_scale": np.float64(0.5)}, "neither 1/255"),
+    ({"input_scale": np.str_("1")}, "input_scale should be a number"),
+    ({"pixel_scale": np.float64(0.5)}, "pixel scale 0.5 is not 1/255, 1 or 0"),
+    ({"pixel_scale": np.float64(1.0)}, "1/255 for a model of uint8 pixels"),  # its input_scale is 1/255
+    ({"format_version": np.float64(2.7)}, "format_version should be a number"),
+    ({"format_version": np.bool_(True)}, "format_version should be a number"),
+    ({"format_version": np.int64(-3)}, "format version -3 is not one fastnet wrote"),
+    ({"class_names": np.array([str(d) for d in range(9)] + ["3"])}, "class names are not distinct"),
+    ({"class_names": np.array([str(d).encode() for d in range(10)])}, "should be 10 strings"),
+    ({"class_names": np.array([str(d) for d in range(2_000_000)])}, "should be 10 strings .* found 2000000"),
+    ({"W1": np.full((784, 32), 1e300)}, "W1 contains NaN or infinity \\(as float32\\)"),  # float64, finite
+    ({"layer_sizes": np.array([784, 32, 1]), "W2": np.zeros((32, 1), np.float32), "b2": np.zeros(1, np.float32),
+      "class_names": np.array(["only"])}, "1 output is not a classifier"),
     ({"preprocessing": np.str_("sharpen")}, "unknown preprocessing"),
-    ({"class_names": np.array(["a", "b"])}, "2 class names for 10 outputs"),
+    ({"class_names": np.array(["a", "b"])}, "should be 10 strings for 10 outputs, found 2 of"),
     ({"b2": np.full(10, np.inf, np.float32)}, "NaN or infinity"),
     ({"classes": np.arange(9, -1, -1)}, r"classes \[9, 8, .* are not its class names"),  # output 0 would be 9
 ])
