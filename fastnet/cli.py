@@ -517,8 +517,10 @@ def _resume_command(checkpoint: Path, args: argparse.Namespace, *more: str) -> s
     import shlex
 
     data = ((["--data", str(args.data)] if args.data != "mnist" else [])
+            + (["--val-split", str(args.val_split)] if args.val_split is not None else [])
             + (["--image-size", f"{args.image_size[1]}x{args.image_size[0]}"] if args.image_size else [])
-            + (["--color"] if args.color else []) + (["--dry-run"] if args.dry_run else []))
+            + (["--color"] if args.color else []) + (["--strict"] if args.strict else [])
+            + (["--dry-run"] if args.dry_run else []))
     return shlex.join(["python", "-m", "fastnet", "train", "--resume", str(checkpoint), *data, *more])
 
 
@@ -548,6 +550,7 @@ def train(args: argparse.Namespace) -> int:
     config = TrainConfig(**resume.config) if resume is not None else train_config(args)
     out = args.out or (None if args.dry_run else Path("parameters.npz"))
     plot = args.plot or (None if args.dry_run else Path("error.png"))
+    outputs = (["--out", str(out)] if out else []) + (["--plot", str(plot)] if plot else [])  # for resuming
     checkpoint = args.resume or args.checkpoint or (out.with_name(f"{out.stem}.checkpoint.npz") if out else None)
     check_outputs({"--out": out, "--plot": plot, "--checkpoint": checkpoint}, _dataset_files(args.data))
     if args.data != "mnist":
@@ -605,9 +608,8 @@ def train(args: argparse.Namespace) -> int:
         if interrupted.checkpoint_path is None:
             print(f"fastnet: interrupted ({interrupted}); nothing saved", file=sys.stderr)
         else:
-            more = (["--out", str(out)] if out else []) + (["--plot", str(plot)] if plot else [])
             print(f"fastnet: interrupted ({interrupted}); checkpoint saved to {interrupted.checkpoint_path}\n"
-                  f"resume with: {_resume_command(interrupted.checkpoint_path, args, *more)}", file=sys.stderr)
+                  f"resume with: {_resume_command(interrupted.checkpoint_path, args, *outputs)}", file=sys.stderr)
         return 128 + int(stop[1])
     final = history[-1].test_accuracy
     try:
@@ -620,7 +622,13 @@ def train(args: argparse.Namespace) -> int:
         if checkpoint is None or not checkpoint.exists():
             raise
         raise FastnetError(f"{error}; the trained network is kept in {checkpoint}: once there is room, "
-                           f"{_resume_command(checkpoint, args)} saves it") from None
+                           f"{_resume_command(checkpoint, args, *outputs)} saves it") from None
+    except KeyboardInterrupt as interrupt:  # Ctrl-C (or SIGTERM, SIGHUP) after the last epoch, while saving
+        if checkpoint is None or not checkpoint.exists():
+            raise
+        print(f"fastnet: interrupted while saving; the trained network is kept in {checkpoint}: "
+              f"{_resume_command(checkpoint, args, *outputs)} saves it", file=sys.stderr)
+        return 128 + getattr(interrupt, "signum", signal.SIGINT)
     kept = ""
     if checkpoint is not None and (out is not None or resume is None):
         checkpoint.unlink(missing_ok=True)  # the run is complete: --out holds its result

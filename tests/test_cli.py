@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -463,3 +464,42 @@ def test_a_stop_signal_swallowed_by_a_callback_from_c_still_quits():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 143 and "went on" not in result.stdout, result
     assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("failure", ["full disk", "ctrl-c"])
+def test_a_failed_save_says_the_command_that_saves_the_run(failure, tmp_path, monkeypatch, capsys):
+    """A save that fails after the last epoch (a full disk; Ctrl-C while saving) leaves the network in the
+    checkpoint, and the command printed saves it where this run would have: it left out --out and --plot (so it
+    replaced ./parameters.npz), and --val-split and --strict (so it failed); Ctrl-C said nothing of it."""
+    import fastnet.parameters
+    from fastnet import cli
+
+    for name, shade in (("dark", 40), ("light", 200)):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(np.full((8, 8), shade + i, np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    out, plot = tmp_path / "runs" / "p.npz", tmp_path / "runs" / "e.png"
+    out.parent.mkdir()
+    save = fastnet.parameters.save
+
+    def failing_save(path, parameters):
+        if failure == "ctrl-c":
+            raise KeyboardInterrupt
+        raise cli.FastnetError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(fastnet.parameters, "save", failing_save)
+    monkeypatch.chdir(tmp_path)
+    status = cli.main(["train", "--data", "data", "--val-split", "0.25", "--strict", "--image-size", "8",
+                       "--epochs", "20", "--batch-size", "8", "--out", str(out), "--plot", str(plot)])
+    err = capsys.readouterr().err
+    assert status == (130 if failure == "ctrl-c" else 1) and err.count("\n") == 1 and "Traceback" not in err, err
+    checkpoint = out.with_name("p.checkpoint.npz")
+    assert f"kept in {checkpoint}" in err and not out.exists()
+    command = shlex.split("python -m fastnet " + err.split("python -m fastnet ", 1)[1].split(" saves it")[0])
+    assert command[3:5] == ["train", "--resume"] and "--strict" in command
+    for flag, value in (("--out", out), ("--plot", plot), ("--val-split", "0.25"), ("--image-size", "8x8")):
+        assert command[command.index(flag) + 1] == str(value), command
+    monkeypatch.setattr(fastnet.parameters, "save", save)
+    assert cli.main(command[3:]) == 0, capsys.readouterr().err
+    assert out.exists() and plot.exists() and not checkpoint.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "runs"]  # no ./parameters.npz
