@@ -14,9 +14,9 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import secrets
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,9 @@ def _write_pngs(folder: str, names: list[str], images: np.ndarray) -> int:
     return len(names)
 
 
-def _worker(jobs: list[tuple[str, list[str], np.ndarray]], results) -> None:
-    """Write jobs, sending each one's image count (or one error message) to the exporting process."""
+def _worker(jobs: list[tuple[str, list[str], np.ndarray]], results, inherited: list) -> None:
+    """Write jobs, sending each one's image count (or one error message) to the exporting process; stop at the
+    first send after it is gone."""
     # Only the exporting process acts on a signal: it stops the workers and removes the staging folder.
     # Ctrl-C reaches the whole process group, so it is ignored here; SIGTERM and SIGHUP (from the exporting
     # process, or to the group) end a worker at once, without the KeyboardInterrupt traceback that the
@@ -47,6 +48,8 @@ def _worker(jobs: list[tuple[str, list[str], np.ndarray]], results) -> None:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, QUIT_SIGNALS)
+    for receiver in inherited:  # the exporting process's ends, forked along: held here, they kept the pipes
+        receiver.close()  # open after it was killed (SIGKILL), and the worker wrote on into the staging folder
     try:
         try:
             for folder, names, images in jobs:
@@ -70,7 +73,8 @@ def _write_all(jobs: list[tuple[str, list[str], np.ndarray]], workers: int) -> i
     try:
         for share in range(workers):
             receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=_worker, args=(jobs[share::workers], sender), daemon=True)
+            process = context.Process(target=_worker, args=(jobs[share::workers], sender, [*running, receiver]),
+                                      daemon=True)
             with signals_held():  # the child starts with them blocked, until _worker sets its handlers
                 process.start()
                 running[receiver] = process  # before a signal held back meanwhile can strike
@@ -104,15 +108,29 @@ def _write_all(jobs: list[tuple[str, list[str], np.ndarray]], workers: int) -> i
     return written
 
 
+def _new_staging(parent: Path) -> Path:
+    """A new hidden folder in parent, made as mkdir makes folders: with the umask's mode, which the exported
+    folder keeps (tempfile.mkdtemp's 0700 kept it from other users), and a short name of its own (one made from
+    DIR's was too long for a DIR of 238 characters or more)."""
+    while True:
+        staging = parent / f".fastnet-export-{secrets.token_hex(4)}.partial"
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:
+            continue
+
+
 def export(destination: str | Path, splits: tuple[str, ...] = ("train", "test"), workers: int | None = None) -> int:
     """Write the splits as PNG folders under destination (which must not exist); returns images written."""
     destination = Path(destination)
     if os.path.lexists(destination):
         raise FastnetError(f"{destination} already exists; choose a new folder (nothing was written)")
     if not destination.parent.is_dir():
-        raise FastnetError(f"{destination.parent}: no such folder")
+        raise FastnetError(f"{destination.parent}: " + ("not a folder" if destination.parent.exists() else
+                                                        "no such folder"))
     try:
-        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial"))
+        staging = _new_staging(destination.parent)
     except OSError as error:
         raise FastnetError(f"cannot write in {destination.parent} ({error.strerror}); nothing was written") from None
     try:

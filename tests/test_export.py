@@ -140,7 +140,7 @@ def test_a_signal_stops_the_export_and_removes_the_staging_folder(tmp_path, sign
     group = process.pid  # its own session: a signal to the group reaches its workers, not pytest
     try:
         deadline = time.monotonic() + 300
-        while not any(tmp_path.glob(".mnist.*.partial/*/*/*.png")) and process.poll() is None:
+        while not any(tmp_path.glob(".fastnet-export-*.partial/*/*/*.png")) and process.poll() is None:
             assert time.monotonic() < deadline, "the export never started writing"
             time.sleep(0.05)
         assert process.poll() is None, process.communicate()
@@ -165,3 +165,41 @@ def test_a_signal_stops_the_export_and_removes_the_staging_folder(tmp_path, sign
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_workers_stop_soon_after_the_export_is_killed(tmp_path):
+    """SIGKILL (the out-of-memory killer, say) leaves no chance to clean up: the workers, which held the pipes
+    they write to open themselves, wrote the whole dataset into the staging folder, orphaned. Now they stop at
+    their next report; the staging folder stays, hidden and incomplete."""
+    process = subprocess.Popen([sys.executable, "-m", "fastnet", "export", str(tmp_path / "mnist")], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    group = process.pid
+    try:
+        deadline = time.monotonic() + 300
+        while not any(tmp_path.glob(".fastnet-export-*.partial/*/*/*.png")) and process.poll() is None:
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.05)
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 60
+        while group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not group_alive(group), "worker processes went on writing after the export was killed"
+        assert len(list(tmp_path.glob(".fastnet-export-*.partial/*/*/*.png"))) < 70_000
+        assert not (tmp_path / "mnist").exists()
+    finally:
+        if group_alive(group):
+            os.killpg(group, signal.SIGKILL)
+
+
+def test_the_exported_folder_has_the_modes_mkdir_gives_and_any_valid_name(tmp_path):
+    """The top folder was 0700 (tempfile.mkdtemp's staging folder, renamed), whatever the umask; a DIR of 238
+    characters or more was refused as too long (the staging folder's name was DIR's and more)."""
+    name = "m" * 240
+    export(tmp_path / name, splits=("test",))
+    (tmp_path / "made").mkdir()
+    mode = (tmp_path / "made").stat().st_mode
+    assert (tmp_path / name).stat().st_mode == mode == (tmp_path / name / "test").stat().st_mode
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(FastnetError, match="a file: not a folder"):
+        export(tmp_path / "a file" / "new")
