@@ -37,10 +37,10 @@ def __getattr__(name: str):
         from .errors import FastnetError
 
         class MLPClassifier:  # type: ignore[no-redef]
-            """Needs scikit-learn: pip install "fastnet[sklearn]"."""
+            """Needs scikit-learn: pip install scikit-learn."""
 
             def __init__(self, *args, **kwargs):
-                raise FastnetError('fastnet.MLPClassifier needs scikit-learn: pip install "fastnet[sklearn]"')
+                raise FastnetError("fastnet.MLPClassifier needs scikit-learn: pip install scikit-learn")
 
             from_file = classmethod(__init__)
     return MLPClassifier

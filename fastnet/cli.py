@@ -46,8 +46,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line ('fastnet train: error: ...'), exit status 2."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+    def __init__(self, *args, **kwargs):  # no abbreviations: --epoch was taken for --epochs without a word
+        super().__init__(*args, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {printable(message)} (see --help)\n")
@@ -98,7 +98,7 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="numba", help="compute backend")
     parser.add_argument("--threads", type=_number(int, 1, maximum=cores + 1, what=f"must be 1 to {cores}, the cores"),
                         help=f"threads for the numba backend, or the BLAS library's for numpy (default: all {cores} "
-                             "cores)")
+                             "cores, or NUMBA_NUM_THREADS)")
 
 
 PARAMETERS_HELP = "trained parameters to use (default: ./parameters.npz if there is one, else the model fastnet ships)"
@@ -125,7 +125,7 @@ def _add_sweep_parser(commands) -> None:
         description="Each setting flag takes one value or a comma-separated list (--lr 0.02,0.05,0.1; hidden layers "
                     "joined by '-': --hidden 128,256-128); with --random N, also a range LOW:HIGH, sampled "
                     "log-uniformly. Settings not given keep train's defaults. Needs Dask: "
-                    'pip install "fastnet[sweep]".')
+                    'pip install "dask[distributed]".')
     for flag in SETTINGS:
         sweep.add_argument(f"--{flag}", metavar="V[,V...]" + ("|LOW:HIGH" if flag in RANGES else ""),
                            help=f"train's --{flag} values")
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "end (default: beside --out, e.g. parameters.checkpoint.npz)")
     train.add_argument("--resume", type=Path, metavar="CHECKPOINT",
                        help="continue the training saved in CHECKPOINT, to the same weights as an unbroken run "
-                            "(its settings are used; the training flags are ignored)")
+                            "(its settings are used: training flags are refused)")
     train.add_argument("--no-training", action="store_true",
                        help="do not train: report the accuracy of the stored --parameters, as the original did")
     train.add_argument("--parameters", type=Path, help=f"with --no-training: the {PARAMETERS_HELP[:1].lower()}"
@@ -339,8 +339,43 @@ def _quit_if_interrupted(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+# train's flags that set how a run trains: a resumed run takes them from its checkpoint
+TRAINING_FLAGS = ("--epochs", "--batch-size", "--hidden", "--activation", "--optimizer", "--lr", "--momentum",
+                  "--nesterov", "--no-nesterov", "--weight-decay", "--schedule", "--seed", "--augment", "--no-augment",
+                  "--backend")
+
+
+def train_flag_problem(args: argparse.Namespace, argv: list[str]) -> str | None:
+    """What is wrong with train's flags together, in words (None if nothing): flags that contradict each other,
+    and flags given that the run would ignore."""
+    given = [token.split("=", 1)[0] for token in argv if token.startswith("--")]  # (no abbreviations: Parser)
+
+    def ignored(flags) -> str:
+        return ", ".join(dict.fromkeys(flag for flag in given if flag in flags))
+
+    if args.no_training:
+        unused = ignored((*TRAINING_FLAGS[:-1], "--out", "--plot", "--checkpoint", "--resume", "--dry-run"))
+        if unused:
+            return f"--no-training only scores --parameters: {unused} would be ignored"
+    elif args.parameters is not None:
+        return "--parameters is read only with --no-training; --out says where a run saves its parameters"
+    elif args.resume is not None and ignored((*TRAINING_FLAGS, "--checkpoint")):
+        return (f"--resume continues with its checkpoint's settings: "
+                f"{ignored((*TRAINING_FLAGS, '--checkpoint'))} would be ignored (start a new run to change them)")
+    if args.optimizer == "adam" and args.momentum:
+        return "--momentum is SGD's: with --optimizer adam leave it out (Adam's first moment has its own, 0.9)"
+    if args.nesterov and (args.optimizer != "sgd" or args.momentum == 0):
+        return "--nesterov needs --optimizer sgd and a --momentum above 0"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        problem = train_flag_problem(args, sys.argv[1:] if argv is None else list(argv))
+        if problem:
+            parser.exit(2, f"fastnet train: error: {printable(problem)} (see --help)\n")
     warnings.formatwarning = warning_line
     previous_hook, sys.unraisablehook = sys.unraisablehook, _quit_if_interrupted
     try:
@@ -548,6 +583,8 @@ def train(args: argparse.Namespace) -> int:
 
     resume = load_checkpoint(args.resume) if args.resume else None
     config = TrainConfig(**resume.config) if resume is not None else train_config(args)
+    if config.backend != args.backend:  # a resumed run's, from its checkpoint: --threads is for that one
+        _set_threads(args.threads, config.backend)
     out = args.out or (None if args.dry_run else Path("parameters.npz"))
     plot = args.plot or (None if args.dry_run else Path("error.png"))
     outputs = (["--out", str(out)] if out else []) + (["--plot", str(plot)] if plot else [])  # for resuming
@@ -565,7 +602,8 @@ def train(args: argparse.Namespace) -> int:
     if args.dry_run:
         train_set, test_set = (_dry_run_part(part, count, config.seed)
                                for part, count in zip((train_set, test_set), DRY_RUN_IMAGES))
-    shape = "x".join(map(str, dataset.input_shape[:2])) + (" colour" if dataset.input_shape[2] == 3 else "")
+    height, width, channels = dataset.input_shape  # shown as --image-size takes it: width x height
+    shape = f"{width}x{height}" + (" colour" if channels == 3 else "")
     print(f"{args.data}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images ({shape}), "
           f"{len(classes)} classes (loaded in {time.perf_counter() - started:.2f} s)")
     check_data(*train_set, len(classes))
@@ -710,7 +748,7 @@ def bench_sklearn(args: argparse.Namespace) -> int:
 
         from . import bench_sklearn as versus
     except ImportError:
-        raise FastnetError('bench --sklearn needs scikit-learn: pip install "fastnet[sklearn]"') from None
+        raise FastnetError("bench --sklearn needs scikit-learn: pip install scikit-learn") from None
     seeds = 1 if args.dry_run else 5
     print(f"fastnet bench --sklearn: fastnet.MLPClassifier and scikit-learn's, same data and settings; "
           f"{os.cpu_count()} cores")

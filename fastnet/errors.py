@@ -8,8 +8,9 @@ class FastnetError(ValueError):
 
 
 def warning_line(message, *details, **more) -> str:
-    """A warning as the command line shows it (warnings.formatwarning): one line, without Python's source line."""
-    return f"fastnet: warning: {printable(str(message))}\n"
+    """A warning as the command line shows it (warnings.formatwarning): one line, without Python's source line
+    (a library's warning of several lines joined by spaces)."""
+    return f"fastnet: warning: {printable(' '.join(str(message).splitlines()))}\n"
 
 
 def printable(text: str) -> str:

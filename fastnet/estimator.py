@@ -7,7 +7,7 @@
 
 The parameters keep scikit-learn's names and meanings; where fastnet's differ, the docstring of MLPClassifier
 says how. uint8 X is read as pixels (X / 255, the sparse kernels for mostly-zero images); any other numbers as
-float32 features. Needs scikit-learn (pip install "fastnet[sklearn]").
+float32 features. Needs scikit-learn (pip install scikit-learn).
 """
 
 from __future__ import annotations

@@ -453,7 +453,7 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> None
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
-        raise FastnetError('sweep runs on Dask: pip install "fastnet[sweep]"') from None
+        raise FastnetError('sweep runs on Dask: pip install "dask[distributed]"') from None
     import logging
 
     cluster = client = None

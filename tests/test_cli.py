@@ -251,6 +251,14 @@ def test_shipped_parameters_evaluate_at_98_8_percent_or_better():
     (["--batch-size", "1e20"], "--batch-size"),
     (["--lr", "inf"], "--lr"),
     (["--weight-decay", "inf"], "--weight-decay"),
+    (["--epoch", "3"], "--epoch"),  # no abbreviations: it was taken for --epochs
+    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is SGD's"),
+    (["--momentum", "0", "--nesterov"], "--nesterov needs"),
+    # flags a run would ignore (they were, silently)
+    (["--resume", "run.checkpoint.npz", "--epochs", "50", "--lr", "9"], "--epochs, --lr would be ignored"),
+    (["--resume", "run.checkpoint.npz", "--backend", "numba", "--checkpoint", "b.npz"], "--backend, --checkpoint"),
+    (["--no-training", "--epochs", "5", "--out", "z.npz"], "--epochs, --out would be ignored"),
+    (["--dry-run", "--parameters", "p.npz"], "--parameters is read only with --no-training"),
 ])
 def test_bad_flags_get_one_line_naming_the_flag(flags, named, tmp_path):
     result = fastnet("train", *flags, cwd=tmp_path)  # (were one accepted, it would train there, not here)
@@ -489,15 +497,16 @@ def test_a_failed_save_says_the_command_that_saves_the_run(failure, tmp_path, mo
 
     monkeypatch.setattr(fastnet.parameters, "save", failing_save)
     monkeypatch.chdir(tmp_path)
-    status = cli.main(["train", "--data", "data", "--val-split", "0.25", "--strict", "--image-size", "8",
+    status = cli.main(["train", "--data", "data", "--val-split", "0.25", "--strict", "--image-size", "8x6",
                        "--epochs", "20", "--batch-size", "8", "--out", str(out), "--plot", str(plot)])
-    err = capsys.readouterr().err
+    out_text, err = capsys.readouterr()
+    assert "images (8x6), 2 classes" in out_text  # as --image-size takes it, width x height (it said 6x8)
     assert status == (130 if failure == "ctrl-c" else 1) and err.count("\n") == 1 and "Traceback" not in err, err
     checkpoint = out.with_name("p.checkpoint.npz")
     assert f"kept in {checkpoint}" in err and not out.exists()
     command = shlex.split("python -m fastnet " + err.split("python -m fastnet ", 1)[1].split(" saves it")[0])
     assert command[3:5] == ["train", "--resume"] and "--strict" in command
-    for flag, value in (("--out", out), ("--plot", plot), ("--val-split", "0.25"), ("--image-size", "8x8")):
+    for flag, value in (("--out", out), ("--plot", plot), ("--val-split", "0.25"), ("--image-size", "8x6")):
         assert command[command.index(flag) + 1] == str(value), command
     monkeypatch.setattr(fastnet.parameters, "save", save)
     assert cli.main(command[3:]) == 0, capsys.readouterr().err
