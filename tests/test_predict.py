@@ -333,4 +333,5 @@ def test_names_with_line_breaks_and_escapes_stay_on_their_line(tmp_path, test_di
     assert len(skipped) == 1
     assert skipped[0].startswith(f"skipped {tmp_path}/in\\nput/bro\\x1bken.png: not a readable")
     result = fastnet_cli("predict", tmp_path / "mis\nsing")
-    assert result.returncode == 1 and result.stderr == f"fastnet: error: {tmp_path}/mis\\nsing: no such file or folder\n"
+    assert result.returncode == 1
+    assert result.stderr == f"fastnet: error: {tmp_path}/mis\\nsing: no such file or folder\n"
