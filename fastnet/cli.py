@@ -339,6 +339,7 @@ def _quit_if_interrupted(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+FLAGS = {"learning_rate": "lr", "weight_decay": "weight-decay", "batch_size": "batch-size"}  # TrainConfig's names
 # train's flags that set how a run trains: a resumed run takes them from its checkpoint
 TRAINING_FLAGS = ("--epochs", "--batch-size", "--hidden", "--activation", "--optimizer", "--lr", "--momentum",
                   "--nesterov", "--no-nesterov", "--weight-decay", "--schedule", "--seed", "--augment", "--no-augment",
@@ -366,6 +367,12 @@ def train_flag_problem(args: argparse.Namespace, argv: list[str]) -> str | None:
         return "--momentum is SGD's: with --optimizer adam leave it out (Adam's first moment has its own, 0.9)"
     if args.nesterov and (args.optimizer != "sgd" or args.momentum == 0):
         return "--nesterov needs --optimizer sgd and a --momentum above 0"
+    if args.resume is None and not args.no_training:
+        try:
+            train_config(args)
+        except FastnetError as error:  # "setting weight_decay=...: ..." is the flag --weight-decay's fault
+            setting, _, rest = str(error).removeprefix("setting ").partition("=")
+            return f"--{FLAGS.get(setting, setting)} {rest}" if setting.isidentifier() else str(error)
     return None
 
 

@@ -29,6 +29,7 @@ DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.001}
 DEFAULT_MOMENTUM = {"sgd": 0.9, "adam": 0.0}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adam": 0.0}
 MAX_HIDDEN_LAYERS = 16
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -85,9 +86,14 @@ class TrainConfig:
             self.momentum = DEFAULT_MOMENTUM[self.optimizer]
         for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
             whole(name, getattr(self, name), low)
-        real("learning_rate", 0.0, low_inclusive=False)
+        real("learning_rate", 0.0, FLOAT32_MAX, low_inclusive=False)  # the kernels take it as a float32
         real("momentum", 0.0, 1.0)
         real("weight_decay", 0.0)
+        if self.learning_rate * self.weight_decay >= 1:  # each step scales the weights by 1 - lr x decay, or less
+            raise FastnetError(f"setting weight_decay={self.weight_decay:g}: at learning rate {self.learning_rate:g} "
+                               f"each step would scale the weights by {1 - self.learning_rate * self.weight_decay:g}, "
+                               f"wiping them out; it must be under 1 / learning rate "
+                               f"({1 / self.learning_rate:.3g})")
         real("beta1", 0.0, 1.0)
         real("beta2", 0.0, 1.0)
         real("epsilon", 0.0, low_inclusive=False)

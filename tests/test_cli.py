@@ -254,6 +254,8 @@ def test_shipped_parameters_evaluate_at_98_8_percent_or_better():
     (["--epoch", "3"], "--epoch"),  # no abbreviations: it was taken for --epochs
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is SGD's"),
     (["--momentum", "0", "--nesterov"], "--nesterov needs"),
+    (["--weight-decay", "1e300"], "--weight-decay 1e+300: at learning rate 0.05 each step"),  # was: "try a smaller --lr"
+    (["--lr", "1e39"], "--lr 1e+39: must be a finite number"),  # past float32: numpy's overflow warnings, then that
     # flags a run would ignore (they were, silently)
     (["--resume", "run.checkpoint.npz", "--epochs", "50", "--lr", "9"], "--epochs, --lr would be ignored"),
     (["--resume", "run.checkpoint.npz", "--backend", "numba", "--checkpoint", "b.npz"], "--backend, --checkpoint"),
