@@ -52,7 +52,8 @@ class Checkpoint:
             raise FastnetError(f"this checkpoint was made on other training data ({self.data['images']:,} images "
                                f"of {self.data['inputs']} inputs in {self.data['classes']} classes, not these "
                                f"{fingerprint['images']:,} of {fingerprint['inputs']} in {fingerprint['classes']}, "
-                               "or the same counts with other contents): resume with the --data it was trained on")
+                               "or the same counts with other contents): resume with the --data it was trained on, "
+                               "and with --dry-run only a --dry-run's checkpoint (it trains on a sample)")
         done = self.next_batch * config.batch_size
         if self.next_batch >= n_batches or self.correct > done or self.loss_sum > MAX_LOSS * done:
             raise FastnetError(f"this checkpoint continues at batch {self.next_batch + 1} with {self.correct} images "

@@ -78,18 +78,20 @@ def _identity(path: Path) -> tuple:
 
 
 def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None] | None = None) -> None:
-    """Check every output (flag -> path) with check_output, and that no two of the outputs and inputs are the
-    same file. None paths are skipped."""
+    """Check every output (flag -> path) with check_output, and that no output is the same file as another
+    output or an input (two inputs may be one file: nothing is overwritten). None paths are skipped."""
     named = {flag: Path(path) for flag, path in outputs.items() if path is not None}
     for flag, path in named.items():
         check_output(path, flag)
-    seen: dict[tuple, str] = {}
-    for flag, path in list(named.items()) + [(f, Path(p)) for f, p in (inputs or {}).items() if p is not None]:
+    written: dict[tuple, str] = {}
+    for flag, path, output in [(f, p, True) for f, p in named.items()] + \
+            [(f, Path(p), False) for f, p in (inputs or {}).items() if p is not None]:
         identity = _identity(path)
-        if identity in seen:
-            raise FastnetError(f"{seen[identity]} and {flag} are the same file ({path}): one would overwrite the "
+        if identity in written:
+            raise FastnetError(f"{written[identity]} and {flag} are the same file ({path}): one would overwrite the "
                                "other; give them different paths")
-        seen[identity] = flag
+        if output:
+            written[identity] = flag
 
 
 def check_not_among(outputs: dict[str, Path | None], folders: dict[str, Path], suffixes: Iterable[str]) -> None:

@@ -116,6 +116,16 @@ def test_two_paths_that_are_one_file_are_refused(case, tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_two_inputs_that_are_one_file_are_read_not_refused(tmp_path):
+    """An image given as --parameters was refused as "one would overwrite the other", though nothing is written:
+    it is read, and found not to be parameters."""
+    args, _ = collisions(tmp_path)["predict --confusion onto an input"]
+    digit = args[1]
+    result = fastnet("predict", digit, "--parameters", digit)
+    one_error_line(result, "cannot read this parameters file")
+    assert "overwrite" not in result.stderr
+
+
 def test_an_existing_file_at_the_checkpoint_path_is_never_touched(tmp_path):
     """`--checkpoint keep.npz` pointing at an unrelated file overwrote it, then deleted it."""
     keep = tmp_path / "keep.npz"
