@@ -59,6 +59,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     - loss_ and loss_curve_: the mean cross-entropy of each batch before its update plus the L2 penalty
       0.5 alpha |W|^2 / batch size, the penalty reckoned with the weights at the end of the epoch;
     - uint8 X is read as pixels, X / 255; other X as float32 (a model fitted on one reads the other the same way);
+      a scipy.sparse X as its dense rows;
       fastnet also reads stacks of images (N, H, W) or (N, H, W, C), and, for a model of images, image files
       (paths, bytes, Pillow images) in predict, their pixels scaled as the images it was fitted on were (uint8,
       or floats in [0, 1] or [0, 255]: pixel_scale_);
@@ -96,6 +97,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.threads = threads
         self.backend = backend
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # as scikit-learn's MLPClassifier (read as dense rows: _dense)
+        return tags
 
     # ------------------------------------------------------------------ training
 
@@ -138,7 +144,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         first = not hasattr(self, "coefs_") or not (self.warm_start or incremental)
         X, input_shape = _flat_images(X)
-        X, y = validate_data(self, X, y, reset=first, dtype=[np.float32, np.uint8], order="C")
+        X, y = validate_data(self, X, y, reset=first, dtype=[np.float32, np.uint8], order="C", accept_sparse=SPARSE)
+        X = _dense(X)
         check_classification_targets(y)
         self.classes_ = self._classes(y, first, incremental, classes)
         labels = np.searchsorted(self.classes_, y)
@@ -371,7 +378,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             X, input_shape = _flat_images(X)
             if input_shape is not None and input_shape != self.input_shape_:
                 raise ValueError(f"X holds images of shape {input_shape}; this model reads {self.input_shape_}")
-            rows = self._rows(validate_data(self, X, reset=False, dtype=[np.float32, np.uint8], order="C"))
+            rows = self._rows(_dense(validate_data(self, X, reset=False, dtype=[np.float32, np.uint8], order="C",
+                                                   accept_sparse=SPARSE)))
         with self._threads():
             probs = self._probabilities(rows).astype(np.float64)
         return probs / probs.sum(axis=1, keepdims=True)
@@ -454,6 +462,15 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+SPARSE = ("csr", "csc", "coo")  # scipy.sparse formats fit and predict take
+
+
+def _dense(X):
+    """X (validated) as the dense rows the kernels read: a mostly-zero X is read through its ink index
+    (kernels/ink.py), which skips the zeros a sparse matrix leaves out; the cost is the dense copy's memory."""
+    return np.ascontiguousarray(X.toarray()) if hasattr(X, "toarray") else X
 
 
 def _pixel_scale(images: np.ndarray) -> float:

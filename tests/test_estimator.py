@@ -227,6 +227,18 @@ def test_the_shipped_model_reads_pixels_and_image_files(shipped, mnist_test, tmp
     assert tuned.n_iter_ == 1 and np.mean(tuned.predict(images[2000:4000]) == labels[2000:4000].astype(str)) > 0.97
 
 
+def test_sparse_matrices_fit_and_predict_as_their_dense_rows(mnist_test):
+    """scikit-learn's MLPClassifier takes scipy.sparse X; this one refused it."""
+    import scipy.sparse
+
+    X, y = mnist_test[0][:1000] / 255, mnist_test[1][:1000]
+    dense = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0).fit(X, y)
+    for kind in (scipy.sparse.csr_matrix, scipy.sparse.csc_matrix, scipy.sparse.coo_matrix):
+        model = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0).fit(kind(X), y)
+        np.testing.assert_array_equal(model.coefs_[0], dense.coefs_[0])
+        np.testing.assert_array_equal(model.predict_proba(kind(X[:50])), dense.predict_proba(X[:50]))
+
+
 def test_image_files_are_read_on_the_scale_the_model_was_fitted_on(mnist_test, tmp_path):
     """A model fitted on images as floats in [0, 1] (X / 255) read image files as 0-255 from Python and as
     0-1 from `fastnet predict`; one fitted on floats in [0, 255] the other way round. Every way in now gives
