@@ -163,8 +163,9 @@ def checked_network(path: Path, stored: dict, sizes: tuple[int, ...], activation
                                f"found {array.dtype} {array.shape}")
     if activation not in ACTIVATIONS:
         raise FastnetError(f"{path}: unknown activation {activation!r} (expected one of {', '.join(ACTIVATIONS)})")
-    params = [np.ascontiguousarray(stored[name], np.float32) for name in names]
-    for name, param in zip(names, params):  # after the cast: float64 past float32's range becomes infinity
+    with np.errstate(over="ignore"):  # float64 past float32's range becomes infinity, refused below
+        params = [np.ascontiguousarray(stored[name], np.float32) for name in names]
+    for name, param in zip(names, params):
         if not np.isfinite(param).all():
             raise FastnetError(f"{path}: {name} contains NaN or infinity (as float32); retrain or use another file")
     return Network(params[0::2], params[1::2], activation)

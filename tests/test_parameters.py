@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,8 +110,10 @@ def test_nan_weights_are_never_written(tmp_path):
     ({"classes": np.arange(9, -1, -1)}, r"classes \[9, 8, .* are not its class names"),  # output 0 would be 9
 ])
 def test_bad_contents_are_rejected(tmp_path, changes, message):
-    with pytest.raises(FastnetError, match=message):
-        load(saved(tmp_path, **changes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be a second line before the error's
+        with pytest.raises(FastnetError, match=message):
+            load(saved(tmp_path, **changes))
 
 
 def test_a_training_record_nested_too_deeply_is_ignored(tmp_path):
