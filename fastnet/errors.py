@@ -1,6 +1,8 @@
 """The one error type fastnet raises for bad input: the CLI prints it as one line, no traceback; and warnings
 as the CLI prints them."""
 
+import unicodedata
+
 
 class FastnetError(ValueError):
     """Something is wrong with the user's files, data or settings; the message says what to do. A ValueError, as
@@ -14,7 +16,8 @@ def warning_line(message, *details, **more) -> str:
 
 
 def printable(text: str) -> str:
-    """text for one line on a terminal: each character a terminal would act on (a line break, the ESC of an
-    escape sequence) written as Python writes it in a string literal ('\\n', '\\x1b'). Names of files and
-    classes may hold any of them."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """text for one line on a terminal: each control character (a line break, the ESC of an escape sequence)
+    and line or paragraph separator written as Python writes it in a string literal ('\\n', '\\x1b'). Names
+    of files and classes may hold any of them; other characters, the ideographic space of a Japanese file name
+    say, stay as they are, so that a path in a command can still be pasted."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)

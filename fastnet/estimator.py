@@ -58,8 +58,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
       learning rate);
     - loss_ and loss_curve_: the mean cross-entropy of each batch before its update plus the L2 penalty
       0.5 alpha |W|^2 / batch size, the penalty reckoned with the weights at the end of the epoch;
-    - uint8 X is read as pixels, X / 255; other X as float32 (a model fitted on one reads the other the same way);
-      a scipy.sparse X as its dense rows;
+    - uint8 X is read as pixels, X / 255, other X as float32 numbers, and a model fitted on one reads the other
+      the same way, except that a model fitted on float images reads uint8 images as it reads image files
+      (below); a scipy.sparse X as its dense rows;
       fastnet also reads stacks of images (N, H, W) or (N, H, W, C), and, for a model of images, image files
       (paths, bytes, Pillow images) in predict, their pixels scaled as the images it was fitted on were (uint8,
       or floats in [0, 1] or [0, 255]: pixel_scale_);
@@ -400,8 +401,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _rows(self, X: np.ndarray) -> np.ndarray:
         """X as the kernels read it for this model: uint8 pixels as they are for a model of pixels (whose
-        other inputs are scaled to match, pixel / 255), else float32 numbers."""
+        other inputs are scaled to match, pixel / 255) and for a model of float images (which reads them as
+        its image files, pixel_scale_), else float32 numbers."""
         if self.input_scale_ != PIXEL_SCALE:
+            if X.dtype == np.uint8 and self.preprocessing_ != "none":
+                return np.ascontiguousarray(X)
             return np.ascontiguousarray(X, np.float32)
         if X.dtype == np.uint8:
             return np.ascontiguousarray(X)

@@ -254,12 +254,13 @@ def test_shipped_parameters_evaluate_at_98_8_percent_or_better():
     (["--epoch", "3"], "--epoch"),  # no abbreviations: it was taken for --epochs
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is SGD's"),
     (["--momentum", "0", "--nesterov"], "--nesterov needs"),
-    (["--weight-decay", "1e300"], "--weight-decay 1e+300: at learning rate 0.05 each step"),  # was: "try a smaller --lr"
+    (["--weight-decay", "1e300"], "--weight-decay 1e+300: at learning rate 0.05"),  # was: "try a smaller --lr"
     (["--lr", "1e39"], "--lr 1e+39: must be a finite number"),  # past float32: numpy's overflow warnings, then that
     # flags a run would ignore (they were, silently)
     (["--resume", "run.checkpoint.npz", "--epochs", "50", "--lr", "9"], "--epochs, --lr would be ignored"),
     (["--resume", "run.checkpoint.npz", "--backend", "numba", "--checkpoint", "b.npz"], "--backend, --checkpoint"),
     (["--no-training", "--epochs", "5", "--out", "z.npz"], "--epochs, --out would be ignored"),
+    (["--no-training", "--image-size", "64x48", "--color"], "--image-size, --color would be ignored"),
     (["--dry-run", "--parameters", "p.npz"], "--parameters is read only with --no-training"),
 ])
 def test_bad_flags_get_one_line_naming_the_flag(flags, named, tmp_path):

@@ -256,6 +256,7 @@ def test_image_files_are_read_on_the_scale_the_model_was_fitted_on(mnist_test, t
         model.save(tmp_path / f"{name}.npz")
         expected = model.predict_proba(X[:1])
         np.testing.assert_allclose(model.predict_proba(tmp_path / "a.png"), expected, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(model.predict_proba(images[:1]), expected, atol=1e-6, err_msg=name)  # uint8
         again = MLPClassifier.from_file(tmp_path / f"{name}.npz")
         np.testing.assert_allclose(again.predict_proba(tmp_path / "a.png"), expected, atol=1e-6, err_msg=name)
         cli = load(tmp_path / f"{name}.npz")  # what predict, evaluate and serve use
@@ -268,6 +269,8 @@ def test_image_files_are_read_on_the_scale_the_model_was_fitted_on(mnist_test, t
     assert model.pixel_scale_ == 0
     with pytest.raises(FastnetError, match="cannot read image files"):
         model.predict(tmp_path / "a.png")
+    with pytest.raises(FastnetError, match="cannot read image files or pixels"):
+        model.predict(images[:1])
     model.save(tmp_path / "standardised.npz")
     with pytest.raises(FastnetError, match="cannot read image files"):
         load(tmp_path / "standardised.npz").predict_proba(pixels)

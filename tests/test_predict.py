@@ -299,7 +299,8 @@ def test_file_names_that_are_not_utf8_are_written_in_every_format(tmp_path, test
 @pytest.mark.skipif(sys.platform == "win32", reason="Windows file names cannot hold line breaks")
 def test_names_with_line_breaks_and_escapes_stay_on_their_line(tmp_path, test_digits):
     """A folder or file name may hold a line break or a terminal escape: the table, the score report, skipped
-    lines and errors show them escaped, one line each; csv and json keep the names exact."""
+    lines, the summary, errors and warnings show them escaped, one line each, and leave other characters (an
+    ideographic space) as they are; csv and json keep the names exact."""
     from fastnet.errors import warning_line
     from fastnet.images import skip_line
     from fastnet.predict import Prediction, score_report, write_rows
@@ -321,6 +322,7 @@ def test_names_with_line_breaks_and_escapes_stay_on_their_line(tmp_path, test_di
     assert len(report.splitlines()) == 6 and "\x1b" not in report and "new\\nline" in report
     assert skip_line(tmp_path / "x\ny.png", "broken\nimage") == f"skipped {tmp_path}/x\\ny.png: broken\\nimage"
     assert warning_line("two\nlines\x1b") == "fastnet: warning: two lines\\x1b\n"
+    assert skip_line(tmp_path / "写真\u3000\u00a01.png", "x") == f"skipped {tmp_path}/写真\u3000\u00a01.png: x"
 
     (tmp_path / "in\nput").mkdir()
     Image.fromarray(test_digits[0][0].reshape(28, 28)).save(tmp_path / "in\nput" / "one\n.png")
@@ -332,6 +334,11 @@ def test_names_with_line_breaks_and_escapes_stay_on_their_line(tmp_path, test_di
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
     assert len(skipped) == 1
     assert skipped[0].startswith(f"skipped {tmp_path}/in\\nput/bro\\x1bken.png: not a readable")
+    named = tmp_path / "p\nq\x1b[31m.npz"  # the parameters' own name, in the summary line
+    named.write_bytes((ROOT / "parameters.npz").read_bytes())
+    result = fastnet_cli("predict", tmp_path / "in\nput", "--parameters", named)
+    assert result.returncode == 0 and "\x1b" not in result.stdout and result.stdout.count("\n") == 2, result.stdout
+    assert result.stdout.splitlines()[1].endswith(f"; parameters {tmp_path}/p\\nq\\x1b[31m.npz")
     result = fastnet_cli("predict", tmp_path / "mis\nsing")
     assert result.returncode == 1
     assert result.stderr == f"fastnet: error: {tmp_path}/mis\\nsing: no such file or folder\n"
