@@ -92,6 +92,10 @@ def save(path: str | Path, parameters: Parameters) -> None:
     network = parameters.network
     if not network.all_finite():
         raise FastnetError(f"refusing to write {path}: the weights contain NaN or infinity")
+    names = np.array(parameters.class_names, dtype=np.str_)
+    if names.tolist() != [str(name) for name in parameters.class_names]:  # numpy drops trailing NUL characters
+        raise FastnetError(f"refusing to write {path}: a class name ends in a NUL character, which the file "
+                           "cannot keep; rename that class")
     arrays = {name: array.astype(np.float32) for name, array in zip(weight_names(len(network.weights)),
                                                                        network.params)}
     arrays.update(
@@ -102,7 +106,7 @@ def save(path: str | Path, parameters: Parameters) -> None:
         input_scale=np.float64(parameters.input_scale),
         pixel_scale=np.float64(parameters.pixel_scale),
         preprocessing=np.str_(parameters.preprocessing),
-        class_names=np.array(parameters.class_names, dtype=np.str_),
+        class_names=names,
         training=np.str_(json.dumps(parameters.training, sort_keys=True)),
         test_accuracy=np.float64(parameters.test_accuracy),
         fastnet_version=np.str_(__version__),

@@ -116,6 +116,16 @@ def test_bad_contents_are_rejected(tmp_path, changes, message):
             load(saved(tmp_path, **changes))
 
 
+def test_class_names_the_file_cannot_keep_are_refused_before_writing(tmp_path):
+    """numpy's strings drop trailing NULs: "a" and "a\\0" were written as two "a"s, a file the loader refuses."""
+    from .conftest import new_network
+
+    network = new_network(16, "relu", classes=2)
+    with pytest.raises(FastnetError, match="ends in a NUL character"):
+        save(tmp_path / "p.npz", Parameters(network, ["a", "a\0"]))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_training_record_nested_too_deeply_is_ignored(tmp_path):
     """The record of how a model was trained is only shown: unreadable, it is left out (it was a RecursionError)."""
     assert load(saved(tmp_path, training=np.str_("[" * 100_000 + "]" * 100_000))).training == {}
