@@ -367,9 +367,11 @@ def train_flag_problem(args: argparse.Namespace, argv: list[str]) -> str | None:
             return f"--no-training only scores --parameters: {unused} would be ignored"
     elif args.parameters is not None:
         return "--parameters is read only with --no-training; --out says where a run saves its parameters"
-    elif args.resume is not None and ignored((*TRAINING_FLAGS, "--checkpoint")):
-        return (f"--resume continues with its checkpoint's settings: "
-                f"{ignored((*TRAINING_FLAGS, '--checkpoint'))} would be ignored (start a new run to change them)")
+    elif args.resume is not None:
+        unused = ignored((*TRAINING_FLAGS, "--checkpoint"))
+        if unused:
+            return (f"--resume continues with its checkpoint's settings: {unused} would be ignored (start a new "
+                    "run to change them)")
     if args.optimizer == "adam" and args.momentum:
         return "--momentum is SGD's: with --optimizer adam leave it out (Adam's first moment has its own, 0.9)"
     if args.nesterov and (args.optimizer != "sgd" or args.momentum == 0):
