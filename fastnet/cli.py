@@ -25,7 +25,7 @@ from .errors import FastnetError, printable, warning_line
 from .files import check_not_among, check_outputs
 from .kernels import BACKENDS
 from .kernels.common import ACTIVATIONS, PLAIN_FINAL_EPOCHS, TRANSFORMED, WHOLE_PIXEL_SHARE, plain_final_epochs
-from .images import IMAGE_SUFFIXES, path_text
+from .images import IMAGE_SUFFIXES, path_text, shown_path
 from .training import (DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, MAX_HIDDEN_LAYERS, OPTIMIZERS,
                        SCHEDULES, EpochStats, TrainConfig)
 
@@ -51,12 +51,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {printable(message)} (see --help)\n")
-
-
-def shown(path) -> str:
-    """A path in a line for people: its bytes that are not UTF-8 as \\xNN (images.path_text), control
-    characters escaped (errors.printable)."""
-    return printable(path_text(path))
 
 
 def _number(kind, minimum, *, inclusive=True, maximum=None, what=""):
@@ -345,7 +339,6 @@ def _quit_if_interrupted(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
-FLAGS = {"learning_rate": "lr", "weight_decay": "weight-decay", "batch_size": "batch-size"}  # TrainConfig's names
 # train's flags that set how a run trains: a resumed run takes them from its checkpoint
 TRAINING_FLAGS = ("--epochs", "--batch-size", "--hidden", "--activation", "--optimizer", "--lr", "--momentum",
                   "--nesterov", "--no-nesterov", "--weight-decay", "--schedule", "--seed", "--augment", "--no-augment",
@@ -381,7 +374,8 @@ def train_flag_problem(args: argparse.Namespace, argv: list[str]) -> str | None:
             train_config(args)
         except FastnetError as error:  # "setting weight_decay=...: ..." is the flag --weight-decay's fault
             setting, _, rest = str(error).removeprefix("setting ").partition("=")
-            return f"--{FLAGS.get(setting, setting)} {rest}" if setting.isidentifier() else str(error)
+            flag = "lr" if setting == "learning_rate" else setting.replace("_", "-")  # TrainConfig's names
+            return f"--{flag} {rest}" if setting.isidentifier() else str(error)
     return None
 
 
@@ -421,7 +415,7 @@ def _run(args: argparse.Namespace) -> int:
             splits = ("train", "test") if args.split == "both" else (args.split,)
             started = time.perf_counter()
             count = export(args.folder, splits)
-            print(f"wrote {count:,} PNG images to {shown(args.folder)} in {time.perf_counter() - started:.1f} s")
+            print(f"wrote {count:,} PNG images to {shown_path(args.folder)} in {time.perf_counter() - started:.1f} s")
             return 0
         _set_threads(args.threads, args.backend)
         if getattr(args, "parameters", None) is None and (args.command != "train" or args.no_training):
@@ -473,12 +467,12 @@ def evaluate(parameters_path: Path, backend_name: str, confusion: Path | None = 
     model = load(parameters_path, backend_name)
     matrix = evaluate_on_mnist(model, parameters_path)
     correct, total = int(np.trace(matrix)), int(matrix.sum())
-    print(f"{shown(parameters_path)}: {model.network.describe()} network; "
+    print(f"{shown_path(parameters_path)}: {model.network.describe()} network; "
           f"MNIST test accuracy {100 * correct / total:.2f}% ({correct}/{total})")
     print(score_report(matrix, model.class_names).split("\n", 1)[1])
     if confusion is not None:
         plot_confusion(matrix, model.class_names, confusion)
-        print(f"confusion matrix: {shown(confusion)}")
+        print(f"confusion matrix: {shown_path(confusion)}")
     return 0
 
 
@@ -494,7 +488,7 @@ def serve(args: argparse.Namespace) -> int:
         raise FastnetError(f"cannot listen on {args.host} port {args.port} ({error.strerror or error}); {what}"
                            ) from None
     host, port = server.server_address[:2]
-    print(f"fastnet serve: {shown(args.parameters)}; open http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    print(f"fastnet serve: {shown_path(args.parameters)}; open http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -542,15 +536,15 @@ def predict(args: argparse.Namespace) -> int:
     summary = sys.stdout if args.format == "table" else sys.stderr  # keep csv and json machine-readable
     print(f"{plural(len(predictions), 'image')} in {seconds:.2f} s ({len(predictions) / max(seconds, 1e-9):,.0f} "
           f"images/s, first file opened to last row written; start-up {startup:.2f} s before that)"
-          + (f"; {len(skipped):,} unreadable, skipped" if skipped else "") + f"; parameters {shown(args.parameters)}",
-          file=summary)
+          + (f"; {len(skipped):,} unreadable, skipped" if skipped else "")
+          + f"; parameters {shown_path(args.parameters)}", file=summary)
     labelled = [(model.class_names.index(p.label), int(p.probabilities.argmax())) for p in predictions if p.label]
     if labelled:
         matrix = confusion_matrix(*zip(*labelled), len(model.class_names))
         print(score_report(matrix, model.class_names), file=summary)
         if args.confusion is not None:
             plot_confusion(matrix, model.class_names, args.confusion)
-            print(f"confusion matrix: {shown(args.confusion)}", file=summary)
+            print(f"confusion matrix: {shown_path(args.confusion)}", file=summary)
     return 0
 
 
@@ -620,7 +614,7 @@ def train(args: argparse.Namespace) -> int:
                                for part, count in zip((train_set, test_set), DRY_RUN_IMAGES))
     height, width, channels = dataset.input_shape  # shown as --image-size takes it: width x height
     shape = f"{width}x{height}" + (" colour" if channels == 3 else "")
-    print(f"{shown(args.data)}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images ({shape}), "
+    print(f"{shown_path(args.data)}: {len(train_set[0]):,} training and {len(test_set[0]):,} test images ({shape}), "
           f"{len(classes)} classes (loaded in {time.perf_counter() - started:.2f} s)")
     check_data(*train_set, len(classes))
     check_data(*test_set, len(classes), "test")
@@ -687,8 +681,9 @@ def train(args: argparse.Namespace) -> int:
     if checkpoint is not None and (out is not None or resume is None):
         checkpoint.unlink(missing_ok=True)  # the run is complete: --out holds its result
     elif checkpoint is not None:  # a resumed run that saved no parameters (--dry-run): its checkpoint is all there is
-        kept = f"; the trained network is kept in {shown(checkpoint)} (resume it with --out FILE to save it)"
-    saved = ", ".join(f"{what} {shown(path)}" for what, path in (("saved", out), ("plot", plot)) if path is not None)
+        kept = f"; the trained network is kept in {shown_path(checkpoint)} (resume it with --out FILE to save it)"
+    saved = ", ".join(f"{what} {shown_path(path)}" for what, path in (("saved", out), ("plot", plot))
+                      if path is not None)
     print(f"test accuracy {100 * final:.2f}% after {plural(config.epochs, 'epoch')}; "
           f"{time.perf_counter() - started:.1f} s in all" + (f"; {saved}" if saved else "") + kept)
     return 0

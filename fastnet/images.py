@@ -34,9 +34,15 @@ def path_text(path: str | os.PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """path in a line for people: path_text, with control characters escaped (errors.printable), so that the
+    line stays one line."""
+    return printable(path_text(path))
+
+
 def skip_line(path: str | os.PathLike, reason: str) -> str:
     """The line that lists a skipped file or folder."""
-    return f"skipped {printable(path_text(path))}: {printable(reason)}"
+    return f"skipped {shown_path(path)}: {printable(reason)}"
 
 
 def plural(count: int, noun: str) -> str:

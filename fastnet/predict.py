@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastnetError, printable
-from .images import image_files, not_a_file, path_text
+from .images import image_files, not_a_file, path_text, shown_path
 
 FORMATS = ("table", "csv", "json")
 
@@ -83,7 +83,7 @@ def write_rows(predictions: list[Prediction], class_names: list[str], fmt: str, 
             writer.writerow([path_text(p.path)] + [value for k in order for value in
                                              (names[k], f"{p.probabilities[k]:.6f}")] + [p.label or ""])
     else:  # a line per image: names as printable() shows them
-        shown = [printable(path_text(p.path)) for p in predictions]
+        shown = [shown_path(p.path) for p in predictions]
         width = max([len(path) for path in shown] + [4])
         for path, (p, order) in zip(shown, ranked):
             best = "  ".join(f"{printable(str(names[k]))} {100 * p.probabilities[k]:5.1f}%" for k in order)
