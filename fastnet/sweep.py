@@ -8,7 +8,7 @@
                   complete file); the same command again skips the trials it holds
     the best      retrained on the whole training set, scored once on the test set, saved as OUT/parameters.npz
     Dask          a LocalCluster of processes (workers x threads per trial = cores) or --scheduler ADDRESS;
-                  the data is scattered to every worker once; a trial whose worker dies is run again elsewhere
+                  the data goes to each worker once; a trial whose worker dies is run again elsewhere
 
 Each trial runs fastnet's own training (training.train) with its own threads, in a worker process whose Numba
 kernels come from the cache after its first trial.
@@ -316,6 +316,23 @@ def run_trial(settings: dict, data: dict, threads: int) -> dict:
     return outcome
 
 
+def _data(data: dict) -> dict:
+    return data
+
+
+def _held_by_dask(client, data: dict):
+    """The data as one task's result, which each worker fetches once and every trial depends on.
+
+    Not `client.scatter`: scattered data has no recipe, so when every worker holding it dies (a worker that
+    joins late holds none until it runs a trial) Dask cancels every trial. A task's result is made again
+    from its arguments, which the scheduler keeps, so a killed worker costs only its own trial."""
+    import warnings
+
+    with warnings.catch_warnings():  # the size warning is the point here: the data travels once, in the graph
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        return client.submit(_data, data, pure=False)
+
+
 def _use_threads(threads: int) -> None:
     import numba
 
@@ -476,7 +493,7 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> None
         if not client.scheduler_info()["workers"]:
             print("sweep: the scheduler has no workers yet; waiting for one to join", flush=True)
         start = time.perf_counter()
-        [shared] = client.scatter([data], broadcast=True)  # once per worker, not once per trial
+        shared = _held_by_dask(client, data)
         futures = {client.submit(run_trial, settings, shared, plan.threads, pure=False): (number, settings)
                    for number, settings in pending}
         for future in as_completed(futures):
