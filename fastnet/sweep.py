@@ -479,8 +479,11 @@ def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> None
         if plan.scheduler is None:
             workers = plan.workers or max(1, (os.cpu_count() or 1) // plan.threads)
             with _ctrl_c_ignored():  # by the worker processes started now: the client stops them
+                # No dashboard; the scheduler's HTTP server (always started) on a free port, not on 8787, which
+                # another Dask may hold (Dask then warns that the port is in use).
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                                       dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                       silence_logs=logging.ERROR)
             where = f"a local Dask cluster of {workers} worker process(es), {plan.threads} thread(s) per trial"
         else:
             where = f"the Dask scheduler at {plan.scheduler}"

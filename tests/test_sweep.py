@@ -3,6 +3,7 @@ scheduler with two worker processes, one killed mid-sweep), stopped and resumed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import os
@@ -153,9 +154,12 @@ def test_results_are_rewritten_whole_and_read_back(tmp_path):
 
 
 def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small_mnist, tmp_path):
-    result = fastnet_sweep("--data", small_mnist, "--lr", "0.03,0.1", "--hidden", "16,32", "--epochs", 3,
-                           "--batch-size", "32,100000", "--out", tmp_path / "out", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    with contextlib.ExitStack() as held:  # Dask's default HTTP port taken, as by another Dask (if free)
+        with contextlib.suppress(OSError):
+            held.enter_context(socket.create_server(("127.0.0.1", 8787)))
+        result = fastnet_sweep("--data", small_mnist, "--lr", "0.03,0.1", "--hidden", "16,32", "--epochs", 3,
+                               "--batch-size", "32,100000", "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0 and "in use" not in result.stderr + result.stdout, result.stderr
     rows = read_rows(tmp_path / "out" / "results.csv")
     assert sorted(int(r["trial"]) for r in rows) == list(range(8))
     failed = [r for r in rows if r["status"] == "failed"]  # a batch larger than the data is that trial's error
@@ -286,7 +290,8 @@ def test_scikit_learn_searches_run_on_a_dask_cluster():
 
     X, y = load_breast_cancer(return_X_y=True)
     pipeline = make_pipeline(StandardScaler(), fastnet.MLPClassifier(max_iter=100, random_state=0))
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, Client(cluster) as client:
         with joblib.parallel_backend("dask"), get_task_stream(client) as stream:
             search = GridSearchCV(pipeline, {"mlpclassifier__hidden_layer_sizes": [(8,), (16,), (32,)]}, cv=3)
             search.fit(X, y)
