@@ -3,8 +3,10 @@
 Written in parallel into a staging folder beside DIR, renamed to DIR only when
 complete: an export that fails or is interrupted (Ctrl-C, SIGTERM) stops its
 worker processes and removes the staging folder, leaving no half-written
-dataset. The rename never replaces a DIR that appeared meanwhile (another
-export's, say): that export keeps its folder and this one ends with an error.
+dataset. One killed outright (SIGKILL) cannot: the next export into the same
+parent folder removes it, seen as abandoned because no process holds its lock.
+The rename never replaces a DIR that appeared meanwhile (another export's,
+say): that export keeps its folder and this one ends with an error.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, and abandoned staging folders are left for the user to remove
+    fcntl = None
 
 from .datasets import MNIST_CLASSES, load_mnist
 from .errors import FastnetError
@@ -108,17 +115,56 @@ def _write_all(jobs: list[tuple[str, list[str], np.ndarray]], workers: int) -> i
     return written
 
 
-def _new_staging(parent: Path) -> Path:
-    """A new hidden folder in parent, made as mkdir makes folders: with the umask's mode, which the exported
-    folder keeps (tempfile.mkdtemp's 0700 kept it from other users), and a short name of its own (one made from
-    DIR's was too long for a DIR of 238 characters or more)."""
+def _new_staging(parent: Path) -> tuple[Path, int]:
+    """A new hidden folder in parent, and a descriptor holding the lock that marks it as in use.
+
+    Made as mkdir makes folders: with the umask's mode, which the exported folder keeps (tempfile.mkdtemp's
+    0700 kept it from other users), and a short name of its own (one made from DIR's was too long for a DIR
+    of 238 characters or more). Locked before it takes its .partial name, so that `_remove_abandoned` never
+    sees it unlocked while this export lives."""
     while True:
-        staging = parent / f".fastnet-export-{secrets.token_hex(4)}.partial"
+        name = f".fastnet-export-{secrets.token_hex(4)}"
+        making = parent / f"{name}.new"
         try:
-            staging.mkdir()
-            return staging
+            making.mkdir()
         except FileExistsError:
             continue
+        held = os.open(making, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _lock(held)
+            staging = parent / f"{name}.partial"
+            os.rename(making, staging)  # replaces only an empty folder of that name, itself abandoned
+            return staging, held
+        except BaseException:
+            os.close(held)
+            shutil.rmtree(making, ignore_errors=True)
+            raise
+
+
+def _lock(descriptor: int) -> None:
+    """An advisory lock, dropped by the OS when the holder ends, however it ends (SIGKILL too)."""
+    if fcntl is not None:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _remove_abandoned(parent: Path) -> None:
+    """Remove the staging folders in parent of exports that were killed outright (SIGKILL, the out-of-memory
+    killer), which had no chance to; one whose lock is held belongs to an export still running."""
+    if fcntl is None:
+        return  # without locks, a running export's folder would look abandoned
+    for staging in parent.glob(".fastnet-export-*.partial"):
+        try:
+            held = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, or not a folder fastnet made
+        try:
+            _lock(held)
+        except OSError:
+            continue  # BlockingIOError: its export is running
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(held)
 
 
 def export(destination: str | Path, splits: tuple[str, ...] = ("train", "test"), workers: int | None = None) -> int:
@@ -130,7 +176,8 @@ def export(destination: str | Path, splits: tuple[str, ...] = ("train", "test"),
         raise FastnetError(f"{destination.parent}: " + ("not a folder" if destination.parent.exists() else
                                                         "no such folder"))
     try:
-        staging = _new_staging(destination.parent)
+        _remove_abandoned(destination.parent)
+        staging, held = _new_staging(destination.parent)
     except OSError as error:
         raise FastnetError(f"cannot write in {destination.parent} ({error.strerror}); nothing was written") from None
     try:
@@ -160,4 +207,6 @@ def export(destination: str | Path, splits: tuple[str, ...] = ("train", "test"),
             raise FastnetError(f"cannot export to {destination} ({error.strerror or error}); nothing was "
                                "written") from None
         raise
+    finally:
+        os.close(held)  # after the removal or the rename: never a moment where its folder looks abandoned
     return written

@@ -170,7 +170,7 @@ def test_a_signal_stops_the_export_and_removes_the_staging_folder(tmp_path, sign
 def test_workers_stop_soon_after_the_export_is_killed(tmp_path):
     """SIGKILL (the out-of-memory killer, say) leaves no chance to clean up: the workers, which held the pipes
     they write to open themselves, wrote the whole dataset into the staging folder, orphaned. Now they stop at
-    their next report; the staging folder stays, hidden and incomplete."""
+    their next report; the staging folder stays, hidden and incomplete, until the next export beside it."""
     process = subprocess.Popen([sys.executable, "-m", "fastnet", "export", str(tmp_path / "mnist")], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     group = process.pid
@@ -187,9 +187,32 @@ def test_workers_stop_soon_after_the_export_is_killed(tmp_path):
         assert not group_alive(group), "worker processes went on writing after the export was killed"
         assert len(list(tmp_path.glob(".fastnet-export-*.partial/*/*/*.png"))) < 70_000
         assert not (tmp_path / "mnist").exists()
+        again = subprocess.run([sys.executable, "-m", "fastnet", "export", str(tmp_path / "again"), "--split",
+                                "test"], env=ENV, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]  # the abandoned staging folder removed
     finally:
         if group_alive(group):
             os.killpg(group, signal.SIGKILL)
+
+
+def test_only_abandoned_staging_folders_are_removed(tmp_path):
+    """A staging folder whose lock is held is a running export's (here this process holds it); one whose lock
+    nobody holds was left by an export killed outright. Anything else beside them is not fastnet's to touch."""
+    running, abandoned = tmp_path / ".fastnet-export-0a0a0a0a.partial", tmp_path / ".fastnet-export-dead.partial"
+    for folder in (running, abandoned, tmp_path / "mine.partial"):
+        (folder / "test" / "7").mkdir(parents=True)
+        (folder / "test" / "7" / "00000.png").write_bytes(b"png")
+    os.symlink(tmp_path / "mine.partial", tmp_path / ".fastnet-export-link.partial")
+    held = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        export_module._lock(held)
+        export_module._remove_abandoned(tmp_path)
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".fastnet-export-0a0a0a0a.partial",
+                                                          ".fastnet-export-link.partial", "mine.partial"]
+    assert (tmp_path / "mine.partial" / "test" / "7" / "00000.png").exists()
 
 
 def test_the_exported_folder_has_the_modes_mkdir_gives_and_any_valid_name(tmp_path):
