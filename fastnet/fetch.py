@@ -359,6 +359,12 @@ def _check_mirrors(mirrors: list[str] | tuple[str, ...]) -> None:
             where = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
             raise FastnetError(f"--mirror {where}: a user name or password in the URL is not supported "
                                f"(MNIST's mirrors are public); give the mirror's URL without it")
+        try:
+            parts.port
+        except ValueError:  # "http://user:pa/ss@host/": the password's "/" ends the host, and "pa" is its port
+            where = f"{parts.scheme}://...@{mirror.rpartition('@')[2]}" if "@" in mirror else mirror
+            raise FastnetError(f"--mirror {where}: not a valid URL (its port is not a number from 0 to 65535; a "
+                               "user name or password is not supported either)") from None
 
 
 def fetch(destination: str | Path, mirrors: list[str] | tuple[str, ...] = MIRRORS,

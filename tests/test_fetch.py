@@ -227,6 +227,13 @@ def test_a_mirror_with_a_password_is_refused_without_showing_it(tmp_path, capsys
     err = fetch_error(tmp_path / "mnist", "--mirror", "http://user:secret@127.0.0.1:9/mnist/", capsys=capsys)
     assert "--mirror http://127.0.0.1:9/mnist/: a user name or password in the URL is not supported" in err
     assert "secret" not in err and not (tmp_path / "mnist").exists()
+    for end in "/?#":  # ends the host part: urllib took "user:se" for a host and a port, and the error showed it
+        err = fetch_error(tmp_path / "mnist", "--mirror", f"http://user:se{end}cret@127.0.0.1:9/mnist/",
+                          capsys=capsys)
+        assert "not a valid URL (its port is not a number" in err and ":se" not in err and "cret" not in err
+        assert not (tmp_path / "mnist").exists()
+    assert "its port is not a number" in fetch_error(tmp_path / "mnist", "--mirror", "http://127.0.0.1:99999/",
+                                                     capsys=capsys)
 
 
 def test_what_a_mirror_says_is_escaped_in_one_line(mirrors, tmp_path, capsys):
