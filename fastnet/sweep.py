@@ -330,7 +330,9 @@ def _held_by_dask(client, data: dict):
 
     with warnings.catch_warnings():  # the size warning is the point here: the data travels once, in the graph
         warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-        return client.submit(_data, data, pure=False)
+        held = client.submit(_data, data, pure=False)
+    client.replicate([held])  # onto every worker now: with one copy the scheduler sends the trials to its holder
+    return held
 
 
 def _use_threads(threads: int) -> None:
