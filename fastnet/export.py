@@ -12,12 +12,14 @@ say): that export keeps its folder and this one ends with an error.
 from __future__ import annotations
 
 import errno
+import glob
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
 import secrets
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -115,6 +117,13 @@ def _write_all(jobs: list[tuple[str, list[str], np.ndarray]], workers: int) -> i
     return written
 
 
+def _staging_prefix() -> str:
+    """Staging folders are named for the machine: a lock taken on one machine is not seen on another over a
+    network file system (flock on NFS), so an export removes only its own machine's abandoned folders."""
+    host = "".join(c for c in socket.gethostname() if c.isascii() and (c.isalnum() or c in "-.")) or "host"
+    return f".fastnet-export-{host[:64]}-"
+
+
 def _new_staging(parent: Path) -> tuple[Path, int]:
     """A new hidden folder in parent, and a descriptor holding the lock that marks it as in use.
 
@@ -123,20 +132,22 @@ def _new_staging(parent: Path) -> tuple[Path, int]:
     of 238 characters or more). Locked before it takes its .partial name, so that `_remove_abandoned` never
     sees it unlocked while this export lives."""
     while True:
-        name = f".fastnet-export-{secrets.token_hex(4)}"
+        name = _staging_prefix() + secrets.token_hex(4)
         making = parent / f"{name}.new"
         try:
             making.mkdir()
         except FileExistsError:
             continue
-        held = os.open(making, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        held = None
         try:
+            held = os.open(making, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             _lock(held)
             staging = parent / f"{name}.partial"
             os.rename(making, staging)  # replaces only an empty folder of that name, itself abandoned
             return staging, held
         except BaseException:
-            os.close(held)
+            if held is not None:
+                os.close(held)
             shutil.rmtree(making, ignore_errors=True)
             raise
 
@@ -148,11 +159,11 @@ def _lock(descriptor: int) -> None:
 
 
 def _remove_abandoned(parent: Path) -> None:
-    """Remove the staging folders in parent of exports that were killed outright (SIGKILL, the out-of-memory
-    killer), which had no chance to; one whose lock is held belongs to an export still running."""
+    """Remove the staging folders in parent of this machine's exports that were killed outright (SIGKILL, the
+    out-of-memory killer), which had no chance to; one whose lock is held belongs to an export still running."""
     if fcntl is None:
         return  # without locks, a running export's folder would look abandoned
-    for staging in parent.glob(".fastnet-export-*.partial"):
+    for staging in parent.glob(glob.escape(_staging_prefix()) + "*.partial"):
         try:
             held = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:

@@ -198,20 +198,23 @@ def test_workers_stop_soon_after_the_export_is_killed(tmp_path):
 
 def test_only_abandoned_staging_folders_are_removed(tmp_path):
     """A staging folder whose lock is held is a running export's (here this process holds it); one whose lock
-    nobody holds was left by an export killed outright. Anything else beside them is not fastnet's to touch."""
-    running, abandoned = tmp_path / ".fastnet-export-0a0a0a0a.partial", tmp_path / ".fastnet-export-dead.partial"
-    for folder in (running, abandoned, tmp_path / "mine.partial"):
+    nobody holds was left by an export killed outright. Another machine's (over NFS its lock is not seen here)
+    and anything else beside them is not this export's to touch."""
+    prefix = export_module._staging_prefix()
+    running, abandoned = tmp_path / f"{prefix}0a0a0a0a.partial", tmp_path / f"{prefix}dead.partial"
+    elsewhere = tmp_path / ".fastnet-export-other-machine-0b0b0b0b.partial"
+    for folder in (running, abandoned, elsewhere, tmp_path / "mine.partial"):
         (folder / "test" / "7").mkdir(parents=True)
         (folder / "test" / "7" / "00000.png").write_bytes(b"png")
-    os.symlink(tmp_path / "mine.partial", tmp_path / ".fastnet-export-link.partial")
+    os.symlink(tmp_path / "mine.partial", tmp_path / f"{prefix}link.partial")
     held = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
     try:
         export_module._lock(held)
         export_module._remove_abandoned(tmp_path)
     finally:
         os.close(held)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".fastnet-export-0a0a0a0a.partial",
-                                                          ".fastnet-export-link.partial", "mine.partial"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, elsewhere.name, f"{prefix}link.partial",
+                                                                 "mine.partial"])
     assert (tmp_path / "mine.partial" / "test" / "7" / "00000.png").exists()
 
 
