@@ -355,16 +355,18 @@ def _check_mirrors(mirrors: list[str] | tuple[str, ...]) -> None:
             raise FastnetError(f"--mirror {mirror}: not a valid URL ({error})") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise FastnetError(f"--mirror {mirror}: not an http:// or https:// URL")
-        if "@" in parts.netloc:  # urllib would take "user:password@host" for a host name, and fail as DNS does
-            where = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        # Any "@", not only one in the host part: "http://user:pa/ss@host/" is, to urllib, host "user" with
+        # port "pa" (or 2024, for "2024/ss"), and the password would be printed and sent there.
+        if "@" in mirror:
+            where = f"{parts.scheme}://...@{mirror.rpartition('@')[2]}"
             raise FastnetError(f"--mirror {where}: a user name or password in the URL is not supported "
-                               f"(MNIST's mirrors are public); give the mirror's URL without it")
+                               "(MNIST's mirrors are public); give the mirror's URL without it (an @ in its path: "
+                               "write it as %40)")
         try:
             parts.port
-        except ValueError:  # "http://user:pa/ss@host/": the password's "/" ends the host, and "pa" is its port
-            where = f"{parts.scheme}://...@{mirror.rpartition('@')[2]}" if "@" in mirror else mirror
-            raise FastnetError(f"--mirror {where}: not a valid URL (its port is not a number from 0 to 65535; a "
-                               "user name or password is not supported either)") from None
+        except ValueError:
+            raise FastnetError(f"--mirror {mirror}: not a valid URL (its port is not a number from 0 to 65535)"
+                               ) from None
 
 
 def fetch(destination: str | Path, mirrors: list[str] | tuple[str, ...] = MIRRORS,
