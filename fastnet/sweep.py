@@ -331,7 +331,10 @@ def _held_by_dask(client, data: dict):
     with warnings.catch_warnings():  # the size warning is the point here: the data travels once, in the graph
         warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
         held = client.submit(_data, data, pure=False)
-    client.replicate([held])  # onto every worker now: with one copy the scheduler sends the trials to its holder
+    # Onto every worker now: with one copy the scheduler sends the trials to its holder. Only for speed, so a
+    # failure is not the sweep's (the holder killed while its copies are made fails the scheduler's assert).
+    with contextlib.suppress(Exception):
+        client.replicate([held])
     return held
 
 

@@ -20,7 +20,8 @@ import pytest
 import fastnet
 from fastnet.datasets import MNIST_FILES, load_mnist
 from fastnet.errors import FastnetError
-from fastnet.sweep import MAX_TRIALS, OPTIONS, Results, Space, _only_sweep_in, check_options, read_toml
+from fastnet.sweep import (MAX_TRIALS, OPTIONS, Results, Space, _held_by_dask, _only_sweep_in, check_options,
+                           read_toml)
 from fastnet.trained import load
 from fastnet.training import DEFAULT_LEARNING_RATE
 
@@ -256,6 +257,23 @@ def test_a_worker_killed_mid_sweep_loses_only_its_trial(small_mnist, tmp_path):
         for process in processes:
             process.kill()
             process.wait()
+
+
+def test_the_data_reaches_the_trials_without_a_warning_whatever_replication_does(recwarn):
+    """The data travels in the task graph (Dask's size warning is expected there, not shown), and replicating it
+    is only for speed: when it fails (the holder killed meanwhile fails the scheduler's assert) the sweep goes on."""
+    from distributed import Client, LocalCluster
+
+    data = {"train": np.arange(3_000_000, dtype=np.float32)}  # 12 MB: past Dask's 10 MB warning
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, Client(cluster) as client:
+        def broken(*args, **kwargs):
+            raise AssertionError("assert ts.who_has is not None")
+
+        client.replicate = broken
+        held = _held_by_dask(client, data)
+        np.testing.assert_array_equal(held.result()["train"], data["train"])
+    assert not [w for w in recwarn if "large graph" in str(w.message)]
 
 
 def test_ctrl_c_keeps_the_results_and_the_same_command_resumes(small_mnist, tmp_path):
