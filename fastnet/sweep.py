@@ -471,24 +471,33 @@ def _run(plan: Plan, results: Results) -> int:
     return _finish(plan, results, dataset)
 
 
+def local_cluster(workers: int):
+    """Dask's LocalCluster of worker processes, one task each, as a sweep starts it."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with _ctrl_c_ignored():  # by the worker processes started now: the client stops them
+        # No dashboard; the scheduler's HTTP server (always started) on a free port, not on 8787, which another
+        # Dask may hold (Dask then warns that the port is in use). Dask's own logs silenced, its errors too: the
+        # sweep reports every trial's fate itself, and a worker still running a trial when Ctrl-C closed the
+        # cluster logged a heartbeat's traceback.
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.CRITICAL)
+
+
 def _run_trials(plan: Plan, pending: list, results: Results, data: dict) -> None:
     try:
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import Client, as_completed
     except ImportError:
         raise FastnetError('sweep runs on Dask: pip install "dask[distributed]"') from None
-    import logging
 
     cluster = client = None
     finished, best, busy = 0, None, 0.0
     try:
         if plan.scheduler is None:
             workers = plan.workers or max(1, (os.cpu_count() or 1) // plan.threads)
-            with _ctrl_c_ignored():  # by the worker processes started now: the client stops them
-                # No dashboard; the scheduler's HTTP server (always started) on a free port, not on 8787, which
-                # another Dask may hold (Dask then warns that the port is in use).
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                                       silence_logs=logging.ERROR)
+            cluster = local_cluster(workers)
             where = f"a local Dask cluster of {workers} worker process(es), {plan.threads} thread(s) per trial"
         else:
             where = f"the Dask scheduler at {plan.scheduler}"
