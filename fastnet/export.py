@@ -26,14 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locks, and abandoned staging folders are left for the user to remove
-    fcntl = None
-
 from .datasets import MNIST_CLASSES, load_mnist
 from .errors import FastnetError
-from .files import QUIT_SIGNALS, signals_held
+from .files import CAN_LOCK, QUIT_SIGNALS, lock, signals_held
 
 JOB_IMAGES = 1000  # images per job: each job reports progress when done
 
@@ -141,7 +136,7 @@ def _new_staging(parent: Path) -> tuple[Path, int]:
         held = None
         try:
             held = os.open(making, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            _lock(held)
+            lock(held)
             staging = parent / f"{name}.partial"
             os.rename(making, staging)  # replaces only an empty folder of that name, itself abandoned
             return staging, held
@@ -152,24 +147,18 @@ def _new_staging(parent: Path) -> tuple[Path, int]:
             raise
 
 
-def _lock(descriptor: int) -> None:
-    """An advisory lock, dropped by the OS when the holder ends, however it ends (SIGKILL too)."""
-    if fcntl is not None:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
 def _remove_abandoned(parent: Path) -> None:
     """Remove the staging folders in parent of this machine's exports that were killed outright (SIGKILL, the
     out-of-memory killer), which had no chance to; one whose lock is held belongs to an export still running."""
-    if fcntl is None:
-        return  # without locks, a running export's folder would look abandoned
+    if not CAN_LOCK:
+        return  # without locks, a running export's folder would look abandoned: left for the user to remove
     for staging in parent.glob(glob.escape(_staging_prefix()) + "*.partial"):
         try:
             held = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue  # gone meanwhile, or not a folder fastnet made
         try:
-            _lock(held)
+            lock(held)
         except OSError:
             continue  # BlockingIOError: its export is running
         else:

@@ -14,6 +14,9 @@
   image or a parameters file would otherwise block forever.
 - .npz archives are read entry by entry (read_npz): only the entries asked for, each
   checked against a size limit from its header before a byte of it is read.
+- A file or folder in use is marked by an advisory lock (lock), which the OS drops
+  with its holder however it ends: a second sweep into a folder, or a running
+  export's staging folder, is told apart by it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,20 @@ from typing import BinaryIO, Callable, Iterable
 import numpy as np
 
 from .errors import FastnetError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks
+    fcntl = None
+
+CAN_LOCK = fcntl is not None
+
+
+def lock(descriptor: int) -> None:
+    """Lock the open file or folder for this process, or raise BlockingIOError where another holds it; the OS
+    drops the lock with its holder, however it ends (SIGKILL too). Does nothing where CAN_LOCK is False."""
+    if fcntl is not None:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def kind_of(mode: int) -> str:

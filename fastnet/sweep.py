@@ -413,9 +413,9 @@ def _only_sweep_in(out: Path):
     """Hold OUT/.sweep.lock while a sweep runs there: a second sweep into the same folder is refused, where the
     two would each rewrite results.csv without the other's trials. (An advisory lock, POSIX only; the OS drops
     it with the process, however it ends.)"""
-    try:
-        import fcntl
-    except ImportError:
+    from .files import CAN_LOCK, lock
+
+    if not CAN_LOCK:
         yield
         return
     try:
@@ -424,7 +424,7 @@ def _only_sweep_in(out: Path):
         raise FastnetError(f"--out {out}: cannot lock it for this sweep ({error.strerror or error})") from None
     try:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock(descriptor)
         except OSError:
             raise FastnetError(f"--out {out}: another sweep is running into this folder; wait for it to end, or "
                                "give another --out") from None

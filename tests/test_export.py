@@ -17,6 +17,7 @@ from fastnet import export as export_module
 from fastnet.datasets import load_mnist
 from fastnet.errors import FastnetError
 from fastnet.export import export
+from fastnet.files import lock
 from fastnet.folders import load_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +210,7 @@ def test_only_abandoned_staging_folders_are_removed(tmp_path):
     os.symlink(tmp_path / "mine.partial", tmp_path / f"{prefix}link.partial")
     held = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        export_module._lock(held)
+        lock(held)
         export_module._remove_abandoned(tmp_path)
     finally:
         os.close(held)
