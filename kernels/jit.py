@@ -24,13 +24,27 @@ one stamp of all of kernels/ instead: a change to any of its modules recompiles 
 cache internals differ from those this knows, Numba's own cache). Where Numba finds nowhere to write a cache
 (the package read-only, no NUMBA_CACHE_DIR, no writable home), the kernels are compiled uncached, with a
 warning, rather than failing at import.
+
+Processes share the cache (a sweep's workers, joblib's, pytest's), and Numba's own reads and writes of a
+function's files take no lock (numba/numba#10128): two processes saving at once could drop each other's entry
+or give two signatures one data file, and one loading while another saved could read an entry before its data
+was written, so run the data an older version of the kernels left under that name. Here saves take turns, write
+the data before the entry, and loads wait for a save under way (_LockedIndexFile).
 """
 
+import contextlib
 import functools
 import hashlib
+import itertools
+import os
 import sys
 import warnings
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: Numba's unlocked reads and writes
+    fcntl = None
 
 from numba import njit
 from numba.core import caching
@@ -70,16 +84,67 @@ class _WholePackageStamp:
         return super().from_function(py_func, py_file)
 
 
+@contextlib.contextmanager
+def _cache_lock(index_path: str, shared: bool):
+    """An flock on the lock file beside a function's cache index while the block runs (the index itself is
+    replaced on every save, so cannot carry the lock); the OS drops it with its holder, however it ends. A lock
+    file another user made is opened to read (flock needs no more). No lock where none can be taken: Windows,
+    or a folder this process cannot create the lock file in (a read-only cache, which no one saves to either)."""
+    descriptor = None
+    for flags in ((os.O_RDWR | os.O_CREAT, os.O_RDONLY) if fcntl is not None else ()):
+        with contextlib.suppress(OSError):
+            descriptor = os.open(index_path + ".lock", flags, 0o666)
+            break
+    try:
+        if descriptor is not None:
+            with contextlib.suppress(OSError):  # a file system without locks (some NFS mounts): none
+                fcntl.flock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+class _LockedIndexFile(caching.IndexDataCacheFile):
+    """Numba's index and data files of one function, shared safely between processes (the module docstring).
+    Built on the parts of Numba's class named in USES; where this Numba lacks one, its own class is used."""
+
+    USES = ("_load_index", "_save_index", "_save_data", "_data_name", "_index_path")
+
+    def save(self, key, data):
+        with _cache_lock(self._index_path, shared=False):
+            overloads = self._load_index()
+            name = overloads.get(key)
+            if name is None:
+                taken = set(overloads.values())
+                name = next(self._data_name(i) for i in itertools.count(1) if self._data_name(i) not in taken)
+            self._save_data(name, data)
+            if overloads.get(key) != name:
+                self._save_index({**overloads, key: name})
+
+    def load(self, key):
+        with _cache_lock(self._index_path, shared=True):
+            return super().load(key)
+
+
 def _kernels_cache_class():
     """A FunctionCache whose locators are Numba's, in Numba's order (a NUMBA_CACHE_DIR, then __pycache__ here,
-    then a per-user folder), each with the package's stamp; Numba's own after them, should none of those apply.
+    then a per-user folder), each with the package's stamp, its files read and written under a lock
+    (_LockedIndexFile); Numba's own after them, should none of those apply.
     None where this Numba's internals differ: then Numba's own cache, per file."""
     try:
         numba_impl, numba_cache = caching.CompileResultCacheImpl, caching.FunctionCache
         locators = [type(locator.__name__, (_WholePackageStamp, locator), {})
                     for locator in numba_impl._locator_classes] + list(numba_impl._locator_classes)
         impl = type("KernelsCacheImpl", (numba_impl,), {"_locator_classes": locators})
-        return type("KernelsCache", (numba_cache,), {"_impl_class": impl})
+
+        def __init__(self, py_func):
+            numba_cache.__init__(self, py_func)
+            locked = _LockedIndexFile(self._cache_path, self._impl.filename_base,
+                                      self._impl.locator.get_source_stamp())
+            if all(hasattr(locked, part) for part in _LockedIndexFile.USES):
+                self._cache_file = locked
+        return type("KernelsCache", (numba_cache,), {"_impl_class": impl, "__init__": __init__})
     except (AttributeError, TypeError):
         return None
 

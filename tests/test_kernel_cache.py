@@ -5,6 +5,12 @@ keep serving the worker compiled from their old versions after an edit there (or
 only them). The check: in a copy of kernels/ with two small modules of its own, one function calling another
 across them, each run in a fresh process against one cache; beside them the dangling link an editor leaves as
 a lock file, which the stamp must pass over.
+
+Processes share that cache, and Numba's own reads and writes of it take no lock (numba/numba#10128). The checks
+of kernels/jit.py's lock hold one save midway, as a slow disk or a busy machine would, and run another save or a
+load meanwhile, on threads (flock's locks belong to each opening of the file, so threads contend as processes
+do). With Numba's own class in place of _LockedIndexFile both fail: the other save's entry is lost, and the load
+reads an older version's data under the new entry.
 """
 
 from __future__ import annotations
@@ -13,7 +19,14 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import pytest
+
+from kernels.jit import _LockedIndexFile
+from kernels.predict import _predict_rows
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 
@@ -57,3 +70,59 @@ def test_an_edit_to_an_inlined_function_in_another_module_recompiles_its_caller(
     assert run(1) == (1, 0, 1)  # (result, cache hits, cache misses): compiled
     assert run(1) == (1, 1, 0)  # unchanged: loaded from the cache
     assert run(2) == (2, 0, 1)  # only the callee's module changed: the caller compiled again, reading 2
+
+
+HOLD = 1.0  # seconds a save is held midway: far longer than the other save or load takes
+
+
+def _held_save(files: _LockedIndexFile, key, payload, hold_when) -> threading.Thread:
+    """files.save(key, payload) on a thread, held for HOLD seconds at the first pickling that hold_when picks
+    (of the index's contents or of the payload); returns once the hold has begun."""
+    held, dump = threading.Event(), files._dump
+
+    def slow_dump(obj):
+        if hold_when(obj) and not held.is_set():
+            held.set()
+            time.sleep(HOLD)
+        return dump(obj)
+
+    files._dump = slow_dump
+    thread = threading.Thread(target=files.save, args=(key, payload))
+    thread.start()
+    assert held.wait(10)
+    return thread
+
+
+needs_flock = pytest.mark.skipif(sys.platform == "win32", reason="no flock: Numba's unlocked cache there")
+
+
+@pytest.fixture
+def index_files(tmp_path):
+    """A function's cache files in tmp_path as kernels/jit.py reads and writes them, for a source stamp."""
+    return lambda stamp="new": _LockedIndexFile(str(tmp_path), "probe-1.py311", stamp)
+
+
+def test_the_kernels_caches_take_the_lock():
+    assert isinstance(_predict_rows._cache._cache_file, _LockedIndexFile)
+
+
+@needs_flock
+def test_two_saves_at_once_keep_both_entries(index_files):
+    """Numba's save reads the index, then writes it with its own entry added: a save in between was lost."""
+    first = _held_save(index_files(), ("f", "int64"), "code for int64", lambda obj: isinstance(obj, tuple))
+    index_files().save(("f", "int32"), "code for int32")
+    first.join()
+    files = index_files()
+    assert files.load(("f", "int64")) == "code for int64"
+    assert files.load(("f", "int32")) == "code for int32"
+
+
+@needs_flock
+def test_a_load_during_a_save_never_reads_an_older_versions_data(index_files):
+    """After a change to kernels/ (a new stamp), the first save takes the data file's name that the old
+    version's entry used; Numba wrote the new index before the new data, and a load in between ran the old code."""
+    index_files("old").save(("f", "int64"), "old code")
+    saving = _held_save(index_files(), ("f", "int64"), "new code", lambda obj: obj == "new code")
+    loaded = index_files().load(("f", "int64"))
+    saving.join()
+    assert loaded == "new code"
