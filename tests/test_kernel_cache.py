@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from kernels import jit
 from kernels.jit import _LockedIndexFile
 from kernels.predict import _predict_rows
 
@@ -126,3 +128,55 @@ def test_a_load_during_a_save_never_reads_an_older_versions_data(index_files):
     loaded = index_files().load(("f", "int64"))
     saving.join()
     assert loaded == "new code"
+
+
+@needs_flock
+def test_a_lock_held_too_long_is_given_up_not_waited_on_forever(index_files, tmp_path, monkeypatch):
+    """A process stopped midway through a save (Ctrl-Z) keeps its lock: the others go on without it."""
+    import fcntl
+
+    index_files().save(("f", "int64"), "code")
+    monkeypatch.setattr(jit, "LOCK_WAIT", 0.3)
+    holder = os.open(tmp_path / "probe-1.py311.nbi.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        results = []
+        loading = threading.Thread(target=lambda: results.append(index_files().load(("f", "int64"))))
+        loading.start()
+        loading.join(10)
+        assert results == ["code"]
+    finally:
+        os.close(holder)
+
+
+@needs_flock
+def test_a_child_forked_during_a_save_does_not_keep_the_lock(tmp_path):
+    """The child's copy of the lock's descriptor would hold the lock as long as the child lives."""
+    import fcntl
+
+    index = str(tmp_path / "probe-1.py311.nbi")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with jit._cache_lock(index, shared=False):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    child = os.fork()
+    if child == 0:
+        time.sleep(5)
+        os._exit(0)
+    try:
+        release.set()
+        holder.join(10)
+        other = os.open(index + ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while the child holds it
+        finally:
+            os.close(other)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
