@@ -86,31 +86,33 @@ class _WholePackageStamp:
 
 
 LOCK_WAIT = 10.0  # seconds to wait for another process's hold on a cache lock (a save takes milliseconds)
-_held_locks: set[int] = set()  # descriptors of this process's cache locks, open now
 
 
 @contextlib.contextmanager
 def _cache_lock(index_path: str, shared: bool):
     """An flock on the lock file beside a function's cache index while the block runs (the index itself is
-    replaced on every save, so cannot carry the lock); the OS drops it with its holder, however it ends. A lock
-    file another user made is opened to read (flock needs no more). No lock where none can be taken: Windows,
-    a folder this process cannot create the lock file in (a read-only cache, which no one saves to either), a
-    file system without locks; nor after LOCK_WAIT, as where the holder was stopped midway: Numba's unlocked
-    reads and writes then, rather than a process that hangs."""
+    replaced on every save, so cannot carry the lock); the OS drops it with its holder, however it ends. It is
+    released before the file is closed: a child forked meanwhile holds a copy of the descriptor, which would
+    keep the lock for the child's whole life. No lock where none can be taken: Windows, a folder this process
+    cannot create the lock file in (a read-only cache, which no one saves to either), a lock file that is a
+    link or not this process's to write (an NFS server refuses its read-only descriptor the lock), a file
+    system without locks; nor after LOCK_WAIT, as where the holder was stopped midway: Numba's unlocked reads
+    and writes then, rather than a process that hangs."""
     descriptor = None
-    for flags in ((os.O_RDWR | os.O_CREAT, os.O_RDONLY) if fcntl is not None else ()):
+    if fcntl is not None:
         with contextlib.suppress(OSError):
-            descriptor = os.open(index_path + ".lock", flags, 0o666)
-            _held_locks.add(descriptor)
-            break
+            descriptor = os.open(index_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                                 0o666)
     try:
         if descriptor is not None:
             _take_lock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         if descriptor is not None:
-            _held_locks.discard(descriptor)
-            os.close(descriptor)
+            with contextlib.suppress(OSError):
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
 
 
 def _take_lock(descriptor: int, operation: int) -> None:
@@ -127,19 +129,6 @@ def _take_lock(descriptor: int, operation: int) -> None:
             nap = min(2 * nap, 0.05)
         except OSError:
             return
-
-
-def _close_inherited_locks() -> None:
-    """In a child forked while a thread of its parent held a cache lock: its copy of the descriptor would hold
-    the lock for as long as the child lives (the thread that would close it is not in the child)."""
-    for descriptor in tuple(_held_locks):
-        with contextlib.suppress(OSError):
-            os.close(descriptor)
-    _held_locks.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class _LockedIndexFile(caching.IndexDataCacheFile):

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from kernels import jit
-from kernels.jit import _LockedIndexFile
-from kernels.predict import _predict_rows
+from fastnet.kernels import jit
+from fastnet.kernels.jit import _LockedIndexFile
+from fastnet.kernels.predict import _predict_rows
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 
@@ -151,7 +151,8 @@ def test_a_lock_held_too_long_is_given_up_not_waited_on_forever(index_files, tmp
 
 @needs_flock
 def test_a_child_forked_during_a_save_does_not_keep_the_lock(tmp_path):
-    """The child's copy of the lock's descriptor would hold the lock as long as the child lives."""
+    """The child's copy of the lock's descriptor would hold the lock as long as the child lives, had the holder
+    only closed its own."""
     import fcntl
 
     index = str(tmp_path / "probe-1.py311.nbi")
@@ -166,9 +167,11 @@ def test_a_child_forked_during_a_save_does_not_keep_the_lock(tmp_path):
     holder.start()
     assert holding.wait(10)
     child = os.fork()
-    if child == 0:
-        time.sleep(5)
-        os._exit(0)
+    if child == 0:  # the copy of the descriptor is the child's from here, whether or not it ever runs
+        try:
+            time.sleep(30)
+        finally:
+            os._exit(0)
     try:
         release.set()
         holder.join(10)
@@ -180,3 +183,12 @@ def test_a_child_forked_during_a_save_does_not_keep_the_lock(tmp_path):
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+@needs_flock
+def test_a_lock_file_that_is_a_link_is_not_followed(index_files, tmp_path):
+    """Someone else's link in a shared cache folder must not make the kernels create or lock its target."""
+    (tmp_path / "probe-1.py311.nbi.lock").symlink_to(tmp_path / "elsewhere")
+    index_files().save(("f", "int64"), "code")
+    assert index_files().load(("f", "int64")) == "code"
+    assert not (tmp_path / "elsewhere").exists()
