@@ -15,6 +15,7 @@ reads an older version's data under the new entry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -128,6 +129,18 @@ def test_a_load_during_a_save_never_reads_an_older_versions_data(index_files):
     loaded = index_files().load(("f", "int64"))
     saving.join()
     assert loaded == "new code"
+
+
+def test_unlocked_too_a_load_during_a_save_never_reads_an_older_versions_data(index_files, monkeypatch):
+    """Where no lock can be taken (Windows, a lock given up), the data is written before the entry that names
+    it: a load in between finds no entry and compiles, rather than running the old code."""
+    monkeypatch.setattr(jit, "_cache_lock", lambda index_path, shared: contextlib.nullcontext())
+    index_files("old").save(("f", "int64"), "old code")
+    saving = _held_save(index_files(), ("f", "int64"), "new code", lambda obj: obj == "new code")
+    loaded = index_files().load(("f", "int64"))
+    saving.join()
+    assert loaded is None
+    assert index_files().load(("f", "int64")) == "new code"
 
 
 @needs_flock
