@@ -26,10 +26,11 @@ cache internals differ from those this knows, Numba's own cache). Where Numba fi
 warning, rather than failing at import.
 
 Processes share the cache (a sweep's workers, joblib's, pytest's), and Numba's own reads and writes of a
-function's files take no lock (numba/numba#10128): two processes saving at once could drop each other's entry
-or give two signatures one data file, and one loading while another saved could read an entry before its data
-was written, so run the data an older version of the kernels left under that name. Here saves take turns, write
-the data before the entry, and loads wait for a save under way (_LockedIndexFile).
+function's files take no lock (a race of the kind numba/numba#10128 reports): two processes saving at once
+could drop each other's entry or give two signatures one data file, and one loading while another saved could
+read an entry before its data was written, so run the data an older version of the kernels left under that
+name. Here saves take turns, write the data before the entry, and loads wait for a save under way
+(_LockedIndexFile).
 """
 
 import contextlib
@@ -93,16 +94,16 @@ def _cache_lock(index_path: str, shared: bool):
     """An flock on the lock file beside a function's cache index while the block runs (the index itself is
     replaced on every save, so cannot carry the lock); the OS drops it with its holder, however it ends. It is
     released before the file is closed: a child forked meanwhile holds a copy of the descriptor, which would
-    keep the lock for the child's whole life. No lock where none can be taken: Windows, a folder this process
-    cannot create the lock file in (a read-only cache, which no one saves to either), a lock file that is a
-    link or not this process's to write (an NFS server refuses its read-only descriptor the lock), a file
-    system without locks; nor after LOCK_WAIT, as where the holder was stopped midway: Numba's unlocked reads
-    and writes then, rather than a process that hangs."""
+    keep the lock for the child's whole life. A lock file another user made is opened to read (a local file
+    system locks it so; NFS gives such a descriptor a shared lock only). No lock where none can be taken:
+    Windows, a folder this process cannot create the lock file in (a read-only cache, which no one saves to
+    either), a lock file that is a link, a file system without locks; nor after LOCK_WAIT, as where the holder
+    was stopped midway: unlocked reads and writes then, rather than a process that hangs."""
     descriptor = None
-    if fcntl is not None:
+    for flags in ((os.O_RDWR | os.O_CREAT, os.O_RDONLY) if fcntl is not None else ()):
         with contextlib.suppress(OSError):
-            descriptor = os.open(index_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
-                                 0o666)
+            descriptor = os.open(index_path + ".lock", flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+            break
     try:
         if descriptor is not None:
             _take_lock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
@@ -166,10 +167,11 @@ def _kernels_cache_class():
 
         def __init__(self, py_func):
             numba_cache.__init__(self, py_func)
-            locked = _LockedIndexFile(self._cache_path, self._impl.filename_base,
-                                      self._impl.locator.get_source_stamp())
-            if all(hasattr(locked, part) for part in _LockedIndexFile.USES):
-                self._cache_file = locked
+            with contextlib.suppress(AttributeError, TypeError):  # else Numba's own files, under this stamp
+                locked = _LockedIndexFile(self._cache_path, self._impl.filename_base,
+                                          self._impl.locator.get_source_stamp())
+                if all(hasattr(locked, part) for part in _LockedIndexFile.USES):
+                    self._cache_file = locked
         return type("KernelsCache", (numba_cache,), {"_impl_class": impl, "__init__": __init__})
     except (AttributeError, TypeError):
         return None

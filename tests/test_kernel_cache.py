@@ -6,11 +6,11 @@ only them). The check: in a copy of kernels/ with two small modules of its own, 
 across them, each run in a fresh process against one cache; beside them the dangling link an editor leaves as
 a lock file, which the stamp must pass over.
 
-Processes share that cache, and Numba's own reads and writes of it take no lock (numba/numba#10128). The checks
-of kernels/jit.py's lock hold one save midway, as a slow disk or a busy machine would, and run another save or a
-load meanwhile, on threads (flock's locks belong to each opening of the file, so threads contend as processes
-do). With Numba's own class in place of _LockedIndexFile both fail: the other save's entry is lost, and the load
-reads an older version's data under the new entry.
+Processes share that cache, and Numba's own reads and writes of it take no lock (the kind of race
+numba/numba#10128 reports). The checks of kernels/jit.py's lock hold one save midway, as a slow disk or a busy
+machine would, and run another save or a load meanwhile, on threads (flock's locks belong to each opening of the
+file, so threads contend as processes do). With Numba's own class in place of _LockedIndexFile both fail: the
+other save's entry is lost, and the load reads an older version's data under the new entry.
 """
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ def test_a_lock_held_too_long_is_given_up_not_waited_on_forever(index_files, tmp
 
 
 @needs_flock
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ on fork() with threads (xdist has them)
 def test_a_child_forked_during_a_save_does_not_keep_the_lock(tmp_path):
     """The child's copy of the lock's descriptor would hold the lock as long as the child lives, had the holder
     only closed its own."""
