@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -326,8 +327,6 @@ def _held_by_dask(client, data: dict):
     Not `client.scatter`: scattered data has no recipe, so when every worker holding it dies (a worker that
     joins late holds none until it runs a trial) Dask cancels every trial. A task's result is made again
     from its arguments, which the scheduler keeps, so a killed worker costs only its own trial."""
-    import warnings
-
     with warnings.catch_warnings():  # the size warning is the point here: the data travels once, in the graph
         warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
         held = client.submit(_data, data, pure=False)
