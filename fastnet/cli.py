@@ -606,6 +606,10 @@ def train(args: argparse.Namespace) -> int:
         raise FastnetError(f"--checkpoint {checkpoint} already exists (an interrupted run's?): continue that run with "
                            f"--resume {checkpoint}, or delete it, or give another --checkpoint")
 
+    if args.image_size is not None:  # the network these inputs make (two classes at the least), before decoding
+        height, width = args.image_size
+        check_size(config, (height * width * (3 if args.color else 1), *config.hidden, 2), None, _flag_name,
+                   "choose a smaller --image-size or fewer hidden units")
     started = time.perf_counter()
     dataset = load_data(args.data, args.val_split, args.strict, config.seed, args.image_size, args.color)
     train_set, test_set, classes = dataset.train, dataset.test, dataset.classes

@@ -37,6 +37,7 @@ import numpy as np
 from .errors import FastnetError
 from .files import read_npz, write_atomically, write_npz
 from .images import decode_all, image_files, path_text, plural, skip_line
+from .memory import check_fits
 from .preprocess import Prep
 
 CACHE_NAME = ".fastnet-cache.npz"
@@ -132,6 +133,9 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     if not files:
         _report_skipped(root, skipped, 0)
         raise FastnetError(f"{root}: no images in its class folders ({', '.join(classes)})")
+    # The decoded rows, and the copy that leaves out the images that cannot be read.
+    check_fits(2 * len(files) * prep.row_size, f"{root}: {len(files):,} images at {prep.width}x{prep.height}"
+               + (" colour" if prep.channels == 3 else ""), "choose a smaller image size (--image-size)")
     key = _fingerprint(files, root) + json.dumps([classes, strict, list(prep)])
     cache_path = root / CACHE_NAME
     cached = _read_cache(cache_path, key, len(files), prep.row_size) if cache else None

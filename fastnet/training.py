@@ -18,6 +18,7 @@ from .kernels import BACKENDS, get_backend
 from .kernels.common import (ACTIVATIONS, TRANSFORMED, Augment, Optimizer, affine_matrices, new_state,
                              plain_final_epochs)
 from .kernels.ink import is_sparse
+from .memory import check_fits
 from .model import Network
 
 SCHEDULES = ("cosine", "constant")
@@ -183,33 +184,19 @@ def accuracy(backend, network: Network, inputs: np.ndarray, labels: np.ndarray) 
     return float((probs.argmax(axis=1) == labels).mean())
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def check_size(config: TrainConfig, sizes: tuple[int, ...], n_train: int,
-               flag: Callable[[str], str] = lambda name: f"setting {name}") -> None:
-    """Refuse, before anything is allocated, a batch larger than the data or a network that cannot fit; flag
-    names a setting in the message (the command line's flag, say)."""
-    if config.batch_size > n_train:
+def check_size(config: TrainConfig, sizes: tuple[int, ...], n_train: int | None,
+               flag: Callable[[str], str] = lambda name: f"setting {name}",
+               advice: str = "choose fewer hidden units") -> None:
+    """Refuse, before anything is allocated, a batch larger than the data (n_train images; None: not known yet)
+    or a network that cannot fit; flag names a setting in the message (the command line's flag, say)."""
+    if n_train is not None and config.batch_size > n_train:
         raise FastnetError(f"{flag('batch_size')} {config.batch_size:,} is larger than the {n_train:,} training "
                            f"images; use {n_train:,} or fewer")
     weights = sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
     # Weights, their moments (up to two) and a blocked copy of each, a gradient buffer, the batch's buffers.
     needed = 4 * (7 * weights + 3 * config.batch_size * (sum(sizes[1:]) + 64 * len(sizes)))
-    available = _available_memory()
-    if available is not None and needed > available:
-        raise FastnetError(f"{flag('hidden')} {','.join(map(str, config.hidden))} with {flag('batch_size')} "
-                           f"{config.batch_size:,} needs about {needed / 2**30:,.1f} GiB of memory, more than the "
-                           f"{available / 2**30:,.1f} GiB available; choose fewer hidden units")
+    check_fits(needed, f"{flag('hidden')} {','.join(map(str, config.hidden))} with {flag('batch_size')} "
+                       f"{config.batch_size:,} on {sizes[0]:,} inputs", advice)
 
 
 def _image_shaped(inputs: np.ndarray, input_shape: tuple[int, ...] | None) -> bool:

@@ -195,6 +195,27 @@ def test_strict_refuses_what_cannot_be_read_before_decoding(tmp_path, monkeypatc
     with pytest.raises(FastnetError, match="pipe.png: is a FIFO"):
         load_folder(tmp_path, strict=True, progress=False)
 
+def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_path, monkeypatch):
+    """`--image-size 4096 --color` decoded 90 images into 6 GB and cached them before anything refused them."""
+    from fastnet import memory
+    from fastnet.preprocess import Prep
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for n in range(5):
+            (tmp_path / name / f"{n}.png").write_bytes(digit_png_bytes(100))
+    monkeypatch.setattr(memory, "available_memory", lambda: 10 * 64 * 48 * 3 * 2 - 1)  # one byte short
+    monkeypatch.setattr(folders, "decode_all", not_decoding)
+    with pytest.raises(FastnetError, match="10 images at 64x48 colour needs about .* GiB of memory, more than the "
+                                           ".*; choose a smaller image size"):
+        load_folder(tmp_path, progress=False, prep=Prep("resize", 48, 64, 3))
+    assert not (tmp_path / CACHE_NAME).exists()
+    monkeypatch.setattr(memory, "available_memory", lambda: 10 * 64 * 48 * 3 * 2)  # just enough
+    monkeypatch.setattr(folders, "decode_all", decode_all)
+    images, _, _ = load_folder(tmp_path, progress=False, prep=Prep("resize", 48, 64, 3))
+    assert images.shape == (10, 64 * 48 * 3)
+
+
 def test_layout_errors_and_warnings(tmp_path):
     with pytest.raises(FastnetError, match="no class folders; expected"):
         load_folder(tmp_path)

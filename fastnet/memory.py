@@ -1,0 +1,26 @@
+"""Whether a job fits in memory: asked before the work that would otherwise find out by failing."""
+
+from __future__ import annotations
+
+from .errors import FastnetError
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def check_fits(needed: int, what: str, advice: str) -> None:
+    """One FastnetError, '<what> needs about N GiB of memory, more than the M GiB available; <advice>', where
+    needed bytes are more than are available (nothing where that is unknown)."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise FastnetError(f"{what} needs about {needed / 2**30:,.1f} GiB of memory, more than the "
+                           f"{available / 2**30:,.1f} GiB available; {advice}")
