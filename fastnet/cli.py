@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sgd (with --momentum, --nesterov) or adam")
     train.add_argument("--lr", type=_number(float, 0.0, inclusive=False, what="must be above 0"),
                        help="base learning rate (default: "
-                            + ", ".join(f"{rate:g} for {name}" for name, rate in DEFAULT_LEARNING_RATE.items()) + ")")
+                            + ", ".join(f"{rate:g} for {name}" for name, rate in DEFAULT_LEARNING_RATE.items())
+                            + ", scaled down for inputs longer than MNIST's, such as large colour images)")
     train.add_argument("--momentum", type=_number(float, 0.0, maximum=1.0, what="must be in [0, 1)"),
                        help=f"SGD momentum, 0 for plain SGD (default: {DEFAULT_MOMENTUM['sgd']:g})")
     train.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
@@ -589,7 +590,7 @@ def train(args: argparse.Namespace) -> int:
     from .plot import plot_history
     from .kernels.threads import thread_count
     from .training import (Interrupted, check_augmentable, check_data, check_size, train as run_training, warm_up,
-                           with_augment)
+                           with_augment, with_learning_rate)
 
     resume = load_checkpoint(args.resume) if args.resume else None
     config = TrainConfig(**resume.config) if resume is not None else train_config(args)
@@ -631,7 +632,7 @@ def train(args: argparse.Namespace) -> int:
                            "(and --image-size, --color) it was trained on")
     backend = get_backend(config.backend)
     threads = f", {thread_count()} threads" if config.backend == "numba" else ""
-    config = with_augment(config, train_set[0], dataset.input_shape)
+    config = with_learning_rate(with_augment(config, train_set[0], dataset.input_shape), train_set[0])
     check_augmentable(config, train_set[0], dataset.input_shape)
     compile_seconds = warm_up(backend, config, *train_set, n_classes=len(classes),
                               child_environment=_child_environment(), input_shape=dataset.input_shape)

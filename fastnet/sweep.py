@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastnetError
-from .training import TrainConfig
+from .training import TrainConfig, default_learning_rate
 
 
 def _truth(text: str) -> bool:
@@ -457,8 +457,15 @@ def _check_fingerprint(plan: Plan, results: Results) -> None:
 def _run(plan: Plan, results: Results) -> int:
     from .datasets import load_data
 
-    pending = [(number, settings) for number, settings in enumerate(plan.trials) if not results.done(settings)]
     dataset = load_data(plan.data, plan.val_split, plan.strict, plan.seed, plan.image_size, plan.color)
+    rates = {}  # a learning rate left to the data: its default for all the training images, in every trial
+    for settings in plan.trials:
+        if settings["learning_rate"] is None:
+            optimizer = settings["optimizer"]
+            if optimizer not in rates:
+                rates[optimizer] = default_learning_rate(optimizer, dataset.train[0])
+            settings["learning_rate"] = rates[optimizer]
+    pending = [(number, settings) for number, settings in enumerate(plan.trials) if not results.done(settings)]
     train_part, validation_part = split_validation(*dataset.train, plan.validation, plan.seed)
     swept = ", ".join(f"--{flag}" for flag in plan.space.swept) or "nothing"
     print(f"sweep: {len(plan.trials)} trials over {swept}; {len(plan.trials) - len(pending)} already in "

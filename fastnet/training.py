@@ -15,8 +15,8 @@ import numpy as np
 from .checkpoint import Checkpoint, save_checkpoint
 from .errors import FastnetError
 from .kernels import BACKENDS, get_backend
-from .kernels.common import (ACTIVATIONS, TRANSFORMED, Augment, Optimizer, affine_matrices, new_state,
-                             plain_final_epochs)
+from .kernels.common import (ACTIVATIONS, TRANSFORMED, Augment, Optimizer, affine_matrices, input_scale,
+                             new_state, plain_final_epochs)
 from .kernels.ink import is_sparse
 from .memory import check_fits
 from .model import Network
@@ -27,6 +27,11 @@ OPTIMIZERS = ("sgd", "adam")
 # and augmentation to its best accuracy in 35 epochs (docs/performance.md, Augmentation); Adam's are the usual
 # ones (PyTorch's and Keras's), with no weight decay unless asked for (it is then decoupled: AdamW).
 DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.001}
+# Both hold for inputs no longer than MNIST's: a mean squared length (each row's inputs times their scale, squared
+# and summed) of 88. A step moves the first layer's sums in proportion to that length, so on longer inputs (large
+# colour images, wide tables) the defaults are scaled down by it: 64x64 colour images of shapes (~4,000) ended at
+# chance with lr 0.05 and trained with 0.001 (default_learning_rate).
+DEFAULT_RATES_HOLD_TO = 100.0
 DEFAULT_MOMENTUM = {"sgd": 0.9, "adam": 0.0}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adam": 0.0}
 MAX_HIDDEN_LAYERS = 16
@@ -37,7 +42,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 class TrainConfig:
     epochs: int = 35
     batch_size: int = 32
-    learning_rate: float | None = None  # None: the optimiser's default (DEFAULT_LEARNING_RATE)
+    learning_rate: float | None = None  # None: the optimiser's default for the data (with_learning_rate decides)
     momentum: float | None = None  # SGD's; None: the optimiser's default (DEFAULT_MOMENTUM)
     nesterov: bool | None = None  # None: with SGD and a momentum
     weight_decay: float | None = None  # None: the optimiser's default (DEFAULT_WEIGHT_DECAY)
@@ -79,22 +84,21 @@ class TrainConfig:
         for width in self.hidden:
             whole("hidden", width, 1)
         self.hidden = tuple(int(width) for width in self.hidden)
-        if self.learning_rate is None:
-            self.learning_rate = DEFAULT_LEARNING_RATE[self.optimizer]
         if self.weight_decay is None:
             self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
         if self.momentum is None:
             self.momentum = DEFAULT_MOMENTUM[self.optimizer]
         for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
             whole(name, getattr(self, name), low)
-        real("learning_rate", 0.0, FLOAT32_MAX, low_inclusive=False)  # the kernels take it as a float32
+        if self.learning_rate is not None:
+            real("learning_rate", 0.0, FLOAT32_MAX, low_inclusive=False)  # the kernels take it as a float32
         real("momentum", 0.0, 1.0)
         real("weight_decay", 0.0)
-        if self.learning_rate * self.weight_decay >= 1:  # each step scales the weights by 1 - lr x decay, or less
-            raise FastnetError(f"setting weight_decay={self.weight_decay:g}: at learning rate {self.learning_rate:g} "
-                               f"each step would scale the weights by {1 - self.learning_rate * self.weight_decay:g}, "
-                               f"wiping them out; it must be under 1 / learning rate "
-                               f"({1 / self.learning_rate:.3g})")
+        rate = DEFAULT_LEARNING_RATE[self.optimizer] if self.learning_rate is None else self.learning_rate  # (at most)
+        if rate * self.weight_decay >= 1:  # each step scales the weights by 1 - lr x decay, or less
+            raise FastnetError(f"setting weight_decay={self.weight_decay:g}: at learning rate {rate:g} "
+                               f"each step would scale the weights by {1 - rate * self.weight_decay:g}, "
+                               f"wiping them out; it must be under 1 / learning rate ({1 / rate:.3g})")
         real("beta1", 0.0, 1.0)
         real("beta2", 0.0, 1.0)
         real("epsilon", 0.0, low_inclusive=False)
@@ -121,10 +125,11 @@ class TrainConfig:
     def describe(self) -> str:
         """The optimiser in words: 'lr 0.05 (cosine), momentum 0.9 (Nesterov), weight decay 5e-05' or 'adam, lr
         0.001 ...'."""
+        rate = "the data's default" if self.learning_rate is None else f"{self.learning_rate:g}"
         if self.optimizer == "adam":
-            return (f"adam, lr {self.learning_rate:g} ({self.schedule}), betas {self.beta1:g} {self.beta2:g}, "
+            return (f"adam, lr {rate} ({self.schedule}), betas {self.beta1:g} {self.beta2:g}, "
                     f"weight decay {self.weight_decay:g} (decoupled)")
-        return (f"lr {self.learning_rate:g} ({self.schedule}), momentum {self.momentum:g}"
+        return (f"lr {rate} ({self.schedule}), momentum {self.momentum:g}"
                 + (" (Nesterov)" if self.nesterov else "") + f", weight decay {self.weight_decay:g}")
 
 
@@ -214,6 +219,30 @@ def with_augment(config: TrainConfig, inputs: np.ndarray, input_shape: tuple[int
     if config.augment is not None:
         return config
     return replace(config, augment=augmentable(inputs, input_shape))
+
+
+def mean_squared_length(inputs: np.ndarray) -> float:
+    """The mean over rows of the sum of their inputs' squares, each input times its scale (input_scale)."""
+    if len(inputs) == 0:
+        return 0.0
+    chunks = np.array_split(inputs, max(1, inputs.size // (1 << 20)))  # summed in float64 a chunk at a time
+    total = sum(float(np.einsum("ij,ij->", chunk, chunk, dtype=np.float64)) for chunk in chunks)
+    return total * input_scale(inputs.dtype) ** 2 / len(inputs)
+
+
+def default_learning_rate(optimizer: str, inputs: np.ndarray) -> float:
+    """The optimiser's default learning rate for these training inputs: DEFAULT_LEARNING_RATE, scaled down in
+    proportion for inputs longer than DEFAULT_RATES_HOLD_TO, to two significant figures."""
+    length = mean_squared_length(inputs)
+    shrink = DEFAULT_RATES_HOLD_TO / length if math.isfinite(length) and length > DEFAULT_RATES_HOLD_TO else 1.0
+    return float(f"{DEFAULT_LEARNING_RATE[optimizer] * shrink:.2g}")
+
+
+def with_learning_rate(config: TrainConfig, inputs: np.ndarray) -> TrainConfig:
+    """config with its learning rate decided where it was left to the data (None): default_learning_rate."""
+    if config.learning_rate is not None:
+        return config
+    return replace(config, learning_rate=default_learning_rate(config.optimizer, inputs))
 
 
 def check_augmentable(config: TrainConfig, inputs: np.ndarray, input_shape: tuple[int, ...] | None) -> None:
@@ -320,7 +349,7 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
         check_data(*test_set, n_classes, "test")
     if resume is not None and config.augment is None:  # decided when the run began: the checkpoint says how
         config = replace(config, augment=bool(resume.config.get("augment")))
-    config = with_augment(config, inputs, input_shape)
+    config = with_learning_rate(with_augment(config, inputs, input_shape), inputs)
     check_augmentable(config, inputs, input_shape)
     n_batches = -(-len(inputs) // config.batch_size)
     fingerprint = data_fingerprint(inputs, labels, n_classes) if resume is not None or checkpoint_path else None

@@ -419,10 +419,10 @@ def subcommands(parser):
     return next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
 
 
-def test_every_option_has_help_and_train_shows_the_defaults_a_run_uses():
+def test_every_option_has_help_and_train_shows_the_defaults_a_run_uses(mnist_train):
     """`train --help` said `--weight-decay (default 0)` while runs used 5e-05, and several options had no help."""
     from fastnet.cli import HelpFormatter, build_parser, train_config
-    from fastnet.training import DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY
+    from fastnet.training import DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, with_learning_rate
 
     parser = build_parser()
     for name, command in subcommands(parser).items():
@@ -443,10 +443,12 @@ def test_every_option_has_help_and_train_shows_the_defaults_a_run_uses():
     assert helps["--hidden"].endswith(f"(default: {','.join(map(str, config.hidden))})")
     for flag, optimizer_defaults in (("--lr", DEFAULT_LEARNING_RATE), ("--weight-decay", DEFAULT_WEIGHT_DECAY)):
         for optimizer, value in optimizer_defaults.items():  # what each optimiser's run uses, as the help says
-            resolved = train_config(parser.parse_args(["train", "--optimizer", optimizer]))
+            resolved = with_learning_rate(train_config(parser.parse_args(["train", "--optimizer", optimizer])),
+                                          mnist_train[0])  # as a run on MNIST decides it
             assert f"{value:g} for {optimizer}" in helps[flag]
             assert {"--lr": resolved.learning_rate, "--weight-decay": resolved.weight_decay}[flag] == value
-    assert "(default: 5e-05 for sgd" in " ".join(fastnet("train", "--help").stdout.split())
+    shown = " ".join(fastnet("train", "--help").stdout.split())
+    assert "(default: 5e-05 for sgd" in shown and "scaled down for inputs longer than MNIST's" in shown
 
 
 def test_with_no_parameters_named_the_shipped_model_is_used_and_named(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import fastnet
 from fastnet.datasets import MNIST_FILES, load_mnist
@@ -74,7 +76,7 @@ def test_grid_random_points_and_toml():
     kept, left_out = nesterov.trials(None, 0)
     assert [(t["momentum"], t["nesterov"]) for t in kept] == [(0.0, False), (0.9, True), (0.9, False)]
     assert len(left_out) == 1 and "momentum=0.0 nesterov=True" in left_out[0]
-    assert all(t["epochs"] == 35 and t["learning_rate"] == DEFAULT_LEARNING_RATE["sgd"] for t in kept)  # train's
+    assert all(t["epochs"] == 35 and t["learning_rate"] is None for t in kept)  # train's: decided by the data
     with pytest.raises(FastnetError, match="no combination"):
         Space.parse({"optimizer": "adam", "momentum": "0.9"}).trials(None, 0)
     for texts, message in (({"lr": "-1"}, "learning_rate"), ({"hidden": "0"}, "hidden"),
@@ -189,6 +191,37 @@ def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small
         result = fastnet_sweep("--data", small_mnist, "--lr", "0.03,0.1", "--out", tmp_path / "out", cwd=tmp_path)
         assert result.returncode == 1 and "move" in result.stderr and "away to start afresh" in result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_learning_rate_left_to_the_data_is_its_default_for_every_trial_and_the_retraining(tmp_path):
+    """Trials train on part of the images and the best is retrained on all: one default rate for both, taken
+    from all the training images (bright colour ones, longer than the defaults hold to)."""
+    from fastnet.datasets import load_data
+    from fastnet.training import default_learning_rate
+
+    rng = np.random.default_rng(0)
+    for part, count in (("train", 40), ("test", 12)):
+        for label in ("dark", "light"):
+            (tmp_path / "data" / part / label).mkdir(parents=True)
+            for n in range(count):
+                image = rng.integers(100 if label == "light" else 60, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(image).save(tmp_path / "data" / part / label / f"{n}.png")
+    result = fastnet_sweep("--data", tmp_path / "data", "--image-size", 16, "--color", "--hidden", "4,8",
+                           "--optimizer", "sgd,adam", "--epochs", 1, "--workers", 1, "--out", tmp_path / "out",
+                           cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    images = load_data(str(tmp_path / "data"), image_size=(16, 16), color=True).train[0]
+    expected = {optimizer: default_learning_rate(optimizer, images) for optimizer in DEFAULT_LEARNING_RATE}
+    assert all(expected[optimizer] < rate for optimizer, rate in DEFAULT_LEARNING_RATE.items())  # scaled down
+    rows = read_rows(tmp_path / "out" / "results.csv")
+    assert sorted(float(r["learning_rate"]) for r in rows) == sorted(2 * list(expected.values())), rows
+    with np.load(tmp_path / "out" / "parameters.npz", allow_pickle=False) as stored:
+        retrained = json.loads(str(stored["training"]))
+    assert retrained["learning_rate"] == expected[retrained["optimizer"]]
+    again = fastnet_sweep("--data", tmp_path / "data", "--image-size", 16, "--color", "--hidden", "4,8",
+                          "--optimizer", "sgd,adam", "--epochs", 1, "--workers", 1, "--out", tmp_path / "out",
+                          cwd=tmp_path)
+    assert again.returncode == 0 and "4 already in" in again.stdout, again.stdout + again.stderr
 
 
 def test_bad_sweeps_are_one_error_line(small_mnist, tmp_path):

@@ -17,7 +17,9 @@ from fastnet.kernels import epoch, numba_backend
 from fastnet.kernels.common import Optimizer, new_state
 from fastnet.kernels.threads import SLOT, SOLO_AT, new_control
 from fastnet.model import Network
-from fastnet.training import ProgressBar, TrainConfig, learning_rate_at, train
+from fastnet.errors import FastnetError
+from fastnet.training import (DEFAULT_LEARNING_RATE, DEFAULT_RATES_HOLD_TO, ProgressBar, TrainConfig,
+                              default_learning_rate, learning_rate_at, mean_squared_length, train, with_learning_rate)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +42,52 @@ def test_cosine_schedule_decays_from_the_base_rate():
     rates = [learning_rate_at(config, e) for e in range(4)]
     assert rates[0] == 2.0 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
     assert learning_rate_at(TrainConfig(schedule="constant", learning_rate=0.3), 7) == 0.3
+
+
+def test_the_default_learning_rate_follows_the_inputs_length(mnist_train):
+    images = mnist_train[0][:5000]
+    assert mean_squared_length(images) == pytest.approx(np.square(images / 255.0).sum(axis=1).mean(), rel=1e-9)
+    assert mean_squared_length(images / np.float32(255)) == pytest.approx(mean_squared_length(images), rel=1e-6)
+    longer = np.ones((10, int(5 * DEFAULT_RATES_HOLD_TO)), np.float32)  # 5 times as long as the defaults hold to
+    for optimizer, rate in DEFAULT_LEARNING_RATE.items():
+        assert default_learning_rate(optimizer, mnist_train[0]) == rate  # MNIST's: the optimisers' own
+        assert default_learning_rate(optimizer, longer) == pytest.approx(rate / 5, rel=1e-12)
+        assert default_learning_rate(optimizer, longer[:0]) == rate
+        config = TrainConfig(optimizer=optimizer)
+        assert config.learning_rate is None and "lr the data's default" in config.describe()
+        assert with_learning_rate(config, longer).learning_rate == pytest.approx(rate / 5, rel=1e-12)
+    assert with_learning_rate(TrainConfig(learning_rate=0.3), longer).learning_rate == 0.3  # given: kept
+    with pytest.raises(FastnetError, match="at learning rate 0.05 each step would scale the weights by -0.25"):
+        TrainConfig(weight_decay=25)  # the default is at most the optimiser's own
+    assert TrainConfig(optimizer="adam", weight_decay=25).weight_decay == 25
+
+
+def colour_shapes(count: int, seed: int, side: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Circles, squares and triangles (labels 0, 1, 2) of random size, colour and place near the middle, on
+    white: (count, side * side * 3) uint8 RGB images, as a user's first dataset of coloured shapes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, count)
+    y, x = np.mgrid[0:side, 0:side]
+    images = np.full((count, side, side, 3), 255, np.uint8)
+    for image, label in zip(images, labels):
+        r = rng.integers(side // 5, side // 3)
+        dy, dx = y - side // 2 - rng.integers(-4, 5), x - side // 2 - rng.integers(-4, 5)
+        inside = [dx * dx + dy * dy <= r * r, (abs(dx) <= r) & (abs(dy) <= r), (dy <= r) & (2 * abs(dx) <= dy + r)]
+        image[inside[label]] = rng.integers(0, 256, 3)
+    return images.reshape(count, -1), labels.astype(np.uint8)
+
+
+def test_the_default_learning_rate_trains_large_colour_images():
+    """At lr 0.05 (the default before it followed the inputs' length) these ended at the commonest class."""
+    train_set, test_set = colour_shapes(900, 0), colour_shapes(300, 1)
+    commonest = np.bincount(test_set[1]).max() / len(test_set[1])
+    accuracies = {}
+    for rate in (None, DEFAULT_LEARNING_RATE["sgd"]):
+        _, history = train(TrainConfig(epochs=10, learning_rate=rate), train_set, test_set, 3,
+                           input_shape=(32, 32, 3))
+        accuracies[rate] = history[-1].test_accuracy
+    assert accuracies[None] >= commonest + 0.15, accuracies
+    assert accuracies[DEFAULT_LEARNING_RATE["sgd"]] <= commonest + 0.03, accuracies  # what the test guards against
 
 
 TRAIN_AND_HASH = """
