@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_number(float, 0.0, inclusive=False, what="must be above 0"),
                        help="base learning rate (default: "
                             + ", ".join(f"{rate:g} for {name}" for name, rate in DEFAULT_LEARNING_RATE.items())
-                            + ", scaled down for inputs longer than MNIST's, such as large colour images)")
+                            + "; sgd's scaled down where input rows are longer than MNIST's, as large colour images)")
     train.add_argument("--momentum", type=_number(float, 0.0, maximum=1.0, what="must be in [0, 1)"),
                        help=f"SGD momentum, 0 for plain SGD (default: {DEFAULT_MOMENTUM['sgd']:g})")
     train.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
@@ -582,7 +582,7 @@ def _dry_run_part(images_and_labels: tuple, count: int, seed: int) -> tuple:
 
 def train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
-    from .datasets import load_data
+    from .datasets import check_data_options, load_data
     from .images import plural
     from .kernels import get_backend
     from .kernels.common import input_scale
@@ -607,8 +607,8 @@ def train(args: argparse.Namespace) -> int:
         raise FastnetError(f"--checkpoint {checkpoint} already exists (an interrupted run's?): continue that run with "
                            f"--resume {checkpoint}, or delete it, or give another --checkpoint")
 
-    if args.image_size is not None:  # the network these inputs make (two classes at the least), before decoding
-        height, width = args.image_size
+    if not check_data_options(args.data, args.val_split, args.image_size, args.color) and args.image_size:
+        height, width = args.image_size  # the network these images make (two classes at least), before decoding
         check_size(config, (height * width * (3 if args.color else 1), *config.hidden, 2), None, _flag_name,
                    "choose a smaller --image-size or fewer hidden units")
     started = time.perf_counter()

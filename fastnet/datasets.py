@@ -76,12 +76,11 @@ def check_data_argument(data: str) -> None:
                            "folder with a subfolder per class")
 
 
-def load_data(data: str, val_split: float | None = None, strict: bool = False, seed: int = 0,
-              image_size: tuple[int, int] | None = None, color: bool = False) -> Dataset:
-    """The dataset --data names: 'mnist' (the shipped files), a folder of the four MNIST IDX files, or an image
-    folder (fastnet.folders), its images at image_size (height, width; 28x28 unless told), in colour or not."""
-    from .folders import has_train_and_test, load_dataset
-    from .preprocess import Prep
+def check_data_options(data: str, val_split: float | None = None, image_size: tuple[int, int] | None = None,
+                       color: bool = False) -> bool:
+    """Refuse, before any loading, options that do not apply to the dataset --data names; returns whether it is
+    MNIST's IDX files (else an image folder)."""
+    from .folders import has_train_and_test
 
     check_data_argument(data)
     folder = Path(data)
@@ -89,10 +88,21 @@ def load_data(data: str, val_split: float | None = None, strict: bool = False, s
     if val_split is not None and (idx or has_train_and_test(folder)):
         raise FastnetError(f"--val-split: {data} comes with its own test set; --val-split is for a DIR/<class>/ "
                            "dataset without train/ and test/ folders")
-    if idx:
-        if image_size is not None or color:
-            raise FastnetError(f"--image-size and --color: {data} is MNIST, 28x28 grayscale; they are for image "
-                               "folders")
+    if idx and (image_size is not None or color):
+        raise FastnetError(f"--image-size and --color: {data} is MNIST, 28x28 grayscale; they are for image "
+                           "folders")
+    return idx
+
+
+def load_data(data: str, val_split: float | None = None, strict: bool = False, seed: int = 0,
+              image_size: tuple[int, int] | None = None, color: bool = False) -> Dataset:
+    """The dataset --data names: 'mnist' (the shipped files), a folder of the four MNIST IDX files, or an image
+    folder (fastnet.folders), its images at image_size (height, width; 28x28 unless told), in colour or not."""
+    from .folders import load_dataset
+    from .preprocess import Prep
+
+    folder = Path(data)
+    if check_data_options(data, val_split, image_size, color):
         directory = None if data == "mnist" else folder
         return Dataset(load_mnist("train", directory), load_mnist("test", directory), list(MNIST_CLASSES))
     height, width = image_size or (28, 28)

@@ -133,9 +133,6 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
     if not files:
         _report_skipped(root, skipped, 0)
         raise FastnetError(f"{root}: no images in its class folders ({', '.join(classes)})")
-    # The decoded rows, and the copy that leaves out the images that cannot be read.
-    check_fits(2 * len(files) * prep.row_size, f"{root}: {len(files):,} images at {prep.width}x{prep.height}"
-               + (" colour" if prep.channels == 3 else ""), "choose a smaller image size (--image-size)")
     key = _fingerprint(files, root) + json.dumps([classes, strict, list(prep)])
     cache_path = root / CACHE_NAME
     cached = _read_cache(cache_path, key, len(files), prep.row_size) if cache else None
@@ -146,6 +143,9 @@ def load_folder(root: str | Path, strict: bool = False, cache: bool = True, prog
         if len(failures) == len(retried):  # nothing reads that did not: the cache holds
             _report_skipped(root, skipped + failures, len(images))
             return images, cached_labels, classes
+    # The decoded rows, and the copy that leaves out the images that cannot be read (a cache, read above, holds one).
+    check_fits(2 * len(files) * prep.row_size, f"{root}: {len(files):,} images at {prep.width}x{prep.height}"
+               + (" colour" if prep.channels == 3 else ""), "choose a smaller image size (--image-size)")
     images, failures = decode_all(files, prep, progress=f"decoding {root}" if progress else "")
     _refuse_if_strict(root, failures, strict)
     position = {path: i for i, path in enumerate(files)}

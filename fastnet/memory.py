@@ -18,9 +18,13 @@ def available_memory() -> int | None:
 
 
 def check_fits(needed: int, what: str, advice: str) -> None:
-    """One FastnetError, '<what> needs about N GiB of memory, more than the M GiB available; <advice>', where
-    needed bytes are more than are available (nothing where that is unknown)."""
+    """One FastnetError, '<what> needs about N GiB of memory, more than the M GiB available; <advice>' (MiB
+    under a GiB), where needed bytes are more than are available (nothing where that is unknown)."""
     available = available_memory()
     if available is not None and needed > available:
-        raise FastnetError(f"{what} needs about {needed / 2**30:,.1f} GiB of memory, more than the "
-                           f"{available / 2**30:,.1f} GiB available; {advice}")
+        raise FastnetError(f"{what} needs about {_size(needed)} of memory, more than the {_size(available)} "
+                           f"available; {advice}")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:,.1f} GiB" if count >= 2**30 else f"{count / 2**20:,.1f} MiB"

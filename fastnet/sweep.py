@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastnetError
-from .training import TrainConfig, default_learning_rate
+from .training import DEFAULT_LEARNING_RATE, TrainConfig, default_learning_rate
 
 
 def _truth(text: str) -> bool:
@@ -393,17 +393,23 @@ def split_validation(inputs: np.ndarray, labels: np.ndarray, share: float, seed:
 
 def run(plan: Plan) -> int:
     """Run the plan's trials not yet in its results, then retrain the best; returns the exit status."""
+    from .datasets import load_data
+
     with _only_sweep_in(plan.out):
         names = sorted(plan.trials[0])
         results = Results(plan.out / "results.csv", names)
-        _check_fingerprint(plan, results)
         try:
-            return _run(plan, results)
+            dataset = load_data(plan.data, plan.val_split, plan.strict, plan.seed, plan.image_size, plan.color)
+            _check_fingerprint(plan, results, _decide_learning_rates(plan.trials, dataset.train[0]))
+            return _run(plan, results, dataset)
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM and SIGHUP (cli.Stopped)
-            done = sum(results.done(settings) for settings in plan.trials)
+            if any(settings["learning_rate"] is None for settings in plan.trials):  # (still loading the data)
+                where = "while loading the data"
+            else:
+                done = sum(results.done(settings) for settings in plan.trials)
+                where = f"{done} of {len(plan.trials)} trials are in {results.path}"
             with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
-                print(f"fastnet sweep: stopped; {done} of {len(plan.trials)} trials are in {results.path}\n"
-                      f"resume with: {plan.command}", file=sys.stderr, flush=True)
+                print(f"fastnet sweep: stopped; {where}\nresume with: {plan.command}", file=sys.stderr, flush=True)
             return 128 + getattr(stop, "signum", signal.SIGINT)
 
 
@@ -432,12 +438,27 @@ def _only_sweep_in(out: Path):
         os.close(descriptor)
 
 
-def _check_fingerprint(plan: Plan, results: Results) -> None:
-    """OUT/sweep.json records the data and split the results were scored on; another is refused."""
+def _decide_learning_rates(trials: list[dict], inputs: np.ndarray) -> dict:
+    """Fill in the learning rate of every trial that leaves it to the data: the default for all the training
+    images (the trials train on a part, the best is retrained on all: one rate for both). Returns those rates by
+    optimiser."""
+    rates = {}
+    for settings in trials:
+        if settings["learning_rate"] is None:
+            optimizer = settings["optimizer"]
+            if optimizer not in rates:
+                rates[optimizer] = default_learning_rate(optimizer, inputs)
+            settings["learning_rate"] = rates[optimizer]
+    return rates
+
+
+def _check_fingerprint(plan: Plan, results: Results, default_rates: dict) -> None:
+    """OUT/sweep.json records the data and split the results were scored on, and the default learning rates the
+    data gave; another is refused."""
     from .files import read_json, write_atomically
 
     path = plan.out / "sweep.json"
-    wanted = plan.fingerprint()
+    wanted = dict(plan.fingerprint(), default_learning_rates=default_rates)
     if results.rows and path.exists():
         try:
             found = read_json(path.read_text())
@@ -446,6 +467,8 @@ def _check_fingerprint(plan: Plan, results: Results) -> None:
         if not isinstance(found, dict):
             raise FastnetError(f"{path}: not what sweep writes there (a JSON object); move {plan.out} away to start "
                                "afresh")
+        if "default_learning_rates" not in found:  # written before they followed the data: the optimisers' own
+            found["default_learning_rates"] = {name: DEFAULT_LEARNING_RATE[name] for name in default_rates}
         if found != wanted:
             differ = ", ".join(f"{key} {found.get(key)!r} (now {value!r})" for key, value in wanted.items()
                                if found.get(key) != value)
@@ -454,17 +477,7 @@ def _check_fingerprint(plan: Plan, results: Results) -> None:
     write_atomically(path, lambda file: file.write(text))
 
 
-def _run(plan: Plan, results: Results) -> int:
-    from .datasets import load_data
-
-    dataset = load_data(plan.data, plan.val_split, plan.strict, plan.seed, plan.image_size, plan.color)
-    rates = {}  # a learning rate left to the data: its default for all the training images, in every trial
-    for settings in plan.trials:
-        if settings["learning_rate"] is None:
-            optimizer = settings["optimizer"]
-            if optimizer not in rates:
-                rates[optimizer] = default_learning_rate(optimizer, dataset.train[0])
-            settings["learning_rate"] = rates[optimizer]
+def _run(plan: Plan, results: Results, dataset) -> int:
     pending = [(number, settings) for number, settings in enumerate(plan.trials) if not results.done(settings)]
     train_part, validation_part = split_validation(*dataset.train, plan.validation, plan.seed)
     swept = ", ".join(f"--{flag}" for flag in plan.space.swept) or "nothing"

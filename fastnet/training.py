@@ -27,11 +27,13 @@ OPTIMIZERS = ("sgd", "adam")
 # and augmentation to its best accuracy in 35 epochs (docs/performance.md, Augmentation); Adam's are the usual
 # ones (PyTorch's and Keras's), with no weight decay unless asked for (it is then decoupled: AdamW).
 DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.001}
-# Both hold for inputs no longer than MNIST's: a mean squared length (each row's inputs times their scale, squared
-# and summed) of 88. A step moves the first layer's sums in proportion to that length, so on longer inputs (large
-# colour images, wide tables) the defaults are scaled down by it: 64x64 colour images of shapes (~4,000) ended at
-# chance with lr 0.05 and trained with 0.001 (default_learning_rate).
-DEFAULT_RATES_HOLD_TO = 100.0
+# SGD's holds for inputs no longer than MNIST's: a mean squared length (each row's inputs times their scale,
+# squared and summed) of 88. SGD's step moves the first layer's sums in proportion to that length, so on longer
+# rows (large colour images, light backgrounds, wide tables) its default is scaled down by it: 64x64 colour
+# images of shapes (~4,000) ended at chance with lr 0.05 and trained with 0.001 (default_learning_rate).
+# Adam's step does not grow with the gradient: its default is kept, which trained those images better than
+# one scaled down.
+SGD_DEFAULT_HOLDS_TO = 100.0
 DEFAULT_MOMENTUM = {"sgd": 0.9, "adam": 0.0}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adam": 0.0}
 MAX_HIDDEN_LAYERS = 16
@@ -92,6 +94,9 @@ class TrainConfig:
             whole(name, getattr(self, name), low)
         if self.learning_rate is not None:
             real("learning_rate", 0.0, FLOAT32_MAX, low_inclusive=False)  # the kernels take it as a float32
+            if np.float32(self.learning_rate) == 0:
+                raise FastnetError(f"setting learning_rate={self.learning_rate!r}: it is 0 as the float32 the "
+                                   "kernels take, and nothing would train")
         real("momentum", 0.0, 1.0)
         real("weight_decay", 0.0)
         rate = DEFAULT_LEARNING_RATE[self.optimizer] if self.learning_rate is None else self.learning_rate  # (at most)
@@ -231,11 +236,15 @@ def mean_squared_length(inputs: np.ndarray) -> float:
 
 
 def default_learning_rate(optimizer: str, inputs: np.ndarray) -> float:
-    """The optimiser's default learning rate for these training inputs: DEFAULT_LEARNING_RATE, scaled down in
-    proportion for inputs longer than DEFAULT_RATES_HOLD_TO, to two significant figures."""
-    length = mean_squared_length(inputs)
-    shrink = DEFAULT_RATES_HOLD_TO / length if math.isfinite(length) and length > DEFAULT_RATES_HOLD_TO else 1.0
-    return float(f"{DEFAULT_LEARNING_RATE[optimizer] * shrink:.2g}")
+    """The optimiser's default learning rate for these training inputs (DEFAULT_LEARNING_RATE): SGD's scaled
+    down in proportion for inputs longer than SGD_DEFAULT_HOLDS_TO, to two significant figures."""
+    length = mean_squared_length(inputs) if optimizer == "sgd" else 0.0
+    shrink = SGD_DEFAULT_HOLDS_TO / length if math.isfinite(length) and length > SGD_DEFAULT_HOLDS_TO else 1.0
+    rate = float(f"{DEFAULT_LEARNING_RATE[optimizer] * shrink:.2g}")
+    if np.float32(rate) == 0:
+        raise FastnetError(f"the inputs are too large to train on (a mean squared row length of {length:.3g}): "
+                           "scale them to about unit size")
+    return rate
 
 
 def with_learning_rate(config: TrainConfig, inputs: np.ndarray) -> TrainConfig:
@@ -347,8 +356,11 @@ def train(config: TrainConfig, train_set: tuple[np.ndarray, np.ndarray],
     check_data(inputs, labels, n_classes)
     if test_set is not None:
         check_data(*test_set, n_classes, "test")
-    if resume is not None and config.augment is None:  # decided when the run began: the checkpoint says how
-        config = replace(config, augment=bool(resume.config.get("augment")))
+    if resume is not None:  # what was decided from the data when the run began: the checkpoint says
+        if config.augment is None:
+            config = replace(config, augment=bool(resume.config.get("augment")))
+        if config.learning_rate is None:
+            config = replace(config, learning_rate=resume.config.get("learning_rate"))
     config = with_learning_rate(with_augment(config, inputs, input_shape), inputs)
     check_augmentable(config, inputs, input_shape)
     n_batches = -(-len(inputs) // config.batch_size)

@@ -153,6 +153,17 @@ def test_the_untouched_checkpoint_resumes(stopped_run, small_mnist, tmp_path):
     assert len(history) == CONFIG.epochs and network.all_finite()
 
 
+def test_a_resumed_run_keeps_its_learning_rate_where_the_config_leaves_it_to_the_data(stopped_run, small_mnist):
+    """The learning rate decided when the run began (CONFIG's 0.3; MNIST's default would be 0.05) goes on, as
+    augment does: the same weights as resuming with the whole config."""
+    checkpoint = load_checkpoint(stopped_run)
+    left_to_the_data = train(TrainConfig(**dict(checkpoint.config, learning_rate=None)), small_mnist, None, 10,
+                             resume=load_checkpoint(stopped_run))
+    whole = resume(stopped_run, small_mnist)
+    assert [s.learning_rate for s in left_to_the_data[1]] == [s.learning_rate for s in whole[1]]
+    assert all(np.array_equal(a, b) for a, b in zip(left_to_the_data[0].params, whole[0].params))
+
+
 def test_a_checkpoint_is_not_resumed_on_other_data_of_the_same_shape(stopped_run, small_mnist, mnist_train):
     other_images = tuple(np.ascontiguousarray(a[640:1280]) for a in mnist_train)
     relabelled = (small_mnist[0], np.ascontiguousarray(small_mnist[1][::-1]))

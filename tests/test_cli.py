@@ -300,8 +300,8 @@ def folder_dataset(root: Path, classes: int, per_class: int) -> Path:
 
 
 @pytest.mark.parametrize("case", ["batch larger than the data", "network larger than memory",
-                                  "images larger than memory", "val-split leaving nothing", "val-split with MNIST",
-                                  "one class"])
+                                  "images larger than memory", "image size with MNIST", "val-split leaving nothing",
+                                  "val-split with MNIST", "one class"])
 def test_impossible_runs_are_refused_before_training_with_the_flag_named(case, tmp_path):
     """Each was a traceback, a 477 GiB allocation attempt, or (one class) a meaningless 100%."""
     data = folder_dataset(tmp_path / "data", 1 if case == "one class" else 2, 25)
@@ -313,6 +313,7 @@ def test_impossible_runs_are_refused_before_training_with_the_flag_named(case, t
                                       "--image-size"),
         "val-split leaving nothing": (["--data", data, "--val-split", "0.9999"], "--val-split"),
         "val-split with MNIST": (["--val-split", "0.1"], "--val-split"),
+        "image size with MNIST": (["--image-size", "4096", "--color"], "they are for image folders"),  # not memory
         "one class": (["--data", data, "--val-split", "0.2"], "class"),
     }[case]
     result = fastnet("train", *args, "--out", tmp_path / "p.npz", "--plot", tmp_path / "e.png")
@@ -448,7 +449,7 @@ def test_every_option_has_help_and_train_shows_the_defaults_a_run_uses(mnist_tra
             assert f"{value:g} for {optimizer}" in helps[flag]
             assert {"--lr": resolved.learning_rate, "--weight-decay": resolved.weight_decay}[flag] == value
     shown = " ".join(fastnet("train", "--help").stdout.split())
-    assert "(default: 5e-05 for sgd" in shown and "scaled down for inputs longer than MNIST's" in shown
+    assert "(default: 5e-05 for sgd" in shown and "sgd's scaled down where input rows are longer than MNIST's" in shown
 
 
 def test_with_no_parameters_named_the_shipped_model_is_used_and_named(tmp_path):

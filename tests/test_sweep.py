@@ -195,33 +195,43 @@ def test_a_sweep_on_a_local_cluster_records_every_trial_and_saves_the_best(small
 
 def test_a_learning_rate_left_to_the_data_is_its_default_for_every_trial_and_the_retraining(tmp_path):
     """Trials train on part of the images and the best is retrained on all: one default rate for both, taken
-    from all the training images (bright colour ones, longer than the defaults hold to)."""
+    from all the training images (bright colour ones, longer than SGD's default holds to)."""
     from fastnet.datasets import load_data
+    from fastnet.sweep import split_validation
     from fastnet.training import default_learning_rate
 
     rng = np.random.default_rng(0)
     for part, count in (("train", 40), ("test", 12)):
         for label in ("dark", "light"):
             (tmp_path / "data" / part / label).mkdir(parents=True)
-            for n in range(count):
-                image = rng.integers(100 if label == "light" else 60, 256, (16, 16, 3), dtype=np.uint8)
+            for n in range(count):  # each of its own brightness: a part's mean length is not the whole's
+                level = rng.integers(128, 256) if label == "light" else rng.integers(0, 128)
+                image = np.clip(rng.integers(-20, 21, (16, 16, 3)) + level, 0, 255).astype(np.uint8)
                 Image.fromarray(image).save(tmp_path / "data" / part / label / f"{n}.png")
-    result = fastnet_sweep("--data", tmp_path / "data", "--image-size", 16, "--color", "--hidden", "4,8",
-                           "--optimizer", "sgd,adam", "--epochs", 1, "--workers", 1, "--out", tmp_path / "out",
-                           cwd=tmp_path)
+    command = ["--data", tmp_path / "data", "--image-size", 16, "--color", "--hidden", "4,8", "--optimizer",
+               "sgd,adam", "--epochs", 1, "--workers", 1, "--out", tmp_path / "out"]
+    result = fastnet_sweep(*command, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    images = load_data(str(tmp_path / "data"), image_size=(16, 16), color=True).train[0]
+    images, labels = load_data(str(tmp_path / "data"), image_size=(16, 16), color=True).train
     expected = {optimizer: default_learning_rate(optimizer, images) for optimizer in DEFAULT_LEARNING_RATE}
-    assert all(expected[optimizer] < rate for optimizer, rate in DEFAULT_LEARNING_RATE.items())  # scaled down
+    assert expected["sgd"] < DEFAULT_LEARNING_RATE["sgd"] and expected["adam"] == DEFAULT_LEARNING_RATE["adam"]
+    trials_part = split_validation(images, labels, 0.1, 0)[0][0]  # (the sweep's defaults: --validation 0.1, seed 0)
+    assert default_learning_rate("sgd", trials_part) != expected["sgd"]  # so the rate's source shows
     rows = read_rows(tmp_path / "out" / "results.csv")
     assert sorted(float(r["learning_rate"]) for r in rows) == sorted(2 * list(expected.values())), rows
     with np.load(tmp_path / "out" / "parameters.npz", allow_pickle=False) as stored:
         retrained = json.loads(str(stored["training"]))
     assert retrained["learning_rate"] == expected[retrained["optimizer"]]
-    again = fastnet_sweep("--data", tmp_path / "data", "--image-size", 16, "--color", "--hidden", "4,8",
-                          "--optimizer", "sgd,adam", "--epochs", 1, "--workers", 1, "--out", tmp_path / "out",
-                          cwd=tmp_path)
+    again = fastnet_sweep(*command, cwd=tmp_path)
     assert again.returncode == 0 and "4 already in" in again.stdout, again.stdout + again.stderr
+    # A sweep.json from before the defaults followed the data: its trials ran at lr 0.05, not these.
+    recorded = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    del recorded["default_learning_rates"]
+    (tmp_path / "out" / "sweep.json").write_text(json.dumps(recorded))
+    older = fastnet_sweep(*command, cwd=tmp_path)
+    assert older.returncode == 1 and "was scored with default_learning_rates {'sgd': 0.05" in older.stderr, \
+        older.stderr
+    assert older.stderr.count("\n") == 1 and "Traceback" not in older.stderr
 
 
 def test_bad_sweeps_are_one_error_line(small_mnist, tmp_path):

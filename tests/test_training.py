@@ -18,7 +18,7 @@ from fastnet.kernels.common import Optimizer, new_state
 from fastnet.kernels.threads import SLOT, SOLO_AT, new_control
 from fastnet.model import Network
 from fastnet.errors import FastnetError
-from fastnet.training import (DEFAULT_LEARNING_RATE, DEFAULT_RATES_HOLD_TO, ProgressBar, TrainConfig,
+from fastnet.training import (DEFAULT_LEARNING_RATE, SGD_DEFAULT_HOLDS_TO, ProgressBar, TrainConfig,
                               default_learning_rate, learning_rate_at, mean_squared_length, train, with_learning_rate)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,19 +44,25 @@ def test_cosine_schedule_decays_from_the_base_rate():
     assert learning_rate_at(TrainConfig(schedule="constant", learning_rate=0.3), 7) == 0.3
 
 
-def test_the_default_learning_rate_follows_the_inputs_length(mnist_train):
+def test_sgds_default_learning_rate_follows_the_inputs_length(mnist_train):
     images = mnist_train[0][:5000]
     assert mean_squared_length(images) == pytest.approx(np.square(images / 255.0).sum(axis=1).mean(), rel=1e-9)
     assert mean_squared_length(images / np.float32(255)) == pytest.approx(mean_squared_length(images), rel=1e-6)
-    longer = np.ones((10, int(5 * DEFAULT_RATES_HOLD_TO)), np.float32)  # 5 times as long as the defaults hold to
+    longer = np.ones((10, int(5 * SGD_DEFAULT_HOLDS_TO)), np.float32)  # 5 times as long as the default holds to
     for optimizer, rate in DEFAULT_LEARNING_RATE.items():
         assert default_learning_rate(optimizer, mnist_train[0]) == rate  # MNIST's: the optimisers' own
-        assert default_learning_rate(optimizer, longer) == pytest.approx(rate / 5, rel=1e-12)
         assert default_learning_rate(optimizer, longer[:0]) == rate
         config = TrainConfig(optimizer=optimizer)
         assert config.learning_rate is None and "lr the data's default" in config.describe()
-        assert with_learning_rate(config, longer).learning_rate == pytest.approx(rate / 5, rel=1e-12)
+    sgd, adam = DEFAULT_LEARNING_RATE["sgd"], DEFAULT_LEARNING_RATE["adam"]
+    assert default_learning_rate("sgd", longer) == pytest.approx(sgd / 5, rel=1e-12)
+    assert default_learning_rate("adam", longer) == adam  # Adam's step does not grow with the inputs
+    assert with_learning_rate(TrainConfig(), longer).learning_rate == pytest.approx(sgd / 5, rel=1e-12)
     assert with_learning_rate(TrainConfig(learning_rate=0.3), longer).learning_rate == 0.3  # given: kept
+    with pytest.raises(FastnetError, match="inputs are too large to train on .* scale them to about unit size"):
+        default_learning_rate("sgd", np.full((2, 4), 1e30, np.float32))  # a rate float32 holds only as 0
+    with pytest.raises(FastnetError, match="it is 0 as the float32 the kernels take"):
+        TrainConfig(learning_rate=1e-50)
     with pytest.raises(FastnetError, match="at learning rate 0.05 each step would scale the weights by -0.25"):
         TrainConfig(weight_decay=25)  # the default is at most the optimiser's own
     assert TrainConfig(optimizer="adam", weight_decay=25).weight_decay == 25
