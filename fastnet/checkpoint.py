@@ -138,6 +138,8 @@ def _checked(path: Path, arrays: dict) -> Checkpoint:
         raise TypeError("config is not a JSON object")
     state["config"].setdefault("augment", False)  # checkpoints from before augmentation trained without it
     config = TrainConfig(**state["config"])  # checks every setting (an unknown one is a TypeError)
+    if config.learning_rate is None:  # decided when the run began, and always saved
+        raise FastnetError("checkpoint config has no learning rate: it is damaged")
     if state["activation"] != config.activation:
         raise FastnetError(f"checkpoint activation {state['activation']!r} is not its config's {config.activation!r}")
     sizes = layer_sizes(path, np.array(state["layer_sizes"], np.int64))

@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_number(float, 0.0, inclusive=False, what="must be above 0"),
                        help="base learning rate (default: "
                             + ", ".join(f"{rate:g} for {name}" for name, rate in DEFAULT_LEARNING_RATE.items())
-                            + "; sgd's scaled down where input rows are longer than MNIST's, as large colour images)")
+                            + "; sgd's scaled down where input rows are longer than MNIST's, such as large colour images)")
     train.add_argument("--momentum", type=_number(float, 0.0, maximum=1.0, what="must be in [0, 1)"),
                        help=f"SGD momentum, 0 for plain SGD (default: {DEFAULT_MOMENTUM['sgd']:g})")
     train.add_argument("--nesterov", action=argparse.BooleanOptionalAction,

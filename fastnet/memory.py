@@ -18,8 +18,8 @@ def available_memory() -> int | None:
 
 
 def check_fits(needed: int, what: str, advice: str) -> None:
-    """One FastnetError, '<what> needs about N GiB of memory, more than the M GiB available; <advice>' (MiB
-    under a GiB), where needed bytes are more than are available (nothing where that is unknown)."""
+    """One FastnetError, '<what> needs about N GiB of memory, more than the M GiB available; <advice>' (MiB,
+    KiB for less), where needed bytes are more than are available (nothing where that is unknown)."""
     available = available_memory()
     if available is not None and needed > available:
         raise FastnetError(f"{what} needs about {_size(needed)} of memory, more than the {_size(available)} "
@@ -27,4 +27,7 @@ def check_fits(needed: int, what: str, advice: str) -> None:
 
 
 def _size(count: int) -> str:
-    return f"{count / 2**30:,.1f} GiB" if count >= 2**30 else f"{count / 2**20:,.1f} MiB"
+    for unit, power in (("GiB", 30), ("MiB", 20)):
+        if count >= 1 << power:
+            return f"{count / (1 << power):,.1f} {unit}"
+    return f"{count / 1024:,.1f} KiB"

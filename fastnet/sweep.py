@@ -398,9 +398,11 @@ def run(plan: Plan) -> int:
     with _only_sweep_in(plan.out):
         names = sorted(plan.trials[0])
         results = Results(plan.out / "results.csv", names)
+        recorded_rates = _check_fingerprint(plan, results)
         try:
             dataset = load_data(plan.data, plan.val_split, plan.strict, plan.seed, plan.image_size, plan.color)
-            _check_fingerprint(plan, results, _decide_learning_rates(plan.trials, dataset.train[0]))
+            rates = _decide_learning_rates(plan.trials, dataset.train[0])
+            _record_fingerprint(plan, results, recorded_rates, rates)
             return _run(plan, results, dataset)
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM and SIGHUP (cli.Stopped)
             if any(settings["learning_rate"] is None for settings in plan.trials):  # (still loading the data)
@@ -452,29 +454,44 @@ def _decide_learning_rates(trials: list[dict], inputs: np.ndarray) -> dict:
     return rates
 
 
-def _check_fingerprint(plan: Plan, results: Results, default_rates: dict) -> None:
+def _check_fingerprint(plan: Plan, results: Results) -> dict:
     """OUT/sweep.json records the data and split the results were scored on, and the default learning rates the
-    data gave; another is refused."""
-    from .files import read_json, write_atomically
+    data gave (by optimiser); another data or split is refused here, before the data are loaded. Returns the
+    recorded rates ({} for a sweep with no results yet)."""
+    from .files import read_json
 
     path = plan.out / "sweep.json"
-    wanted = dict(plan.fingerprint(), default_learning_rates=default_rates)
-    if results.rows and path.exists():
-        try:
-            found = read_json(path.read_text())
-        except (OSError, ValueError) as error:
-            raise FastnetError(f"{path}: cannot read it ({error}); move {plan.out} away to start afresh") from None
-        if not isinstance(found, dict):
-            raise FastnetError(f"{path}: not what sweep writes there (a JSON object); move {plan.out} away to start "
-                               "afresh")
-        if "default_learning_rates" not in found:  # written before they followed the data: the optimisers' own
-            found["default_learning_rates"] = {name: DEFAULT_LEARNING_RATE[name] for name in default_rates}
-        if found != wanted:
-            differ = ", ".join(f"{key} {found.get(key)!r} (now {value!r})" for key, value in wanted.items()
-                               if found.get(key) != value)
-            raise FastnetError(f"{results.path} was scored with {differ}; give another --out to sweep this")
-    text = json.dumps(wanted, indent=1).encode()
-    write_atomically(path, lambda file: file.write(text))
+    if not (results.rows and path.exists()):
+        return {}
+    try:
+        found = read_json(path.read_text())
+    except (OSError, ValueError) as error:
+        raise FastnetError(f"{path}: cannot read it ({error}); move {plan.out} away to start afresh") from None
+    if not isinstance(found, dict) or not isinstance(found.get("default_learning_rates", {}), dict):
+        raise FastnetError(f"{path}: not what sweep writes there (a JSON object); move {plan.out} away to start "
+                           "afresh")
+    # written before the defaults followed the data: the optimisers' own
+    rates = found.pop("default_learning_rates", dict(DEFAULT_LEARNING_RATE))
+    wanted = plan.fingerprint()
+    if found != wanted:
+        differ = ", ".join(f"{key} {found.get(key)!r} (now {value!r})" for key, value in wanted.items()
+                           if found.get(key) != value)
+        raise FastnetError(f"{results.path} was scored with {differ}; give another --out to sweep this")
+    return rates
+
+
+def _record_fingerprint(plan: Plan, results: Results, recorded: dict, rates: dict) -> None:
+    """Refuse results scored at another default learning rate than the data give an optimiser now (their trials
+    would run again under the same numbers); then write OUT/sweep.json with every optimiser's rate so far."""
+    from .files import write_atomically
+
+    changed = [f"{name} {recorded[name]!r} (now {rate!r})" for name, rate in rates.items()
+               if name in recorded and recorded[name] != rate]
+    if changed:
+        raise FastnetError(f"{results.path} was scored with default learning rates {', '.join(changed)}; give "
+                           "another --out to sweep this")
+    text = json.dumps(dict(plan.fingerprint(), default_learning_rates={**recorded, **rates}), indent=1).encode()
+    write_atomically(plan.out / "sweep.json", lambda file: file.write(text))
 
 
 def _run(plan: Plan, results: Results, dataset) -> int:

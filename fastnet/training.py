@@ -130,7 +130,8 @@ class TrainConfig:
     def describe(self) -> str:
         """The optimiser in words: 'lr 0.05 (cosine), momentum 0.9 (Nesterov), weight decay 5e-05' or 'adam, lr
         0.001 ...'."""
-        rate = "the data's default" if self.learning_rate is None else f"{self.learning_rate:g}"
+        rate = f"{self.learning_rate:g}" if self.learning_rate is not None else \
+            "the data's default" if self.optimizer == "sgd" else f"{DEFAULT_LEARNING_RATE[self.optimizer]:g}"
         if self.optimizer == "adam":
             return (f"adam, lr {rate} ({self.schedule}), betas {self.beta1:g} {self.beta2:g}, "
                     f"weight decay {self.weight_decay:g} (decoupled)")

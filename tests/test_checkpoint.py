@@ -95,6 +95,7 @@ EDITS = {
     "moments missing": setter("moments", value=[]),
     "optimizer unknown": setter("config", "optimizer", value="lbfgs"),
     "learning rate NaN": setter("config", "learning_rate", value=float("nan")),
+    "learning rate null": setter("config", "learning_rate", value=None),  # (resumed at the data's default)
     "bad history entry": setter("history", value=[{"epoch": 1, "loss": "low"}]),
     "history too short": setter("history", value=[]),
     "rng_state not a state": setter("rng_state", value={"bit_generator": "PCG64", "state": 7}),

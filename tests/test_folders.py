@@ -206,7 +206,7 @@ def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_pat
             (tmp_path / name / f"{n}.png").write_bytes(digit_png_bytes(100))
     monkeypatch.setattr(memory, "available_memory", lambda: 10 * 64 * 48 * 3 * 2 - 1)  # one byte short
     monkeypatch.setattr(folders, "decode_all", not_decoding)
-    with pytest.raises(FastnetError, match="10 images at 64x48 colour needs about 0.2 MiB of memory, more than the "
+    with pytest.raises(FastnetError, match="10 images at 64x48 colour needs about 180.0 KiB of memory, more than the "
                                            ".*; choose a smaller image size"):
         load_folder(tmp_path, progress=False, prep=Prep("resize", 48, 64, 3))
     assert not (tmp_path / CACHE_NAME).exists()

@@ -224,13 +224,16 @@ def test_a_learning_rate_left_to_the_data_is_its_default_for_every_trial_and_the
     assert retrained["learning_rate"] == expected[retrained["optimizer"]]
     again = fastnet_sweep(*command, cwd=tmp_path)
     assert again.returncode == 0 and "4 already in" in again.stdout, again.stdout + again.stderr
+    fewer = fastnet_sweep(*[value if value != "sgd,adam" else "sgd" for value in command], cwd=tmp_path)
+    assert fewer.returncode == 0 and "2 already in" in fewer.stdout, fewer.stdout + fewer.stderr  # a grid may shrink
     # A sweep.json from before the defaults followed the data: its trials ran at lr 0.05, not these.
     recorded = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert recorded["default_learning_rates"] == expected
     del recorded["default_learning_rates"]
     (tmp_path / "out" / "sweep.json").write_text(json.dumps(recorded))
     older = fastnet_sweep(*command, cwd=tmp_path)
-    assert older.returncode == 1 and "was scored with default_learning_rates {'sgd': 0.05" in older.stderr, \
-        older.stderr
+    assert older.returncode == 1, older.stderr
+    assert f"was scored with default learning rates sgd 0.05 (now {expected['sgd']!r})" in older.stderr
     assert older.stderr.count("\n") == 1 and "Traceback" not in older.stderr
 
 

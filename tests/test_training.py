@@ -52,8 +52,8 @@ def test_sgds_default_learning_rate_follows_the_inputs_length(mnist_train):
     for optimizer, rate in DEFAULT_LEARNING_RATE.items():
         assert default_learning_rate(optimizer, mnist_train[0]) == rate  # MNIST's: the optimisers' own
         assert default_learning_rate(optimizer, longer[:0]) == rate
-        config = TrainConfig(optimizer=optimizer)
-        assert config.learning_rate is None and "lr the data's default" in config.describe()
+    assert TrainConfig().learning_rate is None and "lr the data's default" in TrainConfig().describe()
+    assert "lr 0.001 " in TrainConfig(optimizer="adam").describe()
     sgd, adam = DEFAULT_LEARNING_RATE["sgd"], DEFAULT_LEARNING_RATE["adam"]
     assert default_learning_rate("sgd", longer) == pytest.approx(sgd / 5, rel=1e-12)
     assert default_learning_rate("adam", longer) == adam  # Adam's step does not grow with the inputs
