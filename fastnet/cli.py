@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_number(float, 0.0, inclusive=False, what="must be above 0"),
                        help="base learning rate (default: "
                             + ", ".join(f"{rate:g} for {name}" for name, rate in DEFAULT_LEARNING_RATE.items())
-                            + "; sgd's scaled down where input rows are longer than MNIST's, such as large colour images)")
+                            + "; sgd's scaled down where input rows are longer than MNIST's, such as large "
+                              "colour images)")
     train.add_argument("--momentum", type=_number(float, 0.0, maximum=1.0, what="must be in [0, 1)"),
                        help=f"SGD momentum, 0 for plain SGD (default: {DEFAULT_MOMENTUM['sgd']:g})")
     train.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
@@ -607,7 +608,7 @@ def train(args: argparse.Namespace) -> int:
         raise FastnetError(f"--checkpoint {checkpoint} already exists (an interrupted run's?): continue that run with "
                            f"--resume {checkpoint}, or delete it, or give another --checkpoint")
 
-    if not check_data_options(args.data, args.val_split, args.image_size, args.color) and args.image_size:
+    if args.image_size and not check_data_options(args.data, args.val_split, args.image_size, args.color):
         height, width = args.image_size  # the network these images make (two classes at least), before decoding
         check_size(config, (height * width * (3 if args.color else 1), *config.hidden, 2), None, _flag_name,
                    "choose a smaller --image-size or fewer hidden units")

@@ -195,6 +195,7 @@ def test_strict_refuses_what_cannot_be_read_before_decoding(tmp_path, monkeypatc
     with pytest.raises(FastnetError, match="pipe.png: is a FIFO"):
         load_folder(tmp_path, strict=True, progress=False)
 
+
 def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_path, monkeypatch):
     """`--image-size 4096 --color` decoded 90 images into 6 GB and cached them before anything refused them."""
     from fastnet import memory
